@@ -1,0 +1,1 @@
+"""Pulumi components of the delivery system, one module per component; no ML code here."""
