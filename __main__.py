@@ -1,0 +1,168 @@
+"""The ML delivery program: read this stack's settings, wire the components, export the outputs.
+
+dev (and local) train and build: cluster + registry + MLflow -> TrainedModel -> ServingImage ->
+ModelServing. staging/prod promote: cluster + MLflow, and the source stack's digests -> ModelServing.
+Composition only; every component lives in infra/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+
+from infra.cluster import AksCluster, LocalCluster
+from infra.image import ServingImage
+from infra.mlflow_image import MlflowImage
+from infra.promotion import Promotion
+from infra.registry import LocalRegistry, Registry
+from infra.serving import ModelServing
+from infra.settings import ConfigError, Settings, load_settings
+from infra.tracking import TrackingServer
+from infra.training import TrainedModel, input_fingerprint
+
+REPOSITORY = "cancer-classifier"
+
+
+def training_fingerprint(settings: Settings) -> str:
+    t = settings.training
+    try:
+        return input_fingerprint(t.data_path, t.params, t.requirements_path)
+    except (OSError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"Pulumi.{settings.stack}.yaml: cannot fingerprint the training inputs "
+            f"(dataPath={t.data_path!r}, requirementsPath={t.requirements_path!r}, modelParams): {exc}"
+        ) from exc
+
+
+def tracking_server(
+    settings: Settings, cluster: AksCluster | LocalCluster, image: pulumi.Input[str]
+) -> TrackingServer:
+    if isinstance(cluster, LocalCluster):
+        return TrackingServer("mlflow", settings, provider=cluster.provider, image=image)
+    return TrackingServer(
+        "mlflow",
+        settings,
+        provider=cluster.provider,
+        image=image,
+        resource_group_name=cluster.resource_group_name,
+        vnet_id=cluster.network.vnet_id,
+        postgres_subnet_id=cluster.network.postgres_subnet_id,
+        oidc_issuer_url=cluster.oidc_issuer_url,
+    )
+
+
+def promote(settings: Settings, cluster: AksCluster | LocalCluster) -> dict[str, pulumi.Input[object]]:
+    """staging/prod: the source stack's digests, validated; no training, no build."""
+    assert settings.promote_from is not None
+    promotion = Promotion(
+        "promotion",
+        source=settings.promote_from,
+        stack=settings.stack,
+        gate=settings.gate,
+        kubelet_object_id=cluster.kubelet_object_id if isinstance(cluster, AksCluster) else None,
+        need_mlflow_image=settings.tracking.image is None,
+    )
+    mlflow_image = settings.tracking.image or promotion.mlflow_image_ref
+    tracking = tracking_server(settings, cluster, mlflow_image)
+    return {
+        "tracking": tracking,
+        "imageRef": promotion.image_ref,
+        "modelVersion": promotion.model_version,
+        "metrics": promotion.metrics,
+        "fingerprint": promotion.fingerprint,
+        "registryId": promotion.registry_id,
+        "mlflowImageRef": mlflow_image,
+        "promotedFrom": settings.promote_from,
+    }
+
+
+def train_and_build(settings: Settings, cluster: AksCluster | LocalCluster) -> dict[str, pulumi.Input[object]]:
+    """dev/local: registry, MLflow, TrainedModel (on fingerprint change), serving image."""
+    registry: Registry | LocalRegistry
+    if isinstance(cluster, AksCluster):
+        registry = Registry(
+            "registry",
+            settings,
+            resource_group_name=cluster.resource_group_name,
+            kubelet_object_id=cluster.kubelet_object_id,
+        )
+    else:
+        registry = LocalRegistry("registry", settings)
+    push = {
+        "registry_server": registry.login_server,
+        "platform": settings.serving.platform,
+        "registry_username": settings.registry.username,
+        "registry_password": settings.registry.password,
+    }
+    mlflow_image = settings.tracking.image or MlflowImage(
+        "mlflow-image", base_image=settings.serving.base_image, **push
+    ).ref
+    tracking = tracking_server(settings, cluster, mlflow_image)
+    t = settings.training
+    login = {
+        "tracking_uri": tracking.training_uri,
+        "tracking_username": tracking.admin_username,
+        "tracking_password": tracking.admin_password,
+    }
+    model = TrainedModel(
+        "model",
+        fingerprint=training_fingerprint(settings),
+        data_path=str(Path(t.data_path).resolve()),
+        requirements_path=str(Path(t.requirements_path).resolve()),
+        params=t.params,
+        gate=settings.gate.as_dict(),
+        experiment_name=settings.tracking.experiment_name,
+        model_name=settings.tracking.model_name,
+        **login,
+        opts=pulumi.ResourceOptions(depends_on=[tracking]),  # MLflow must be up before training
+    )
+    image = ServingImage(
+        "serving-image",
+        model_uri=model.model_uri,
+        model_fingerprint=model.model_fingerprint,
+        repository=REPOSITORY,
+        base_image=settings.serving.base_image,
+        **login,
+        **push,
+    )
+    return {
+        "tracking": tracking,
+        "imageRef": image.ref,
+        "modelVersion": model.version,
+        "metrics": model.metrics,
+        "fingerprint": model.model_fingerprint,
+        "registryId": registry.registry_id,
+        "mlflowImageRef": mlflow_image,
+        "modelUri": model.model_uri,
+        "runId": model.run_id,
+        "inputFingerprint": model.fingerprint,
+        "registryLoginServer": registry.login_server,
+    }
+
+
+def main() -> None:
+    settings = load_settings()
+    cluster: AksCluster | LocalCluster = (
+        LocalCluster("cluster", settings) if settings.is_local else AksCluster("cluster", settings)
+    )
+    parts = promote(settings, cluster) if settings.promotes else train_and_build(settings, cluster)
+    tracking = parts.pop("tracking")
+    assert isinstance(tracking, TrackingServer)
+    serving = ModelServing(
+        "serving",
+        settings,
+        image_ref=parts["imageRef"],  # type: ignore[arg-type]
+        model_version=parts["modelVersion"],  # type: ignore[arg-type]
+        provider=cluster.provider,
+    )
+    pulumi.export("endpoint", serving.endpoint)
+    for key, value in parts.items():
+        pulumi.export(key, value)
+    pulumi.export("mlflowUrl", tracking.url)
+    pulumi.export("mlflowAdminUsername", tracking.admin_username)
+    pulumi.export("mlflowAdminPassword", tracking.admin_password)
+    pulumi.export("kubeconfig", cluster.kubeconfig)
+
+
+main()

@@ -1,0 +1,117 @@
+"""The serving image: export the bento for the trained version, build it, push it, pin it by digest.
+
+``model.bento.export_build_context`` is the one function that makes the build context (the
+container tests call it too). The context folder is ``.build/images/<bento version>`` relative to
+the project, and the same fingerprint gives a byte-identical folder, so pulumi_docker's context
+digest (computed over the folder's files in its Check) is unchanged and nothing is rebuilt or
+pushed. ``build_on_preview`` is off: preview never builds or pushes. The output ``ref`` is
+``<registry>/<repository>@sha256:<digest>``, validated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+from infra.training import tracking_env
+
+from infra.settings import DIGEST_REF_RE
+BUILD_ROOT = Path(".build") / "images"
+
+
+class ImageRefError(ValueError):
+    """An image reference is not pinned by digest."""
+
+
+def require_digest_ref(ref: str | None, what: str) -> str:
+    """``ref`` if it is ``repo@sha256:<64 hex>``; a clear error otherwise (Deployments never use tags)."""
+    if not ref or not DIGEST_REF_RE.match(ref):
+        raise ImageRefError(
+            f"{what}: {ref!r} is not an image reference pinned by digest (registry/repo@sha256:<64 hex>)."
+        )
+    return ref
+
+
+@dataclass(frozen=True)
+class ContextInfo:
+    """What pulumi_docker needs from an exported bento: folder, Dockerfile, tag."""
+
+    context: str
+    dockerfile: str
+    tag: str
+
+
+def _relative(path: Path) -> str:
+    """A path relative to the project when it is inside it, so state is the same on every machine."""
+    try:
+        return Path(os.path.relpath(path.resolve(), Path.cwd())).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def export_context(model_uri: str, fingerprint: str, *, tracking_uri: str, base_image: str) -> ContextInfo:
+    """Export the bento for one registered version (the edge: runs BentoML in a child process)."""
+    from model.bento import bento_version, export_build_context
+
+    out_dir = BUILD_ROOT / bento_version(fingerprint)
+    ctx = export_build_context(model_uri, fingerprint, out_dir, base_image=base_image, tracking_uri=tracking_uri)
+    return ContextInfo(context=_relative(ctx.path), dockerfile=_relative(ctx.dockerfile), tag=ctx.image_tag)
+
+
+class ServingImage(pulumi.ComponentResource):
+    """Build context from the trained model -> pulumi_docker.Image pushed -> digest-pinned ref."""
+
+    ref: pulumi.Output[str]
+    tag: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        model_uri: pulumi.Input[str],
+        model_fingerprint: pulumi.Input[str],
+        registry_server: pulumi.Input[str],
+        repository: str,
+        tracking_uri: pulumi.Input[str],
+        tracking_username: pulumi.Input[str],
+        tracking_password: pulumi.Input[str],
+        base_image: str,
+        platform: str,
+        registry_username: str | None = None,
+        registry_password: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ml-delivery:infra:ServingImage", name, None, opts)
+
+        def export(args: list[str]) -> ContextInfo:
+            uri, fingerprint, tracking, user, password = args
+            with tracking_env(user, password):
+                # looked up at call time: the mock harness swaps in a stand-in (no MLflow model there)
+                return globals()["export_context"](uri, fingerprint, tracking_uri=tracking, base_image=base_image)
+
+        # The password only authenticates the export; nothing in the context is secret.
+        context = pulumi.Output.unsecret(
+            pulumi.Output.all(model_uri, model_fingerprint, tracking_uri, tracking_username, tracking_password).apply(
+                export
+            )
+        )
+        registry: dict[str, pulumi.Input[str]] = {"server": registry_server}
+        if registry_username is not None and registry_password is not None:
+            registry["username"] = registry_username
+            registry["password"] = pulumi.Output.secret(registry_password)
+        image = docker.Image(
+            f"{name}-image",
+            image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, repository, context.tag),
+            build={"context": context.context, "dockerfile": context.dockerfile, "platform": platform},
+            registry=registry,
+            build_on_preview=False,
+            skip_push=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.tag = context.tag
+        self.ref = image.repo_digest.apply(lambda ref: require_digest_ref(ref, f"image {name}"))
+        self.register_outputs({"ref": self.ref, "tag": self.tag})

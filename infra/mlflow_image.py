@@ -1,0 +1,66 @@
+"""The MLflow server image, built from infra/mlflow_image/ and pushed, so it is pinned by digest.
+
+The folder holds a Dockerfile and a full requirements lock (mlflow, psycopg2, azure-storage-blob,
+azure-identity). It only changes with a commit, so pulumi_docker's context digest is stable and an
+unchanged folder is never rebuilt or pushed; preview never builds. Promoting stacks reuse the
+source stack's ``mlflowImageRef`` output (or an ``mlflowImage`` digest from config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+from infra.image import require_digest_ref
+
+CONTEXT = Path("infra") / "mlflow_image"
+REPOSITORY = "mlflow-server"
+
+
+def mlflow_version(lock: Path = CONTEXT / "requirements.txt") -> str:
+    """The mlflow version pinned in the image's lock (used as the image tag)."""
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        if line.startswith("mlflow=="):
+            return line.split("==", 1)[1].strip()
+    raise ValueError(f"{lock}: no 'mlflow==<version>' line; re-lock it with the command at its top")
+
+
+class MlflowImage(pulumi.ComponentResource):
+    """Builds and pushes the MLflow server image; ``ref`` is digest-pinned."""
+
+    ref: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        registry_server: pulumi.Input[str],
+        base_image: str,
+        platform: str,
+        registry_username: str | None = None,
+        registry_password: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ml-delivery:infra:MlflowImage", name, None, opts)
+        registry: dict[str, pulumi.Input[str]] = {"server": registry_server}
+        if registry_username is not None and registry_password is not None:
+            registry["username"] = registry_username
+            registry["password"] = pulumi.Output.secret(registry_password)
+        image = docker.Image(
+            f"{name}-image",
+            image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, REPOSITORY, mlflow_version()),
+            build={
+                "context": CONTEXT.as_posix(),
+                "dockerfile": (CONTEXT / "Dockerfile").as_posix(),
+                "platform": platform,
+                "args": {"BASE_IMAGE": base_image},
+            },
+            registry=registry,
+            build_on_preview=False,
+            skip_push=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.ref = image.repo_digest.apply(lambda ref: require_digest_ref(ref, "MLflow server image"))
+        self.register_outputs({"ref": self.ref})

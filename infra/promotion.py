@@ -1,0 +1,151 @@
+"""Promotion: staging/prod deploy exactly what the source stack built, after checking it.
+
+``promoteFrom: <org>/<project>/<stack>`` names the source. Its outputs (image ref, model version,
+metrics, fingerprint, registry id) are read through a StackReference and validated: a missing or
+malformed output, or metrics that fail this stack's gate, stop the update with a clear error.
+No TrainedModel and no Image exist in a promoting stack; this cluster's kubelet gets AcrPull on the
+source registry so it can pull the same digest.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from infra.registry import grant_acr_pull
+from infra.settings import DIGEST_REF_RE, GateSettings
+
+REQUIRED_OUTPUTS = ("imageRef", "modelVersion", "metrics", "fingerprint", "registryId")
+MLFLOW_IMAGE_OUTPUT = "mlflowImageRef"  # required unless this stack pins mlflowImage itself
+REGISTRY_ID_RE = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerRegistry/registries/[^/]+$",
+    re.IGNORECASE,
+)
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class PromotionError(ValueError):
+    """The source stack's outputs cannot be promoted; the message names the output and the fix."""
+
+
+@dataclass(frozen=True)
+class PromotedModel:
+    image_ref: str
+    model_version: str
+    metrics: dict[str, float]
+    fingerprint: str
+    registry_id: str
+    mlflow_image_ref: str | None
+
+
+def gate_failures(metrics: Mapping[str, float], gate: GateSettings) -> list[str]:
+    """Each failed rule of this stack's gate, in words; empty when the metrics pass."""
+    rules = (
+        ("accuracy", ">=", gate.min_accuracy),
+        ("f1", ">=", gate.min_f1),
+        ("roc_auc", ">=", gate.min_roc_auc),
+        ("log_loss", "<=", gate.max_log_loss),
+    )
+    failures = []
+    for metric, op, bound in rules:
+        value = metrics[metric]
+        ok = value >= bound if op == ">=" else value <= bound
+        if not ok:
+            failures.append(f"{metric}={value:.4f} is not {op} {bound:.4f}")
+    return failures
+
+
+def validate_source(
+    outputs: Mapping[str, Any], source: str, stack: str, gate: GateSettings, *, need_mlflow_image: bool = True
+) -> PromotedModel:
+    """Check the source stack's outputs; a PromotionError names what is wrong and what to do."""
+
+    def fail(problem: str) -> PromotionError:
+        return PromotionError(
+            f"cannot promote from {source} into {stack}: {problem}. "
+            f"Run `pulumi up` on {source} (or fix it) and try again."
+        )
+
+    required = (*REQUIRED_OUTPUTS, MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else REQUIRED_OUTPUTS
+    missing = [key for key in required if outputs.get(key) in (None, "", {})]
+    if missing:
+        raise fail(f"the source stack has no output {', '.join(missing)}")
+    ref = str(outputs["imageRef"])
+    if not DIGEST_REF_RE.match(ref):
+        raise fail(f"output imageRef {ref!r} is not pinned by digest (registry/repo@sha256:<64 hex>)")
+    mlflow_ref = outputs.get(MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else None
+    if mlflow_ref is not None and not DIGEST_REF_RE.match(str(mlflow_ref)):
+        raise fail(f"output {MLFLOW_IMAGE_OUTPUT} {mlflow_ref!r} is not pinned by digest")
+    fingerprint = str(outputs["fingerprint"])
+    if not FINGERPRINT_RE.match(fingerprint):
+        raise fail(f"output fingerprint {fingerprint!r} is not a sha256 hex digest")
+    registry_id = str(outputs["registryId"])
+    if not REGISTRY_ID_RE.match(registry_id):
+        raise fail(f"output registryId {registry_id!r} is not an Azure Container Registry resource id")
+    raw_metrics = outputs["metrics"]
+    if not isinstance(raw_metrics, Mapping):
+        raise fail(f"output metrics is not a mapping: {raw_metrics!r}")
+    metrics: dict[str, float] = {}
+    for name in ("accuracy", "f1", "roc_auc", "log_loss"):
+        value = raw_metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise fail(f"output metrics.{name} is missing or not a number ({value!r})")
+        metrics[name] = float(value)
+    failures = gate_failures(metrics, gate)
+    if failures:
+        raise fail(f"its model fails the {stack} gate: {'; '.join(failures)} (gate from Pulumi.{stack}.yaml)")
+    return PromotedModel(
+        image_ref=ref,
+        model_version=str(outputs["modelVersion"]),
+        metrics=metrics,
+        fingerprint=fingerprint,
+        registry_id=registry_id,
+        mlflow_image_ref=str(mlflow_ref) if mlflow_ref is not None else None,
+    )
+
+
+class Promotion(pulumi.ComponentResource):
+    """Reads and validates the source stack; grants this kubelet AcrPull on the source registry."""
+
+    image_ref: pulumi.Output[str]
+    model_version: pulumi.Output[str]
+    metrics: pulumi.Output[dict[str, float]]
+    fingerprint: pulumi.Output[str]
+    registry_id: pulumi.Output[str]
+    mlflow_image_ref: pulumi.Output[str | None]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        source: str,
+        stack: str,
+        gate: GateSettings,
+        kubelet_object_id: pulumi.Input[str] | None,
+        need_mlflow_image: bool = True,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ml-delivery:infra:Promotion", name, None, opts)
+        ref = pulumi.StackReference(f"{name}-source", stack_name=source, opts=pulumi.ResourceOptions(parent=self))
+        keys = (*REQUIRED_OUTPUTS, MLFLOW_IMAGE_OUTPUT)
+        promoted = pulumi.Output.all(*(ref.get_output(key) for key in keys)).apply(
+            lambda values: validate_source(
+                dict(zip(keys, values, strict=True)), source, stack, gate, need_mlflow_image=need_mlflow_image
+            )
+        )
+        self.image_ref = promoted.image_ref
+        self.model_version = promoted.model_version
+        self.metrics = promoted.metrics
+        self.fingerprint = promoted.fingerprint
+        self.registry_id = promoted.registry_id
+        self.mlflow_image_ref = promoted.mlflow_image_ref
+        if kubelet_object_id is not None:
+            grant_acr_pull(
+                f"{name}-kubelet-acrpull", kubelet_object_id=kubelet_object_id, registry_id=self.registry_id, parent=self
+            )
+        self.register_outputs({"imageRef": self.image_ref, "modelVersion": self.model_version})

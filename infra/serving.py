@@ -1,0 +1,183 @@
+"""The Kubernetes objects that serve the model image, pinned by digest.
+
+Namespace, ServiceAccount (no token), Deployment (non-root uid from model.container, read-only root
+filesystem with emptyDirs at model.container.WRITABLE_PATHS, no capabilities, RuntimeDefault
+seccomp, requests/limits, startup/readiness/liveness probes on BentoML's endpoints, rolling update
+with maxUnavailable 0, Prometheus scrape annotations), Service (ClusterIP unless config allows a
+LoadBalancer), HorizontalPodAutoscaler, PodDisruptionBudget and NetworkPolicies (default deny, allow
+ingress to the model port). pulumi_kubernetes waits for the rollout to be ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import podsecurity
+from infra.image import require_digest_ref
+from infra.settings import Settings
+from model import container
+
+APP = "model-server"
+
+
+def probes() -> dict[str, Any]:
+    """Startup, readiness and liveness probes on the serving container's health endpoints."""
+
+    def get(path: str) -> dict[str, Any]:
+        return {"http_get": {"path": path, "port": container.SERVICE_PORT}}
+
+    return {
+        # the model loads before /readyz answers; allow up to 5 minutes for a cold start
+        "startup_probe": {**get(container.LIVENESS_PATH), "period_seconds": 5, "failure_threshold": 60},
+        "readiness_probe": {**get(container.READINESS_PATH), "period_seconds": 5, "failure_threshold": 3},
+        "liveness_probe": {**get(container.LIVENESS_PATH), "period_seconds": 15, "failure_threshold": 3},
+    }
+
+
+def pod_spec(settings: Settings, image_ref: str, service_account: str) -> dict[str, Any]:
+    """The serving pod: digest-pinned image, hardened, with resources and probes."""
+    s = settings.serving
+    volumes, mounts = podsecurity.empty_dir_volumes(container.WRITABLE_PATHS)
+    return {
+        "service_account_name": service_account,
+        "automount_service_account_token": False,
+        "security_context": podsecurity.pod_security_context(container.RUN_AS_USER, container.RUN_AS_GROUP),
+        "containers": [
+            {
+                "name": APP,
+                "image": require_digest_ref(image_ref, "serving Deployment image"),
+                "image_pull_policy": "IfNotPresent",
+                "ports": [{"name": "http", "container_port": container.SERVICE_PORT}],
+                "env": [{"name": k, "value": v} for k, v in sorted(container.RUNTIME_ENV.items())],
+                "security_context": podsecurity.container_security_context(),
+                "resources": {
+                    "requests": {"cpu": s.cpu_request, "memory": s.memory_request},
+                    "limits": {"cpu": s.cpu_limit, "memory": s.memory_limit},
+                },
+                "volume_mounts": mounts,
+                **probes(),
+            }
+        ],
+        "volumes": volumes,
+    }
+
+
+class ModelServing(pulumi.ComponentResource):
+    """Serves ``image_ref`` in its own namespace; ``endpoint`` is the URL clients use."""
+
+    endpoint: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        image_ref: pulumi.Input[str],
+        model_version: pulumi.Input[str],
+        provider: k8s.Provider,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ml-delivery:infra:ModelServing", name, None, opts)
+        s = settings.serving
+        ns = s.namespace
+        labels = {"app": APP, "app.kubernetes.io/part-of": settings.project}
+        selector = {"app": APP}
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-ns", metadata={"name": ns, "labels": labels}, opts=pulumi.ResourceOptions(parent=self, provider=provider)
+        )
+        opts_ns = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa", metadata={"name": APP, "namespace": ns}, automount_service_account_token=False, opts=opts_ns
+        )
+        annotations = {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(container.SERVICE_PORT),
+            "prometheus.io/path": container.METRICS_PATH,
+        }
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={"name": APP, "namespace": ns, "labels": labels},
+            spec={
+                "replicas": s.min_replicas,
+                "selector": {"match_labels": selector},
+                "strategy": {"type": "RollingUpdate", "rolling_update": {"max_unavailable": 0, "max_surge": 1}},
+                "template": {
+                    "metadata": {
+                        "labels": {**labels, "model-version": pulumi.Output.from_input(model_version).apply(str)},
+                        "annotations": annotations,
+                    },
+                    "spec": pulumi.Output.all(image_ref, account.metadata.name).apply(
+                        lambda args: pod_spec(settings, args[0], args[1])
+                    ),
+                },
+            },
+            # replicas belong to the HPA after the first rollout
+            opts=pulumi.ResourceOptions.merge(opts_ns, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])),
+        )
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": APP, "namespace": ns, "labels": labels},
+            spec={
+                "type": s.service_type,
+                "selector": selector,
+                "ports": [{"name": "http", "port": 80, "target_port": container.SERVICE_PORT}],
+            },
+            opts=opts_ns,
+        )
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata={"name": APP, "namespace": ns},
+            spec={
+                "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": APP},
+                "min_replicas": s.min_replicas,
+                "max_replicas": s.max_replicas,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "average_utilization": s.target_cpu_utilization},
+                        },
+                    }
+                ],
+            },
+            opts=pulumi.ResourceOptions.merge(opts_ns, pulumi.ResourceOptions(depends_on=[deployment])),
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata={"name": APP, "namespace": ns},
+            spec={"selector": {"match_labels": selector}, "max_unavailable": 1} if s.min_replicas > 1
+            else {"selector": {"match_labels": selector}, "min_available": 1},
+            opts=opts_ns,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-default-deny",
+            metadata={"name": "default-deny", "namespace": ns},
+            spec={"pod_selector": {}, "policy_types": ["Ingress", "Egress"]},
+            opts=opts_ns,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-allow-model-port",
+            metadata={"name": "allow-model-port", "namespace": ns},
+            spec={
+                "pod_selector": {"match_labels": selector},
+                "policy_types": ["Ingress"],
+                "ingress": [{"ports": [{"protocol": "TCP", "port": container.SERVICE_PORT}]}],
+            },
+            opts=opts_ns,
+        )
+        if s.service_type == "LoadBalancer":
+            self.endpoint = service.status.apply(
+                lambda st: f"http://{_ingress_address(st)}" if _ingress_address(st) else ""
+            )
+        else:
+            self.endpoint = pulumi.Output.from_input(f"http://{APP}.{ns}.svc.cluster.local")
+        self.register_outputs({"endpoint": self.endpoint})
+
+
+def _ingress_address(status: Any) -> str | None:
+    ingress = (status.load_balancer.ingress if status and status.load_balancer else None) or []
+    return (ingress[0].ip or ingress[0].hostname) if ingress else None

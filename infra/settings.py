@@ -1,0 +1,421 @@
+"""One typed, validated settings object per stack, read from the stack's Pulumi config.
+
+Every value has a default except the ones only a person can choose. A wrong value raises
+``ConfigError`` naming the key, the stack file and what to write instead. Parsing works on a plain
+``get(key) -> str | None`` function so it is testable without a Pulumi runtime; ``load_settings``
+binds it to ``pulumi.Config`` and reads the secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pulumi
+
+PROJECT = "ml-delivery"
+
+MODES = ("azure", "local")
+SERVICE_TYPES = ("ClusterIP", "LoadBalancer", "NodePort")
+ACR_SKUS = ("Basic", "Standard", "Premium")
+UPGRADE_CHANNELS = ("none", "patch", "stable", "rapid", "node-image")
+NODE_OS_UPGRADE_CHANNELS = ("None", "Unmanaged", "NodeImage", "SecurityPatch")
+# kubelogin --login modes; every one but devicecode and interactive works without a person.
+KUBELOGIN_MODES = ("azurecli", "workloadidentity", "spn", "msi", "devicecode", "interactive")
+POSTGRES_TIERS = ("Burstable", "GeneralPurpose", "MemoryOptimized")
+PROMOTE_FROM_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+K8S_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+CIDR_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$")
+DIGEST_REF_RE = re.compile(r"^[a-z0-9][a-z0-9.\-:/_]*@sha256:[0-9a-f]{64}$")
+DNS_LABEL_RE = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A stack config value is missing or wrong; the message says which key, where, and the fix."""
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Quality gate a model must pass in this stack (also applied to promoted metrics)."""
+
+    min_accuracy: float = 0.9
+    min_f1: float = 0.9
+    min_roc_auc: float = 0.95
+    max_log_loss: float = 0.35
+    champion_margin: float = 0.01
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "min_accuracy": self.min_accuracy,
+            "min_f1": self.min_f1,
+            "min_roc_auc": self.min_roc_auc,
+            "max_log_loss": self.max_log_loss,
+            "champion_margin": self.champion_margin,
+        }
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    system_vm_size: str = "Standard_D2s_v5"
+    system_node_count: int = 2
+    user_vm_size: str = "Standard_D4s_v5"
+    user_min_count: int = 1
+    user_max_count: int = 3
+    kubernetes_version: str | None = None
+    upgrade_channel: str = "stable"
+    node_os_upgrade_channel: str = "NodeImage"
+    kubelogin_mode: str = "azurecli"
+    admin_group_object_ids: tuple[str, ...] = ()
+    vnet_cidr: str = "10.20.0.0/16"
+    deployer_principal_type: str = "User"  # who runs `pulumi up`: a person, or CI's ServicePrincipal
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    kube_context: str | None = None
+    kubeconfig_path: str = "~/.kube/config"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    sku: str = "Basic"
+    server: str | None = None  # local mode only: an existing registry such as localhost:5001
+    username: str | None = None
+    password: pulumi.Output[str] | None = None
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    image: str | None = None  # digest-pinned override; None: built from infra/mlflow_image (or promoted)
+    service_type: str = "LoadBalancer"
+    allowed_cidrs: tuple[str, ...] = ()
+    dns_label: str | None = None
+    extra_allowed_hosts: tuple[str, ...] = ()
+    tracking_uri: str | None = None  # how this machine reaches MLflow; derived when unset
+    admin_username: str = "admin"
+    admin_password: pulumi.Output[str] | None = None  # None: generated with pulumi_random
+    experiment_name: str = "cancer-classifier"
+    model_name: str = "cancer-classifier"
+    postgres_sku: str = "Standard_B1ms"
+    postgres_tier: str = "Burstable"
+    postgres_version: str = "16"
+    postgres_storage_gb: int = 32
+    node_port: int = 30500
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    data_path: str = "data/train.csv"
+    requirements_path: str = "requirements.txt"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    namespace: str = "model-serving"
+    service_type: str = "ClusterIP"
+    min_replicas: int = 2
+    max_replicas: int = 4
+    target_cpu_utilization: int = 70
+    cpu_request: str = "250m"
+    cpu_limit: str = "1"
+    memory_request: str = "512Mi"
+    memory_limit: str = "1Gi"
+    base_image: str = "python:3.11-slim"  # the serving image's base (bento export)
+    platform: str = "linux/amd64"
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    stack: str
+    mode: str
+    location: str
+    promote_from: str | None
+    cluster: ClusterSettings
+    local: LocalSettings
+    registry: RegistrySettings
+    tracking: TrackingSettings
+    training: TrainingSettings
+    serving: ServingSettings
+    gate: GateSettings
+    tags: Mapping[str, str]
+
+    @property
+    def is_local(self) -> bool:
+        return self.mode == "local"
+
+    @property
+    def promotes(self) -> bool:
+        return self.promote_from is not None
+
+
+class _Reader:
+    """Typed reads of one stack's config with errors that name the key and the stack file."""
+
+    def __init__(self, get: Callable[[str], str | None], project: str, stack: str) -> None:
+        self._get = get
+        self.project = project
+        self.stack = stack
+
+    def fail(self, key: str, value: object, problem: str, fix: str) -> ConfigError:
+        return ConfigError(
+            f"Pulumi.{self.stack}.yaml: config key '{self.project}:{key}' = {value!r} {problem}. {fix}"
+        )
+
+    def raw(self, key: str) -> str | None:
+        value = self._get(key)
+        return None if value is None or value == "" else value
+
+    def str_(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> str | None:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if choices and value not in choices:
+            raise self.fail(key, value, "is not allowed", f"Use one of: {', '.join(choices)}.")
+        return value
+
+    def required_str(self, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
+        value = self.str_(key, default, choices)
+        assert value is not None
+        return value
+
+    def matching(self, key: str, default: str | None, pattern: re.Pattern[str], example: str) -> str | None:
+        value = self.str_(key, default)
+        if value is not None and not pattern.match(value):
+            raise self.fail(key, value, "has the wrong format", f"Write it like {example!r}.")
+        return value
+
+    def int_(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise self.fail(key, value, "is not an integer", f"Set a whole number {low}..{high}.") from None
+        if not low <= number <= high:
+            raise self.fail(key, value, f"is outside {low}..{high}", f"Set a number {low}..{high}.")
+        return number
+
+    def obj(self, key: str, kind: type[T], default: T) -> T:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            raise self.fail(
+                key, value, "is not valid structured config", "Write it as a YAML mapping/list."
+            ) from None
+        if not isinstance(parsed, kind):
+            raise self.fail(key, value, f"is not a {kind.__name__}", f"Write a YAML {kind.__name__}.")
+        return parsed
+
+    def str_list(self, key: str, pattern: re.Pattern[str] | None = None, example: str = "") -> tuple[str, ...]:
+        items = self.obj(key, list, [])
+        for item in items:
+            if not isinstance(item, str) or (pattern is not None and not pattern.match(item)):
+                raise self.fail(key, items, f"holds a bad entry {item!r}", f"List strings like {example!r}.")
+        return tuple(items)
+
+
+def _gate(reader: _Reader) -> GateSettings:
+    names = {
+        "minAccuracy": "min_accuracy",
+        "minF1": "min_f1",
+        "minRocAuc": "min_roc_auc",
+        "maxLogLoss": "max_log_loss",
+        "championMargin": "champion_margin",
+    }
+    given = reader.obj("gate", dict, {})
+    values: dict[str, float] = {}
+    for key, value in given.items():
+        if key not in names:
+            raise reader.fail("gate", given, f"has an unknown field {key!r}", f"Use: {', '.join(names)}.")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise reader.fail(f"gate.{key}", value, "is not a number", "Set a number such as 0.9.")
+        bounded = key != "maxLogLoss"
+        if value < 0 or (bounded and value > 1):
+            raise reader.fail(f"gate.{key}", value, "is out of range", "Use 0..1 (maxLogLoss: >= 0).")
+        values[names[key]] = float(value)
+    return GateSettings(**values)
+
+
+def _serving(reader: _Reader) -> ServingSettings:
+    d = ServingSettings()
+    quantities = {}
+    for key, default in (
+        ("servingCpuRequest", d.cpu_request),
+        ("servingCpuLimit", d.cpu_limit),
+        ("servingMemoryRequest", d.memory_request),
+        ("servingMemoryLimit", d.memory_limit),
+    ):
+        quantities[key] = reader.matching(key, default, K8S_QUANTITY_RE, "500m or 1Gi")
+    min_replicas = reader.int_("servingMinReplicas", d.min_replicas, 1, 50)
+    max_replicas = reader.int_("servingMaxReplicas", max(d.max_replicas, min_replicas), 1, 100)
+    if max_replicas < min_replicas:
+        raise reader.fail(
+            "servingMaxReplicas", max_replicas, f"is below servingMinReplicas ({min_replicas})",
+            "Raise servingMaxReplicas or lower servingMinReplicas.",
+        )
+    return ServingSettings(
+        namespace=reader.matching("servingNamespace", d.namespace, DNS_LABEL_RE, "model-serving") or "",
+        service_type=reader.required_str("servingServiceType", d.service_type, SERVICE_TYPES),
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        target_cpu_utilization=reader.int_("servingTargetCpu", d.target_cpu_utilization, 10, 100),
+        cpu_request=quantities["servingCpuRequest"] or "",
+        cpu_limit=quantities["servingCpuLimit"] or "",
+        memory_request=quantities["servingMemoryRequest"] or "",
+        memory_limit=quantities["servingMemoryLimit"] or "",
+        base_image=reader.required_str("servingBaseImage", d.base_image),
+        platform=reader.required_str("imagePlatform", d.platform, ("linux/amd64", "linux/arm64")),
+    )
+
+
+def _cluster(reader: _Reader) -> ClusterSettings:
+    d = ClusterSettings()
+    user_min = reader.int_("userNodeMinCount", d.user_min_count, 0, 100)
+    user_max = reader.int_("userNodeMaxCount", max(d.user_max_count, user_min, 1), 1, 1000)
+    if user_max < user_min:
+        raise reader.fail(
+            "userNodeMaxCount", user_max, f"is below userNodeMinCount ({user_min})",
+            "Raise userNodeMaxCount or lower userNodeMinCount.",
+        )
+    return ClusterSettings(
+        system_vm_size=reader.required_str("systemNodeVmSize", d.system_vm_size),
+        system_node_count=reader.int_("systemNodeCount", d.system_node_count, 1, 100),
+        user_vm_size=reader.required_str("userNodeVmSize", d.user_vm_size),
+        user_min_count=user_min,
+        user_max_count=user_max,
+        kubernetes_version=reader.matching(
+            "kubernetesVersion", None, re.compile(r"^\d+\.\d+(\.\d+)?$"), "1.33"
+        ),
+        upgrade_channel=reader.required_str("upgradeChannel", d.upgrade_channel, UPGRADE_CHANNELS),
+        node_os_upgrade_channel=reader.required_str(
+            "nodeOsUpgradeChannel", d.node_os_upgrade_channel, NODE_OS_UPGRADE_CHANNELS
+        ),
+        kubelogin_mode=reader.required_str("kubeloginMode", d.kubelogin_mode, KUBELOGIN_MODES),
+        admin_group_object_ids=reader.str_list(
+            "adminGroupObjectIds", re.compile(r"^[0-9a-fA-F-]{36}$"), "00000000-0000-0000-0000-000000000000"
+        ),
+        vnet_cidr=reader.matching("vnetCidr", d.vnet_cidr, CIDR_RE, "10.20.0.0/16") or d.vnet_cidr,
+        deployer_principal_type=reader.required_str(
+            "deployerPrincipalType", d.deployer_principal_type, ("User", "ServicePrincipal", "Group")
+        ),
+    )
+
+
+def _tracking(
+    reader: _Reader, mode: str, trains: bool, admin_password: pulumi.Output[str] | None
+) -> TrackingSettings:
+    d = TrackingSettings()
+    default_type = "NodePort" if mode == "local" else d.service_type
+    service_type = reader.required_str("mlflowServiceType", default_type, SERVICE_TYPES)
+    cidrs = reader.str_list("mlflowAllowedCidrs", CIDR_RE, "203.0.113.0/24")
+    tracking_uri = reader.matching("trackingUri", None, re.compile(r"^https?://[^\s/]+(/.*)?$"), "http://127.0.0.1:5000")
+    if service_type == "LoadBalancer" and not cidrs:
+        raise reader.fail(
+            "mlflowAllowedCidrs", [], "is empty while mlflowServiceType is LoadBalancer",
+            "List the CIDRs allowed to reach MLflow (your CI runners / VPN egress), "
+            "e.g. `pulumi config set --path 'mlflowAllowedCidrs[0]' 203.0.113.0/24`.",
+        )
+    if trains and service_type == "ClusterIP" and tracking_uri is None:
+        raise reader.fail(
+            "trackingUri", None, "is unset while mlflowServiceType is ClusterIP",
+            "Training runs on the deploying machine and must reach MLflow: set trackingUri "
+            "(e.g. a kubectl port-forward URL) or use mlflowServiceType LoadBalancer/NodePort.",
+        )
+    return TrackingSettings(
+        image=reader.matching("mlflowImage", None, DIGEST_REF_RE, "registry.example.com/mlflow@sha256:<64 hex>"),
+        service_type=service_type,
+        allowed_cidrs=cidrs,
+        dns_label=reader.matching("mlflowDnsLabel", f"{reader.project}-{reader.stack}-mlflow", DNS_LABEL_RE, "ml-delivery-dev-mlflow"),
+        extra_allowed_hosts=reader.str_list("mlflowAllowedHosts", re.compile(r"^[A-Za-z0-9*.:\-\[\]]+$"), "mlflow.example.com"),
+        tracking_uri=tracking_uri,
+        admin_username=reader.matching("mlflowAdminUsername", d.admin_username, re.compile(r"^[A-Za-z0-9_.-]{3,64}$"), "admin") or d.admin_username,
+        admin_password=admin_password,
+        experiment_name=reader.required_str("mlflowExperimentName", d.experiment_name),
+        model_name=reader.matching("modelName", d.model_name, re.compile(r"^[A-Za-z0-9_.-]+$"), "cancer-classifier") or d.model_name,
+        postgres_sku=reader.required_str("postgresSku", d.postgres_sku),
+        postgres_tier=reader.required_str("postgresTier", d.postgres_tier, POSTGRES_TIERS),
+        postgres_version=reader.required_str("postgresVersion", d.postgres_version, ("14", "15", "16", "17")),
+        postgres_storage_gb=reader.int_("postgresStorageGb", d.postgres_storage_gb, 32, 16384),
+        node_port=reader.int_("mlflowNodePort", d.node_port, 30000, 32767),
+    )
+
+
+def parse_settings(
+    get: Callable[[str], str | None],
+    *,
+    project: str,
+    stack: str,
+    get_secret: Callable[[str], pulumi.Output[str] | None] = lambda _key: None,
+    require_secret: Callable[[str], pulumi.Output[str]] | None = None,
+) -> Settings:
+    """Build and validate the settings from a config getter (raw string values, as Pulumi stores them)."""
+    reader = _Reader(get, project, stack)
+    mode = reader.required_str("mode", "azure", MODES)
+    promote_from = reader.matching("promoteFrom", None, PROMOTE_FROM_RE, "my-org/ml-delivery/dev")
+    if promote_from is not None and promote_from.split("/")[2] == stack:
+        raise reader.fail("promoteFrom", promote_from, "names this stack itself", "Promote from another stack, e.g. dev.")
+    if promote_from is not None and mode == "local":
+        raise reader.fail("promoteFrom", promote_from, "is set on a local stack", "Promotion needs mode: azure.")
+
+    registry_username = reader.str_("registryUsername", None)
+    registry_password = None
+    if registry_username is not None:
+        if require_secret is None:
+            raise reader.fail("registryPassword", None, "cannot be read", "Run under Pulumi.")
+        registry_password = require_secret("registryPassword")
+    registry_server = reader.matching("registryServer", "localhost:5001" if mode == "local" else None, re.compile(r"^[A-Za-z0-9.\-]+(:\d+)?$"), "localhost:5001")
+    if registry_server is not None and mode != "local":
+        raise reader.fail("registryServer", registry_server, "is only for mode: local", "Remove it; azure stacks create their own registry.")
+
+    params = reader.obj("modelParams", dict, {})
+    tags = reader.obj("tags", dict, {})
+    return Settings(
+        project=project,
+        stack=stack,
+        mode=mode,
+        location=reader.required_str("location", "westeurope"),
+        promote_from=promote_from,
+        cluster=_cluster(reader),
+        local=LocalSettings(
+            kube_context=reader.str_("kubeContext", None),
+            kubeconfig_path=reader.required_str("kubeconfigPath", LocalSettings.kubeconfig_path),
+        ),
+        registry=RegistrySettings(
+            sku=reader.required_str("acrSku", RegistrySettings.sku, ACR_SKUS),
+            server=registry_server,
+            username=registry_username,
+            password=registry_password,
+        ),
+        tracking=_tracking(reader, mode, promote_from is None, get_secret("mlflowAdminPassword")),
+        training=TrainingSettings(
+            data_path=reader.required_str("dataPath", TrainingSettings.data_path),
+            requirements_path=reader.required_str("requirementsPath", TrainingSettings.requirements_path),
+            params=params,
+        ),
+        serving=_serving(reader),
+        gate=_gate(reader),
+        tags={"project": project, "stack": stack, **{str(k): str(v) for k, v in tags.items()}},
+    )
+
+
+def load_settings() -> Settings:
+    """Read this stack's settings from ``pulumi.Config`` (the program's only config read)."""
+    config = pulumi.Config()
+    return parse_settings(
+        config.get,
+        project=pulumi.get_project(),
+        stack=pulumi.get_stack(),
+        get_secret=config.get_secret,
+        require_secret=config.require_secret,
+    )

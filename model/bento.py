@@ -1,0 +1,417 @@
+"""Build the serving bento from a registered MLflow model version and export its Docker build context.
+
+``export_build_context`` is the ONE place that makes the image build context (infra/image.py and the
+container tests call it). It runs the BentoML work in a child process (``python -m model.bento``) so
+that BentoML's process-wide state (model store home, the imported service module and its model tag)
+never leaks between calls, and importing this module stays free of side effects and heavy imports.
+
+The child process:
+1. imports ``models:/<name>/<version>`` into the BentoML model store as ``<name>:<v>`` where ``<v>``
+   is the first 32 hex chars of the training fingerprint (reused when already there from the same run);
+2. builds the bento ``cancer_classifier:<v>`` from ``model.service`` with exactly the model's captured,
+   ``==``-pinned requirements, plus the installed closure of BentoML for packages the model does not
+   name; reused when a bento of that version was built from the same run and base image;
+3. exports it as a folder (``env/docker/Dockerfile`` + ``models/``), fixes every timestamp to the MLflow
+   model's creation time so the same inputs give a byte-identical folder, and checks parity between
+   the model's requirements and the image's ``env/python/requirements.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MODEL_DIR = Path(__file__).resolve().parent
+REPO_ROOT = MODEL_DIR.parent
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+VERSION_LENGTH = 32  # hex chars of the fingerprint used as bento/model/image version (128 bits)
+BENTO_NAME = "cancer_classifier"
+SERVICE_IMPORT = "model.service:CancerClassifier"
+# The service's own modules, copied into the bento's src/ (model.train and friends stay out of the image).
+SERVICE_SOURCES: tuple[str, ...] = (
+    "model/__init__.py",
+    "model/container.py",
+    "model/service.py",
+    "model/validation.py",
+)
+# Packages BentoML itself adds to the image requirements; not the model's, so not parity-checked.
+BENTOML_PACKAGE = "bentoml"
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<version>[0-9]+)$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+_CREATION_TIME = re.compile(r"^(\s*creation_time:\s*).*$", re.MULTILINE)
+
+Progress = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"[bento] {message}", file=sys.stderr, flush=True)
+
+
+class BentoBuildError(RuntimeError):
+    """The bento or its build context could not be made; the message says which input and what to do."""
+
+
+class ParityError(BentoBuildError):
+    """The image would not install exactly the package versions the model was trained with."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """An exported bento: ``docker build -f dockerfile path`` gives the serving image."""
+
+    path: Path
+    dockerfile: Path
+    image_name: str
+    image_tag: str
+    requirements: dict[str, str]  # what the image installs: canonical package name -> pinned version
+    bento_tag: str = ""
+    model_tag: str = ""
+    reused: bool = False  # the bento came from the store (same fingerprint, run and base image)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- pure helpers -------------------------------------------------------------------------------
+
+
+def bento_version(fingerprint: str) -> str:
+    """The bento / BentoML model / image version for a training fingerprint (a valid BentoML tag)."""
+    if not _FINGERPRINT.match(fingerprint):
+        raise BentoBuildError(
+            f"fingerprint {fingerprint!r} is not a sha256 hex digest (64 lowercase hex chars): "
+            "pass TrainResult.fingerprint from model.train"
+        )
+    return fingerprint[:VERSION_LENGTH]
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str]:
+    """``models:/<name>/<version>`` -> (name, version); aliases and run URIs are refused (not pinned)."""
+    match = _MODEL_URI.match(model_uri)
+    if not match:
+        raise BentoBuildError(
+            f"model_uri {model_uri!r} must name a registered version as models:/<name>/<version> "
+            "(e.g. TrainResult.model_uri); aliases and runs:/ URIs can move and are not accepted"
+        )
+    return match["name"], match["version"]
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 normalised package name, so that 'Scikit_Learn' and 'scikit-learn' compare equal."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_pinned_requirements(text: str, source: str) -> dict[str, str]:
+    """``name==version`` lines (comments and blanks skipped) -> {canonical name: version}.
+
+    Anything else (a range, an URL, an option line, a duplicate with another version) is an error
+    naming ``source`` and the line: the image must install exactly what the model was trained with.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    pins: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{source}:{number}: {raw.strip()!r}"
+        try:
+            req = Requirement(line)
+        except InvalidRequirement as exc:
+            raise BentoBuildError(f"{where} is not a requirement ({exc}): use name==version") from exc
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        specs = list(req.specifier)
+        if req.url or len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version:
+            raise BentoBuildError(
+                f"{where} is not pinned to one exact version: log the model with name==version "
+                "requirements (model.pins.pinned_closure does)"
+            )
+        name = canonical_name(req.name)
+        if name in pins and pins[name] != specs[0].version:
+            raise BentoBuildError(f"{where} pins {name} again with another version ({pins[name]})")
+        pins[name] = specs[0].version
+    if not pins:
+        raise BentoBuildError(f"{source} lists no packages: the model was logged without requirements")
+    return pins
+
+
+def image_requirements(model_pins: Mapping[str, str], serving_pins: Mapping[str, str]) -> dict[str, str]:
+    """The packages the image installs: every model pin, plus serving-only packages the model lacks.
+
+    BentoML itself is left out: BentoML appends its own ``bentoml==<version>`` line.
+    """
+    merged = dict(model_pins)
+    for name, version in serving_pins.items():
+        if name not in merged and name != BENTOML_PACKAGE:
+            merged[name] = version
+    return dict(sorted(merged.items()))
+
+
+def check_parity(model_requirements: Mapping[str, str], image_requirements: Mapping[str, str]) -> None:
+    """Raise ParityError listing every model package the image lacks or installs at another version."""
+    model = {canonical_name(k): v for k, v in model_requirements.items()}
+    image = {canonical_name(k): v for k, v in image_requirements.items()}
+    problems = [
+        f"{name}: model {version}, image {image.get(name, '(missing)')}"
+        for name, version in sorted(model.items())
+        if image.get(name) != version
+    ]
+    if problems:
+        raise ParityError(
+            f"the serving image would not install the versions the model was trained with "
+            f"({len(problems)} difference(s)): " + "; ".join(problems) + ". Rebuild the bento from the "
+            "model's requirements (model.bento.export_build_context) or retrain in the current environment"
+        )
+
+
+def normalize_tree(root: Path, timestamp: datetime) -> None:
+    """Pin every ``creation_time`` in bento.yaml / model.yaml files and every mtime to ``timestamp``."""
+    stamp = timestamp.isoformat()
+    for path in sorted(root.rglob("*.yaml")):
+        if path.name in ("bento.yaml", "model.yaml"):
+            text = path.read_text(encoding="utf-8")
+            path.write_text(_CREATION_TIME.sub(lambda m: f"{m[1]}'{stamp}'", text), encoding="utf-8")
+    epoch = timestamp.timestamp()
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
+
+
+def tree_digest(root: Path) -> Iterator[tuple[str, bytes]]:
+    """(relative path, bytes) of every file under ``root``, sorted: what "byte-identical" compares."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        yield path.relative_to(root).as_posix(), path.read_bytes()
+
+
+# ---- the parent side: run the child, return its result --------------------------------------------
+
+
+def export_build_context(
+    model_uri: str,
+    fingerprint: str,
+    out_dir: str | Path,
+    *,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    tracking_uri: str | None = None,
+    bentoml_home: str | Path | None = None,
+    timeout: float = 1800,
+) -> BuildContext:
+    """Build (or reuse) the bento for ``model_uri``; export it to ``out_dir`` (replaced); check parity.
+
+    ``tracking_uri`` defaults to $MLFLOW_TRACKING_URI and ``bentoml_home`` to $BENTOML_HOME (or ~/bentoml).
+    Progress goes to stderr. Raises BentoBuildError / ParityError with the reason.
+    """
+    parse_model_uri(model_uri)
+    bento_version(fingerprint)
+    if not base_image.strip():
+        raise BentoBuildError("base_image is empty: pass an image reference such as python:3.11-slim")
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(REPO_ROOT)}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if bentoml_home:
+        env["BENTOML_HOME"] = str(Path(bentoml_home).resolve())
+    cmd = [
+        sys.executable,
+        "-m",
+        "model.bento",
+        "--model-uri",
+        model_uri,
+        "--fingerprint",
+        fingerprint,
+        "--out-dir",
+        str(Path(out_dir).resolve()),
+        "--base-image",
+        base_image,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        payload = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        payload = {}
+    if proc.returncode != 0 or "error" in payload or "path" not in payload:
+        reason = payload.get("error") or f"exit code {proc.returncode}; see the [bento] log above"
+        error = ParityError if payload.get("kind") == "ParityError" else BentoBuildError
+        raise error(f"building the bento for {model_uri} failed: {reason}")
+    return _context_from_json(payload)
+
+
+def _context_from_json(payload: Mapping[str, Any]) -> BuildContext:
+    return BuildContext(
+        path=Path(payload["path"]),
+        dockerfile=Path(payload["dockerfile"]),
+        image_name=payload["image_name"],
+        image_tag=payload["image_tag"],
+        requirements=dict(payload["requirements"]),
+        bento_tag=payload["bento_tag"],
+        model_tag=payload["model_tag"],
+        reused=bool(payload["reused"]),
+        notes=list(payload.get("notes", [])),
+    )
+
+
+# ---- the child side: BentoML and MLflow work ---------------------------------------------------------
+
+
+def _build_in_this_process(
+    model_uri: str, fingerprint: str, out_dir: Path, base_image: str, progress: Progress = _stderr
+) -> BuildContext:
+    import bentoml
+    from bentoml._internal.bento.build_config import BentoEnvSchema  # envs must be this type
+    from bentoml.exceptions import NotFound
+    from mlflow.tracking import MlflowClient
+
+    from model.pins import pinned_closure
+    from model.service import MLFLOW_MODEL_FOLDER, MODEL_TAG_ENV
+
+    name, version = parse_model_uri(model_uri)
+    tag_version = bento_version(fingerprint)
+    model_tag, bento_tag = f"{name}:{tag_version}", f"{BENTO_NAME}:{tag_version}"
+    run_id = _run_of(MlflowClient(), name, version)
+    labels = {"fingerprint": fingerprint, "mlflow_model_uri": model_uri, "mlflow_run_id": run_id}
+    notes: list[str] = []
+
+    stored = _stored_or_none(bentoml.models.get, model_tag, NotFound)
+    if stored is not None and stored.info.labels.get("mlflow_run_id") != run_id:
+        progress(f"BentoML model {model_tag} came from another run: importing {model_uri} again")
+        bentoml.models.delete(model_tag)
+        stored = None
+    if stored is None:
+        progress(f"importing {model_uri} (run {run_id}) into the BentoML model store as {model_tag}")
+        stored = bentoml.mlflow.import_model(model_tag, model_uri, labels=labels)
+    else:
+        notes.append(f"model {model_tag} already in the BentoML store: not downloaded again")
+    mlmodel_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
+    model_pins = parse_pinned_requirements(
+        (mlmodel_dir / "requirements.txt").read_text(encoding="utf-8"), f"{model_uri}/requirements.txt"
+    )
+    created = _mlmodel_creation_time(mlmodel_dir)
+
+    bento_labels = {**labels, "base_image": base_image}
+    bento = _stored_or_none(bentoml.bentos.get, bento_tag, NotFound)
+    if bento is not None and dict(bento.info.labels) != bento_labels:
+        progress(f"bento {bento_tag} was built from another run or base image: rebuilding it")
+        bentoml.bentos.delete(bento_tag)
+        bento = None
+    reused = bento is not None
+    if bento is None:
+        wanted = image_requirements(model_pins, _serving_pins(pinned_closure))
+        check_parity(model_pins, wanted)
+        progress(f"building bento {bento_tag} on {base_image} with {len(wanted) + 1} pinned packages")
+        os.environ[MODEL_TAG_ENV] = model_tag  # read by model.service when the build imports it
+        with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
+            for rel in SERVICE_SOURCES:
+                (Path(ctx) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO_ROOT / rel, Path(ctx) / rel)
+            bento = bentoml.bentos.build(
+                SERVICE_IMPORT,
+                name=BENTO_NAME,
+                version=tag_version,
+                labels=bento_labels,
+                include=list(SERVICE_SOURCES),
+                python={"packages": [f"{n}=={v}" for n, v in wanted.items()], "lock_packages": False},
+                docker={"base_image": base_image},
+                envs=[BentoEnvSchema(name=MODEL_TAG_ENV, value=model_tag)],
+                build_ctx=ctx,
+            )
+    else:
+        notes.append(f"bento {bento_tag} already built from this run and base image: not rebuilt")
+        progress(notes[-1])
+
+    progress(f"exporting {bento_tag} to {out_dir}")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        bentoml.bentos.export_bento(bento_tag, str(staging) + "/", output_format="folder")
+        exported = next(p.parent for p in staging.rglob("bento.yaml") if p.parent.parent == staging)
+        normalize_tree(exported, created)
+        exported.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    image_pins = parse_pinned_requirements(
+        (out_dir / "env/python/requirements.txt").read_text(encoding="utf-8"),
+        f"{out_dir}/env/python/requirements.txt",
+    )
+    check_parity(model_pins, image_pins)
+    progress(f"parity ok: the image pins all {len(model_pins)} packages of the model's requirements")
+    return BuildContext(
+        path=out_dir,
+        dockerfile=out_dir / "env/docker/Dockerfile",
+        image_name=BENTO_NAME,
+        image_tag=tag_version,
+        requirements=image_pins,
+        bento_tag=bento_tag,
+        model_tag=model_tag,
+        reused=reused,
+        notes=notes,
+    )
+
+
+def _run_of(client: Any, name: str, version: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run_id = client.get_model_version(name, version).run_id
+    except MlflowException as exc:
+        raise BentoBuildError(
+            f"cannot read models:/{name}/{version} from the tracking server {client.tracking_uri}: "
+            f"{exc.message}. Check MLFLOW_TRACKING_URI and that the version is registered"
+        ) from exc
+    if not run_id:
+        raise BentoBuildError(f"models:/{name}/{version} has no source run: register it from a run")
+    return str(run_id)
+
+
+def _stored_or_none(getter: Callable[[str], Any], tag: str, not_found: type[Exception]) -> Any:
+    try:
+        return getter(tag)
+    except not_found:
+        return None
+
+
+def _serving_pins(closure: Callable[[Sequence[str]], list[str]]) -> dict[str, str]:
+    """Installed pins of BentoML and everything it needs, from this (the build) environment."""
+    return parse_pinned_requirements("\n".join(closure([BENTOML_PACKAGE])), "the installed BentoML closure")
+
+
+def _mlmodel_creation_time(mlmodel_dir: Path) -> datetime:
+    import yaml
+
+    raw = yaml.safe_load((mlmodel_dir / "MLmodel").read_text(encoding="utf-8")).get("utc_time_created")
+    if raw is None:
+        raise BentoBuildError(f"{mlmodel_dir / 'MLmodel'} has no utc_time_created: not an MLflow model?")
+    created = raw if isinstance(raw, datetime) else datetime.fromisoformat(str(raw))
+    return created if created.tzinfo else created.replace(tzinfo=UTC)  # MLflow writes UTC
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child process: build + export, print the BuildContext as JSON on the last stdout line."""
+    parser = argparse.ArgumentParser(prog="python -m model.bento", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--fingerprint", required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--base-image", default=DEFAULT_BASE_IMAGE)
+    args = parser.parse_args(argv)
+    try:
+        ctx = _build_in_this_process(args.model_uri, args.fingerprint, args.out_dir, args.base_image)
+    except BentoBuildError as exc:
+        print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        return 1
+    print(json.dumps({**asdict(ctx), "path": str(ctx.path), "dockerfile": str(ctx.dockerfile)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Model-registry lookups and writes the training step needs: reuse by fingerprint, the champion's
+metrics, gate tags and aliases. Thin wrappers over ``MlflowClient``, one registry call each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from model.metrics import METRIC_NAMES
+
+FINGERPRINT_TAG = "fingerprint"
+GATE_TAG = "gate"  # "passed" | "failed"
+GATE_REASON_TAG = "gate_reason"
+CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the training step needs to know about one registered version."""
+
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+
+
+def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """The gate metrics logged on ``run_id`` (only those present)."""
+    logged = client.get_run(run_id).data.metrics
+    return {name: float(logged[name]) for name in METRIC_NAMES if name in logged}
+
+
+def find_passed_version(client: MlflowClient, model_name: str, fingerprint: str) -> VersionInfo | None:
+    """The newest version of ``model_name`` with this fingerprint that passed the gate, if any."""
+    quoted = model_name.replace("'", "\\'")
+    found = client.search_model_versions(
+        f"name = '{quoted}' and tags.{FINGERPRINT_TAG} = '{fingerprint}' and tags.{GATE_TAG} = 'passed'"
+    )
+    if not found:
+        return None
+    newest = max(found, key=lambda mv: int(mv.version))
+    return VersionInfo(str(newest.version), str(newest.run_id), run_metrics(client, str(newest.run_id)))
+
+
+def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> VersionInfo | None:
+    """The version holding ``alias`` (with its run's metrics); None if the model or alias does not exist."""
+    try:
+        aliases = client.get_registered_model(model_name).aliases
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    if alias not in aliases:
+        return None
+    mv = client.get_model_version(model_name, str(aliases[alias]))
+    return VersionInfo(str(mv.version), str(mv.run_id), run_metrics(client, str(mv.run_id)))
+
+
+def mark_gate(client: MlflowClient, model_name: str, version: str, passed: bool, reason: str) -> None:
+    """Record the gate decision on the version; a passed version also gets the candidate alias."""
+    client.set_model_version_tag(model_name, version, GATE_TAG, "passed" if passed else "failed")
+    client.set_model_version_tag(model_name, version, GATE_REASON_TAG, reason)
+    if passed:
+        client.set_registered_model_alias(model_name, CANDIDATE_ALIAS, version)

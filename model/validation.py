@@ -1,0 +1,158 @@
+"""Request validation for the serving API: check a batch of JSON rows against the model's input schema.
+
+Pure functions, no BentoML or MLflow imports: ``model.service`` builds a ``RowSchema`` from the MLflow
+model signature and calls ``validate_rows`` before a request joins an adaptive batch, so one bad
+request is answered 400 on its own and never fails the batch it would have joined. Every problem is
+reported with the row index and feature name and what to send instead.
+
+JSON integers are accepted for floating-point features and converted (MLflow's schema enforcement
+would reject int64 for a double column, DESIGN.md); booleans, strings, null, NaN and infinities are not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_MAX_ROWS = 1000
+MAX_REPORTED_PROBLEMS = 10  # a message lists at most this many problems, then "... and N more"
+
+_FLOAT_TYPES = frozenset({"double", "float"})
+_INT_TYPES = frozenset({"long", "integer"})
+Number = float | int
+
+
+class RequestValidationError(ValueError):
+    """A request the model cannot score; the message names every problem found (row, feature, fix)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        shown = list(self.problems[:MAX_REPORTED_PROBLEMS])
+        if len(self.problems) > MAX_REPORTED_PROBLEMS:
+            shown.append(f"... and {len(self.problems) - MAX_REPORTED_PROBLEMS} more problems")
+        super().__init__("; ".join(shown))
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    """The model's input columns in signature order: ``(name, mlflow type)`` pairs, and a row limit."""
+
+    columns: tuple[tuple[str, str], ...]
+    max_rows: int = DEFAULT_MAX_ROWS
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            raise ValueError("the model signature has no input columns: log the model with a signature")
+        unsupported = [
+            f"{name} ({kind})" for name, kind in self.columns if kind not in _FLOAT_TYPES | _INT_TYPES
+        ]
+        if unsupported:
+            raise ValueError(
+                f"model signature columns with non-numeric types are not supported by this service: "
+                f"{', '.join(unsupported)}; log the model with numeric (double/long) inputs"
+            )
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+
+def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Number]]:
+    """Return ``rows`` with every value checked and typed for the model, or raise RequestValidationError."""
+    if not isinstance(rows, list):
+        raise RequestValidationError(
+            [f"'rows' must be a JSON array of objects (feature: number), got {_json_type(rows)}"]
+        )
+    if not rows:
+        raise RequestValidationError(["'rows' is empty: send at least one row"])
+    if len(rows) > schema.max_rows:
+        raise RequestValidationError(
+            [
+                f"'rows' has {len(rows)} rows, more than the limit of {schema.max_rows} per request: "
+                f"split the batch into requests of at most {schema.max_rows} rows"
+            ]
+        )
+    problems: list[str] = []
+    clean: list[dict[str, Number]] = []
+    for index, row in enumerate(rows):
+        typed, row_problems = _validate_row(index, row, schema)
+        problems.extend(row_problems)
+        clean.append(typed)
+    if problems:
+        raise RequestValidationError(problems)
+    return clean
+
+
+def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str, Number], list[str]]:
+    if not isinstance(row, Mapping):
+        return {}, [f"rows[{index}] must be an object of feature: number, got {_json_type(row)}"]
+    problems: list[str] = []
+    missing = [name for name in schema.names if name not in row]
+    if missing:
+        problems.append(
+            f"rows[{index}] is missing feature(s) {_quoted(missing)}: send all {len(schema.names)}"
+        )
+    known = set(schema.names)
+    extra = [str(name) for name in row if name not in known]
+    if extra:
+        problems.append(
+            f"rows[{index}] has unknown feature(s) {_quoted(extra)}: the model takes only its "
+            f"{len(schema.names)} signature features (e.g. {_quoted(schema.names[:3])})"
+        )
+    typed: dict[str, Number] = {}
+    for name, kind in schema.columns:
+        if name not in row:
+            continue
+        value, problem = _typed_value(row[name], kind)
+        if problem:
+            problems.append(f"rows[{index}].{name} {problem}")
+        else:
+            typed[name] = value
+    return typed, problems
+
+
+def _typed_value(value: object, kind: str) -> tuple[Number, str | None]:
+    # bool is an int subclass in Python; JSON true/false is not a measurement.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0, f"must be a number, got {_json_type(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0, f"must be a finite number, got {value}"
+    if kind in _FLOAT_TYPES:
+        as_float = float(value)
+        if not math.isfinite(as_float):  # an int too large for a double
+            return 0, f"is out of range for a {kind}: {_short(value)}"
+        return as_float, None
+    if isinstance(value, float):
+        if not value.is_integer():
+            return 0, f"must be a whole number for a {kind} feature, got {value}"
+        return int(value), None
+    return value, None
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quoted(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(f"'{name}'" for name in names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"

@@ -1,0 +1,529 @@
+"""The CrossGuard policies of the ml-delivery stacks, importable without starting a policy pack.
+
+Each rule is a pure ``check_*(props, config[, stack]) -> list[str]`` over the resource's input
+properties as the engine sends them (camelCase; Kubernetes objects as manifest fields), returning one
+message per problem that names the field and says what to change. ``POLICIES`` wraps them into
+``ResourceValidationPolicy`` objects; ``policy/__main__.py`` hands those to ``PolicyPack``, which
+starts a gRPC server and blocks, so nothing here constructs it.
+
+This file imports no sibling module: the engine runs the pack with ``policy/`` as its working
+directory, where ``policy.*`` imports would not resolve.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from fnmatch import fnmatchcase
+from itertools import pairwise
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Severity,
+)
+
+PACK_NAME = "ml-delivery-policies"
+
+# Where the pod spec lives inside each workload kind that runs containers.
+POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
+    "kubernetes:core/v1:Pod": ("spec",),
+    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+SERVICE_TYPE = "kubernetes:core/v1:Service"
+CONFIG_MAP_TYPE = "kubernetes:core/v1:ConfigMap"
+ACR_TYPE = "azure-native:containerregistry:Registry"
+AKS_TYPE = "azure-native:containerservice:ManagedCluster"
+STORAGE_ACCOUNT_TYPE = "azure-native:storage:StorageAccount"
+BLOB_CONTAINER_TYPE = "azure-native:storage:BlobContainer"
+POSTGRES_SERVER_TYPE = "azure-native:dbforpostgresql:Server"
+POSTGRES_FIREWALL_TYPE = "azure-native:dbforpostgresql:FirewallRule"
+
+DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+SECURE_TLS_VERSIONS = frozenset({"TLS1_2", "TLS1_3"})
+OPEN_RANGES = frozenset({"0.0.0.0/0", "::/0"})
+# Words of an environment variable name (split on "_") that mark its value as a secret.
+SECRET_NAME_WORDS = frozenset(
+    {"PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
+)
+SECRET_NAME_PAIRS = frozenset(
+    {
+        ("API", "KEY"),
+        ("ACCESS", "KEY"),
+        ("ACCOUNT", "KEY"),
+        ("PRIVATE", "KEY"),
+        ("STORAGE", "KEY"),
+        ("CONNECTION", "STRING"),
+        ("SAS", "TOKEN"),
+    }
+)
+# scheme://user:password@host, unless the password is a Kubernetes $(VAR) reference.
+CREDENTIAL_URI = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:(?!\$\([A-Za-z0-9_]+\)@)[^@\s/]+@", re.I)
+CREDENTIAL_MARKERS = re.compile(r"AccountKey=|SharedAccessSignature=|[?&]sig=|--password[= ](?!\$\()\S", re.I)
+
+Props = Mapping[str, Any]
+Config = Mapping[str, Any]
+
+
+# ---------------------------------------------------------------- helpers over engine-shaped props
+
+
+def _get(props: Any, *path: str) -> Any:
+    """The value at ``path`` inside nested mappings, or None where any step is missing."""
+    current = props
+    for key in path:
+        if not isinstance(current, Mapping) or key not in current:
+            return None
+        current = current[key]
+    return current
+
+
+def _items(value: Any) -> list[Any]:
+    """A list-like property as a list (the engine sends a Sequence proxy); None or a scalar -> []."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    return []
+
+
+def _label(props: Props, kind: str) -> str:
+    """``Kind 'namespace/name'`` for messages, from the manifest's metadata."""
+    name = _get(props, "metadata", "name") or "<unnamed>"
+    namespace = _get(props, "metadata", "namespace")
+    return f"{kind} '{namespace}/{name}'" if namespace else f"{kind} '{name}'"
+
+
+def _kind(resource_type: str) -> str:
+    return resource_type.rsplit(":", 1)[-1]
+
+
+def pod_spec(resource_type: str, props: Props) -> tuple[str, Any]:
+    """The dotted path to the pod spec of a workload and the pod spec itself (None if absent)."""
+    path = POD_SPEC_PATHS[resource_type]
+    return ".".join(path), _get(props, *path)
+
+
+def containers(resource_type: str, props: Props, *, include_init: bool = True) -> Iterator[tuple[str, Any]]:
+    """(field path, container) for every container of a workload, init containers first."""
+    spec_path, spec = pod_spec(resource_type, props)
+    groups = ("initContainers", "containers") if include_init else ("containers",)
+    for group in groups:
+        for index, container in enumerate(_items(_get(spec, group))):
+            name = _get(container, "name") or f"#{index}"
+            yield f"{spec_path}.{group}[{index}] ('{name}')", container
+
+
+def _missing_pod_spec(resource_type: str, props: Props) -> list[str]:
+    spec_path, spec = pod_spec(resource_type, props)
+    if not _items(_get(spec, "containers")):
+        return [
+            f"{_label(props, _kind(resource_type))}: {spec_path}.containers is missing or empty, so its "
+            "containers cannot be checked. Declare the pod template's containers."
+        ]
+    return []
+
+
+# ---------------------------------------------------------------- Kubernetes workloads
+
+
+def check_image_digest(resource_type: str, props: Props) -> list[str]:
+    """Every container image is referenced as ``repository@sha256:<digest>``, never by a tag alone."""
+    label = _label(props, _kind(resource_type))
+    problems = _missing_pod_spec(resource_type, props)
+    for path, container in containers(resource_type, props):
+        image = _get(container, "image")
+        if not isinstance(image, str) or not image:
+            problems.append(
+                f"{label}: {path}.image is missing. Set it to an image pinned by digest "
+                "(repository@sha256:<64 hex>)."
+            )
+        elif not DIGEST_REF.match(image):
+            problems.append(
+                f"{label}: {path}.image '{image}' is not pinned by digest. Reference it as "
+                "repository@sha256:<digest> (the digest the build pushed, e.g. docker.Image.repo_digest) "
+                "instead of a mutable tag."
+            )
+    return problems
+
+
+def check_container_security(resource_type: str, props: Props) -> list[str]:
+    """Non-root, read-only root filesystem, no privilege escalation, all capabilities dropped."""
+    label = _label(props, _kind(resource_type))
+    spec_path, spec = pod_spec(resource_type, props)
+    pod_context = _get(spec, "securityContext")
+    problems = _missing_pod_spec(resource_type, props)
+    for path, container in containers(resource_type, props):
+        context = _get(container, "securityContext")
+        run_as_non_root = _get(context, "runAsNonRoot")
+        if run_as_non_root is None:
+            run_as_non_root = _get(pod_context, "runAsNonRoot")
+        if run_as_non_root is not True:
+            problems.append(
+                f"{label}: {path}.securityContext.runAsNonRoot is not true (nor is "
+                f"{spec_path}.securityContext.runAsNonRoot). Set runAsNonRoot: true and a non-zero runAsUser."
+            )
+        run_as_user = _get(context, "runAsUser")
+        if run_as_user is None:
+            run_as_user = _get(pod_context, "runAsUser")
+        if run_as_user == 0:
+            problems.append(
+                f"{label}: {path} runs as uid 0 (securityContext.runAsUser: 0). Set a non-zero runAsUser."
+            )
+        if _get(context, "readOnlyRootFilesystem") is not True:
+            problems.append(
+                f"{label}: {path}.securityContext.readOnlyRootFilesystem is not true. Set it to true and "
+                "mount emptyDir volumes on the paths the process writes to."
+            )
+        if _get(context, "allowPrivilegeEscalation") is not False:
+            problems.append(
+                f"{label}: {path}.securityContext.allowPrivilegeEscalation is not false. Set it to false."
+            )
+        if _get(context, "privileged") is True:
+            problems.append(f"{label}: {path}.securityContext.privileged is true. Remove it.")
+        dropped = {str(cap).upper() for cap in _items(_get(context, "capabilities", "drop"))}
+        if "ALL" not in dropped:
+            problems.append(
+                f'{label}: {path}.securityContext.capabilities.drop does not contain "ALL". '
+                'Set capabilities: {drop: ["ALL"]} and add back only what the process needs.'
+            )
+    return problems
+
+
+def check_container_resources(resource_type: str, props: Props) -> list[str]:
+    """Every container requests and limits both cpu and memory."""
+    label = _label(props, _kind(resource_type))
+    problems = _missing_pod_spec(resource_type, props)
+    for path, container in containers(resource_type, props):
+        for bound in ("requests", "limits"):
+            values = _get(container, "resources", bound)
+            missing = [res for res in ("cpu", "memory") if _get(values, res) in (None, "")]
+            if missing:
+                problems.append(
+                    f"{label}: {path}.resources.{bound} lacks {' and '.join(missing)}. "
+                    f"Set resources.{bound}.cpu and resources.{bound}.memory."
+                )
+    return problems
+
+
+def check_container_probes(resource_type: str, props: Props) -> list[str]:
+    """Every long-running container has a readiness and a liveness probe (init containers exempt)."""
+    label = _label(props, _kind(resource_type))
+    problems = _missing_pod_spec(resource_type, props)
+    for path, container in containers(resource_type, props, include_init=False):
+        for probe in ("readinessProbe", "livenessProbe"):
+            if not isinstance(_get(container, probe), Mapping):
+                problems.append(
+                    f"{label}: {path}.{probe} is missing. Add an httpGet/tcpSocket/exec {probe} so "
+                    "Kubernetes knows when the container is ready and when to restart it."
+                )
+    return problems
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable or ConfigMap key name says it holds a secret."""
+    words = [word for word in re.split(r"[^A-Z0-9]+", name.upper()) if word]
+    if any(word in SECRET_NAME_WORDS for word in words):
+        return True
+    return any(pair in SECRET_NAME_PAIRS for pair in pairwise(words))
+
+
+def looks_like_credential(value: str) -> bool:
+    """Whether a plain string embeds a credential (user:password@ URI, storage key, SAS signature)."""
+    return bool(CREDENTIAL_URI.search(value) or CREDENTIAL_MARKERS.search(value))
+
+
+def check_plaintext_secrets(resource_type: str, props: Props) -> list[str]:
+    """No secret passed as a plain env value, argument or ConfigMap entry: use a Secret reference."""
+    label = _label(props, _kind(resource_type))
+    problems: list[str] = []
+    if resource_type == CONFIG_MAP_TYPE:
+        data = _get(props, "data")
+        for key in sorted(data) if isinstance(data, Mapping) else []:
+            value = data[key]
+            if is_secret_name(key) or (isinstance(value, str) and looks_like_credential(value)):
+                problems.append(
+                    f"{label}: data.{key} holds a secret in a ConfigMap. Move it to a Kubernetes Secret "
+                    "(from a Pulumi secret) and reference it with secretKeyRef or a secret volume."
+                )
+        return problems
+    for path, container in containers(resource_type, props):
+        for index, env in enumerate(_items(_get(container, "env"))):
+            name = str(_get(env, "name") or f"#{index}")
+            value = _get(env, "value")
+            if value is None:
+                continue
+            if is_secret_name(name) or (isinstance(value, str) and looks_like_credential(value)):
+                problems.append(
+                    f"{label}: {path}.env[{index}] '{name}' passes a secret as a plain value. Put it in a "
+                    "Kubernetes Secret (from a Pulumi secret) and use valueFrom.secretKeyRef."
+                )
+        for field in ("command", "args"):
+            for index, arg in enumerate(_items(_get(container, field))):
+                if isinstance(arg, str) and looks_like_credential(arg):
+                    problems.append(
+                        f"{label}: {path}.{field}[{index}] embeds a credential. Pass it through an env "
+                        "var from valueFrom.secretKeyRef and reference it as $(VAR) in the argument."
+                    )
+    return problems
+
+
+def check_load_balancer(props: Props, config: Config) -> list[str]:
+    """No Service of type LoadBalancer unless allowed in the policy config, and then source-restricted."""
+    if _get(props, "spec", "type") != "LoadBalancer":
+        return []
+    name = _get(props, "metadata", "name") or ""
+    namespace = _get(props, "metadata", "namespace") or ""
+    label = _label(props, "Service")
+    patterns = [str(entry) for entry in _items(config.get("allowedServices"))]
+    if not any(fnmatchcase(name, p) or fnmatchcase(f"{namespace}/{name}", p) for p in patterns):
+        return [
+            f"{label}: spec.type is LoadBalancer, which exposes it outside the cluster, and it is not "
+            "allowed in policy config. Use type ClusterIP (behind an ingress), or add "
+            f"'{namespace + '/' if namespace else ''}{name}' to no-unapproved-load-balancer.allowedServices "
+            "in the policy pack config (see policy/config.json)."
+        ]
+    ranges = [str(cidr) for cidr in _items(_get(props, "spec", "loadBalancerSourceRanges"))]
+    if not ranges or OPEN_RANGES.intersection(ranges):
+        return [
+            f"{label}: an allowed LoadBalancer must limit who connects, but spec.loadBalancerSourceRanges "
+            f"is {ranges or 'empty'}. List only the client CIDRs that need access."
+        ]
+    return []
+
+
+# ---------------------------------------------------------------- Azure resources
+
+
+def check_acr_admin_user(props: Props) -> list[str]:
+    """The registry's admin user stays disabled (Azure's default when the property is absent)."""
+    if _get(props, "adminUserEnabled") is True:
+        return [
+            "Container registry: adminUserEnabled is true; the admin user is a shared, non-auditable "
+            "credential. Set adminUserEnabled: false and grant AcrPull/AcrPush roles to identities."
+        ]
+    return []
+
+
+def check_aks_access(props: Props, config: Config, stack: str) -> list[str]:
+    """Entra ID with Azure RBAC, Kubernetes RBAC on, local accounts off (outside local stacks)."""
+    local_stacks = {str(name) for name in _items(config.get("localStacks", ["local"]))}
+    if stack and stack in local_stacks:
+        return []
+    problems: list[str] = []
+    if _get(props, "enableRBAC") is False:
+        problems.append("AKS cluster: enableRBAC is false. Set enableRBAC: true.")
+    if _get(props, "aadProfile", "managed") is not True:
+        problems.append("AKS cluster: aadProfile.managed is not true. Set aadProfile: {managed: true, ...}.")
+    if _get(props, "aadProfile", "enableAzureRBAC") is not True:
+        problems.append(
+            "AKS cluster: aadProfile.enableAzureRBAC is not true. Set aadProfile.enableAzureRBAC: true "
+            "so Kubernetes access is granted with Azure role assignments."
+        )
+    if _get(props, "disableLocalAccounts") is not True:
+        problems.append(
+            "AKS cluster: disableLocalAccounts is not true, so a static admin kubeconfig exists. Set "
+            "disableLocalAccounts: true (stacks named in aks-azure-rbac.localStacks are exempt)."
+        )
+    return problems
+
+
+def check_storage(resource_type: str, props: Props) -> list[str]:
+    """Storage accounts: no public blob access, TLS 1.2+, HTTPS only; blob containers: private."""
+    if resource_type == BLOB_CONTAINER_TYPE:
+        access = _get(props, "publicAccess")
+        if access not in (None, "None"):
+            return [
+                f"Blob container '{_get(props, 'containerName') or '<unnamed>'}': publicAccess is "
+                f"'{access}'. Remove it or set publicAccess: None."
+            ]
+        return []
+    problems: list[str] = []
+    if _get(props, "allowBlobPublicAccess") is not False:
+        problems.append(
+            "Storage account: allowBlobPublicAccess is not false (older API versions default to true). "
+            "Set allowBlobPublicAccess: false."
+        )
+    tls = _get(props, "minimumTlsVersion")
+    if tls not in SECURE_TLS_VERSIONS:
+        problems.append(
+            f"Storage account: minimumTlsVersion is {tls or 'not set (TLS1_0 on older API versions)'}. "
+            'Set minimumTlsVersion: "TLS1_2".'
+        )
+    if _get(props, "enableHttpsTrafficOnly") is False:
+        problems.append("Storage account: enableHttpsTrafficOnly is false. Set it to true.")
+    return problems
+
+
+def check_postgres(resource_type: str, props: Props) -> list[str]:
+    """PostgreSQL Flexible Server reachable only privately (VNet integration or private endpoint)."""
+    if resource_type == POSTGRES_FIREWALL_TYPE:
+        return [
+            f"PostgreSQL firewall rule '{_get(props, 'firewallRuleName') or '<unnamed>'}' "
+            f"({_get(props, 'startIpAddress')}-{_get(props, 'endIpAddress')}) opens the server to public "
+            "networks. Remove it; reach the server through VNet integration or a private endpoint."
+        ]
+    if _get(props, "network", "delegatedSubnetResourceId"):
+        return []  # VNet-integrated servers have no public endpoint.
+    access = _get(props, "network", "publicNetworkAccess")
+    if access != "Disabled":
+        return [
+            f"PostgreSQL server: network.publicNetworkAccess is {access or 'not set (Enabled by default)'}. "
+            'Set network: {publicNetworkAccess: "Disabled"} with a private endpoint, or set '
+            "network.delegatedSubnetResourceId for VNet integration."
+        ]
+    return []
+
+
+# ---------------------------------------------------------------- edges: config, stack, policies
+
+
+def current_stack() -> str:
+    """The stack under analysis: the engine sets PULUMI_STACK for the analyzer process."""
+    return os.environ.get("PULUMI_STACK", "")
+
+
+def _with_defaults(schema: PolicyConfigSchema | None, config: Config) -> dict[str, Any]:
+    """Config values the user set, over the schema's defaults."""
+    merged: dict[str, Any] = {}
+    for key, spec in (schema.properties if schema else {}).items():
+        if "default" in spec:
+            merged[key] = spec["default"]
+    merged.update(config or {})
+    return merged
+
+
+Check = Callable[[ResourceValidationArgs, Config], list[str]]
+
+
+def _policy(
+    name: str,
+    description: str,
+    types: Sequence[str],
+    check: Check,
+    *,
+    schema: PolicyConfigSchema | None = None,
+    severity: Severity = Severity.HIGH,
+) -> ResourceValidationPolicy:
+    """A mandatory resource policy that runs ``check`` on resources of ``types`` only."""
+    wanted = frozenset(types)
+
+    def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+        if args.resource_type not in wanted:
+            return
+        for message in check(args, _with_defaults(schema, args.get_config())):
+            report_violation(message, None)
+
+    return ResourceValidationPolicy(
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+        config_schema=schema,
+        severity=severity,
+    )
+
+
+WORKLOAD_TYPES = tuple(POD_SPEC_PATHS)
+
+LOAD_BALANCER_SCHEMA = PolicyConfigSchema(
+    properties={
+        "allowedServices": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": [],
+            "description": "Services allowed to be of type LoadBalancer: 'name' or 'namespace/name', "
+            "shell-style wildcards allowed (e.g. 'mlflow/*').",
+        }
+    }
+)
+AKS_SCHEMA = PolicyConfigSchema(
+    properties={
+        "localStacks": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["local"],
+            "description": "Stacks (laptop clusters) exempt from the AKS access rules.",
+        }
+    }
+)
+
+POLICIES: list[ResourceValidationPolicy] = [
+    _policy(
+        "images-pinned-by-digest",
+        "Every container image is referenced by digest (repository@sha256:...), never by a mutable tag.",
+        WORKLOAD_TYPES,
+        lambda args, _cfg: check_image_digest(args.resource_type, args.props),
+        severity=Severity.CRITICAL,
+    ),
+    _policy(
+        "containers-hardened",
+        "Every container runs as non-root with a read-only root filesystem, no privilege escalation "
+        "and all capabilities dropped.",
+        WORKLOAD_TYPES,
+        lambda args, _cfg: check_container_security(args.resource_type, args.props),
+    ),
+    _policy(
+        "containers-resources-set",
+        "Every container sets cpu and memory requests and limits.",
+        WORKLOAD_TYPES,
+        lambda args, _cfg: check_container_resources(args.resource_type, args.props),
+        severity=Severity.MEDIUM,
+    ),
+    _policy(
+        "containers-probed",
+        "Every long-running container has readiness and liveness probes.",
+        WORKLOAD_TYPES,
+        lambda args, _cfg: check_container_probes(args.resource_type, args.props),
+        severity=Severity.MEDIUM,
+    ),
+    _policy(
+        "no-plaintext-secrets",
+        "Secrets are not passed as plain env values, arguments or ConfigMap entries.",
+        (*WORKLOAD_TYPES, CONFIG_MAP_TYPE),
+        lambda args, _cfg: check_plaintext_secrets(args.resource_type, args.props),
+        severity=Severity.CRITICAL,
+    ),
+    _policy(
+        "no-unapproved-load-balancer",
+        "No Service of type LoadBalancer unless allowed by name in the policy config and limited "
+        "to listed source ranges.",
+        (SERVICE_TYPE,),
+        lambda args, cfg: check_load_balancer(args.props, cfg),
+        schema=LOAD_BALANCER_SCHEMA,
+    ),
+    _policy(
+        "acr-admin-user-disabled",
+        "Azure Container Registry has its admin user disabled.",
+        (ACR_TYPE,),
+        lambda args, _cfg: check_acr_admin_user(args.props),
+    ),
+    _policy(
+        "aks-azure-rbac",
+        "AKS uses Entra ID with Azure RBAC and has local accounts disabled (except in local stacks).",
+        (AKS_TYPE,),
+        lambda args, cfg: check_aks_access(args.props, cfg, current_stack()),
+        schema=AKS_SCHEMA,
+    ),
+    _policy(
+        "storage-private-tls12",
+        "Storage accounts forbid public blob access and require TLS 1.2+; blob containers are private.",
+        (STORAGE_ACCOUNT_TYPE, BLOB_CONTAINER_TYPE),
+        lambda args, _cfg: check_storage(args.resource_type, args.props),
+    ),
+    _policy(
+        "postgres-no-public-access",
+        "PostgreSQL Flexible Server has no public network access and no firewall openings.",
+        (POSTGRES_SERVER_TYPE, POSTGRES_FIREWALL_TYPE),
+        lambda args, _cfg: check_postgres(args.resource_type, args.props),
+        severity=Severity.CRITICAL,
+    ),
+]

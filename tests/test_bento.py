@@ -1,0 +1,251 @@
+"""model.bento: the bento and its exported build context, built from a model trained in a real MLflow server.
+
+Real MLflow server, real training, real BentoML build and export (no mocks). The pure helpers
+(requirement parsing, parity, versions) are tested directly.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from model.bento import (
+    BENTOML_PACKAGE,
+    BentoBuildError,
+    BuildContext,
+    ParityError,
+    bento_version,
+    check_parity,
+    export_build_context,
+    normalize_tree,
+    parse_model_uri,
+    parse_pinned_requirements,
+    tree_digest,
+)
+from model.train import TrainConfig, TrainResult, train_and_register
+from tests.conftest import REPO_ROOT
+
+MODEL_NAME = "serving-tests-model"  # shared with test_service.py: the second module reuses the version
+FINGERPRINT = "ab" * 32
+
+
+# ---- pure helpers ----------------------------------------------------------------------------------
+
+
+def test_parse_pinned_requirements_reads_pins_and_skips_comments_and_foreign_markers() -> None:
+    text = "# header\nNumPy==2.4.6\n\nscikit_learn==1.9.1  # comment\npywin32==306; sys_platform == 'win32'\n"
+    assert parse_pinned_requirements(text, "reqs.txt") == {"numpy": "2.4.6", "scikit-learn": "1.9.1"}
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("numpy>=2", "not pinned to one exact version"),
+        ("numpy", "not pinned to one exact version"),
+        ("numpy==2.*", "not pinned to one exact version"),
+        ("-r other.txt", "is not a requirement"),
+        ("numpy==2.4.6\nnumpy==2.4.5", "again with another version"),
+    ],
+)
+def test_parse_pinned_requirements_refuses_what_is_not_one_exact_version(line: str, fragment: str) -> None:
+    with pytest.raises(BentoBuildError, match=fragment) as info:
+        parse_pinned_requirements(line, "model/requirements.txt")
+    assert "model/requirements.txt:" in str(info.value)  # names the file and line
+
+
+def test_parse_pinned_requirements_refuses_an_empty_file() -> None:
+    with pytest.raises(BentoBuildError, match="lists no packages"):
+        parse_pinned_requirements("# nothing\n", "requirements.txt")
+
+
+def test_check_parity_lists_every_difference() -> None:
+    model = {"numpy": "2.4.6", "pandas": "2.3.3", "skops": "0.16.0", "scikit-learn": "1.9.1"}
+    image = {"numpy": "2.4.5", "pandas": "2.3.3", "scikit_learn": "1.9.1", "bentoml": "1.4.40"}
+    with pytest.raises(ParityError) as info:
+        check_parity(model, image)
+    message = str(info.value)
+    assert "2 difference(s)" in message
+    assert "numpy: model 2.4.6, image 2.4.5" in message
+    assert "skops: model 0.16.0, image (missing)" in message
+    assert "pandas" not in message and "scikit" not in message
+
+
+def test_check_parity_accepts_extra_serving_packages() -> None:
+    check_parity({"numpy": "2.4.6"}, {"numpy": "2.4.6", "bentoml": "1.4.40", "starlette": "1.0"})
+
+
+def test_bento_version_is_a_fingerprint_prefix_and_refuses_anything_else() -> None:
+    assert bento_version(FINGERPRINT) == FINGERPRINT[:32]
+    for bad in ("", "abc", FINGERPRINT.upper(), FINGERPRINT + "0"):
+        with pytest.raises(BentoBuildError, match="sha256 hex digest"):
+            bento_version(bad)
+
+
+def test_parse_model_uri_takes_only_a_registered_version() -> None:
+    assert parse_model_uri("models:/cancer-classifier/12") == ("cancer-classifier", "12")
+    for bad in ("models:/cancer-classifier@champion", "runs:/abc/model", "models:/x/latest", "/tmp/model"):
+        with pytest.raises(BentoBuildError, match="models:/<name>/<version>"):
+            parse_model_uri(bad)
+
+
+def test_normalize_tree_pins_creation_times_and_mtimes(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "bento.yaml").write_text("name: x\ncreation_time: '2031-01-01T00:00:00+00:00'\n")
+    (tmp_path / "m" / "model.yaml").write_text("a: 1\n  creation_time: '2032-02-02T00:00:00+00:00'\n")
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    normalize_tree(tmp_path, stamp)
+    assert "creation_time: '2026-01-02T03:04:05+00:00'" in (tmp_path / "bento.yaml").read_text()
+    assert "  creation_time: '2026-01-02T03:04:05+00:00'" in (tmp_path / "m" / "model.yaml").read_text()
+    assert {p.stat().st_mtime for p in [tmp_path, *tmp_path.rglob("*")]} == {stamp.timestamp()}
+
+
+def test_export_refuses_bad_arguments_before_doing_any_work(tmp_path: Path) -> None:
+    with pytest.raises(BentoBuildError, match="models:/<name>/<version>"):
+        export_build_context("models:/m@champion", FINGERPRINT, tmp_path / "out")
+    with pytest.raises(BentoBuildError, match="sha256"):
+        export_build_context("models:/m/1", "not-a-fingerprint", tmp_path / "out")
+    with pytest.raises(BentoBuildError, match="base_image is empty"):
+        export_build_context("models:/m/1", FINGERPRINT, tmp_path / "out", base_image=" ")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- real MLflow + BentoML -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(mlflow_server: str) -> TrainResult:
+    return train_and_register(
+        TrainConfig(
+            data_path=REPO_ROOT / "data" / "train.csv",
+            tracking_uri=mlflow_server,
+            experiment_name="serving-tests",
+            model_name=MODEL_NAME,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bento")
+
+
+@pytest.fixture(scope="module")
+def first(trained: TrainResult, mlflow_server: str, work: Path) -> BuildContext:
+    return export_build_context(
+        trained.model_uri, trained.fingerprint, work / "first", tracking_uri=mlflow_server,
+        bentoml_home=work / "home-a",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_pins(trained: TrainResult, mlflow_server: str) -> dict[str, str]:
+    """The model's captured requirements, read through MLflow's own API."""
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server)
+    path = mlflow.pyfunc.get_model_dependencies(trained.model_uri)
+    return parse_pinned_requirements(Path(path).read_text(), f"{trained.model_uri}/requirements.txt")
+
+
+@pytest.mark.servers
+def test_context_layout_and_identity(first: BuildContext, trained: TrainResult) -> None:
+    assert first.dockerfile == first.path / "env" / "docker" / "Dockerfile"
+    assert first.dockerfile.is_file()
+    assert first.image_tag == trained.fingerprint[:32]
+    assert first.bento_tag == f"cancer_classifier:{first.image_tag}"
+    assert first.model_tag == f"{MODEL_NAME}:{first.image_tag}"
+    mlmodel = first.path / "models" / MODEL_NAME / first.image_tag / "mlflow_model" / "MLmodel"
+    assert mlmodel.is_file(), "the exported context must carry the model (models/)"
+    bento_yaml = (first.path / "bento.yaml").read_text()
+    assert f"mlflow_model_uri: {trained.model_uri}" in bento_yaml
+    assert f"mlflow_run_id: {trained.run_id}" in bento_yaml
+    sources = sorted(p.relative_to(first.path / "src").as_posix() for p in (first.path / "src").rglob("*.py"))
+    assert sources == ["model/__init__.py", "model/container.py", "model/service.py", "model/validation.py"]
+
+
+@pytest.mark.servers
+def test_bento_packages_equal_the_models_requirements(
+    first: BuildContext, model_pins: dict[str, str]
+) -> None:
+    image_txt = (first.path / "env" / "python" / "requirements.txt").read_text()
+    image_pins = parse_pinned_requirements(image_txt, "env/python/requirements.txt")
+    assert image_pins == first.requirements
+    assert {name: image_pins.get(name) for name in model_pins} == model_pins
+    assert BENTOML_PACKAGE in image_pins
+    assert "mlflow-skinny" in model_pins and "mlflow" not in image_pins  # the slim MLflow, as trained
+
+
+@pytest.mark.servers
+def test_dockerfile_uses_the_base_image_without_compilers_or_git(
+    first: BuildContext, trained: TrainResult
+) -> None:
+    dockerfile = first.dockerfile.read_text()
+    assert "FROM python:3.11-slim AS base-container" in dockerfile
+    assert "build-essential" not in dockerfile and " git" not in dockerfile
+    assert "ENV SERVING_MODEL_TAG=$SERVING_MODEL_TAG" in dockerfile
+    assert f"ARG SERVING_MODEL_TAG={MODEL_NAME}:{trained.fingerprint[:32]}" in dockerfile
+
+
+@pytest.mark.servers
+def test_two_exports_are_byte_identical_reused_or_rebuilt(
+    first: BuildContext, trained: TrainResult, mlflow_server: str, work: Path
+) -> None:
+    again = export_build_context(
+        trained.model_uri, trained.fingerprint, work / "again", tracking_uri=mlflow_server,
+        bentoml_home=work / "home-a",
+    )  # fmt: skip
+    rebuilt = export_build_context(
+        trained.model_uri, trained.fingerprint, work / "rebuilt", tracking_uri=mlflow_server,
+        bentoml_home=work / "home-b",
+    )  # fmt: skip
+    assert (first.reused, again.reused, rebuilt.reused) == (False, True, False)
+    reference = list(tree_digest(first.path))
+    assert len(reference) > 10
+    assert list(tree_digest(again.path)) == reference
+    assert list(tree_digest(rebuilt.path)) == reference
+    assert {p.stat().st_mtime for p in again.path.rglob("*")} == {
+        p.stat().st_mtime for p in first.path.rglob("*")
+    }
+
+
+@pytest.mark.servers
+def test_another_base_image_rebuilds_with_that_base(first: BuildContext, trained: TrainResult, mlflow_server: str,
+                                                    work: Path) -> None:  # fmt: skip
+    standin = "registry.test/python-standin:3.11"
+    other = export_build_context(
+        trained.model_uri, trained.fingerprint, work / "other-base", base_image=standin,
+        tracking_uri=mlflow_server, bentoml_home=work / "home-a",
+    )  # fmt: skip
+    assert not other.reused
+    assert f"FROM {standin} AS base-container" in other.dockerfile.read_text()
+    assert other.requirements == first.requirements
+
+
+@pytest.mark.servers
+def test_parity_fails_on_a_tampered_requirement(
+    first: BuildContext, model_pins: dict[str, str], work: Path
+) -> None:
+    tampered = work / "tampered"
+    shutil.copytree(first.path, tampered)
+    reqs = tampered / "env" / "python" / "requirements.txt"
+    numpy = model_pins["numpy"]
+    reqs.write_text(
+        reqs.read_text().replace(f"numpy=={numpy}\n", "numpy==1.26.4\n").replace("skops==", "skops-x==")
+    )
+    with pytest.raises(ParityError) as info:
+        check_parity(model_pins, parse_pinned_requirements(reqs.read_text(), str(reqs)))
+    assert f"numpy: model {numpy}, image 1.26.4" in str(info.value)
+    assert f"skops: model {model_pins['skops']}, image (missing)" in str(info.value)
+
+
+@pytest.mark.servers
+def test_an_unknown_model_version_fails_with_a_clear_error(mlflow_server: str, work: Path) -> None:
+    with pytest.raises(BentoBuildError, match=r"models:/no-such-model/7.*MLFLOW_TRACKING_URI"):
+        export_build_context(
+            "models:/no-such-model/7", FINGERPRINT, work / "missing", tracking_uri=mlflow_server,
+            bentoml_home=work / "home-a",
+        )  # fmt: skip
+    assert not (work / "missing").exists()

@@ -1,0 +1,482 @@
+"""Unit tests of each CrossGuard policy on compliant, non-compliant and missing-property inputs.
+
+Each policy is called the way the analyzer calls it: ResourceValidationArgs whose props went through
+the SDK's unknown-checking proxy (Mappings and Sequences, not dicts and lists), with a collecting
+report_violation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+)
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
+
+from model import container as contract
+from policy import policies
+from policy.policies import POLICIES
+
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = f"mlacr.azurecr.io/cancer-classifier@{DIGEST}"
+BY_NAME = {policy.name: policy for policy in POLICIES}
+
+
+def run_policy(
+    name: str,
+    resource_type: str,
+    props: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Violations one policy reports for one resource, as the analyzer would collect them."""
+    found: list[str] = []
+    args = ResourceValidationArgs(
+        resource_type,
+        unknown_checking_proxy(copy.deepcopy(dict(props))),
+        f"urn:pulumi:dev::ml-delivery::{resource_type}::r",
+        "r",
+        PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None),
+        None,
+        dict(config) if config is not None else None,
+    )
+    BY_NAME[name].validate(args, lambda message, _urn=None: found.append(message))
+    return found
+
+
+def good_container(name: str = "server") -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": IMAGE,
+        "ports": [{"containerPort": contract.SERVICE_PORT}],
+        "env": [
+            {"name": "BENTOML_HOME", "value": contract.RUNTIME_ENV["BENTOML_HOME"]},
+            {
+                "name": "MLFLOW_TRACKING_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "mlflow-auth", "key": "password"}},
+            },
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": contract.RUN_AS_USER,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "512Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
+        "readinessProbe": {"httpGet": {"path": contract.READINESS_PATH, "port": contract.SERVICE_PORT}},
+        "livenessProbe": {"httpGet": {"path": contract.LIVENESS_PATH, "port": contract.SERVICE_PORT}},
+    }
+
+
+def pod(**spec: Any) -> dict[str, Any]:
+    return {"securityContext": {"runAsNonRoot": True}, "containers": [good_container()], **spec}
+
+
+def workload(resource_type: str, pod_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A compliant object of ``resource_type`` whose pod spec is ``pod_spec``."""
+    spec = pod_spec if pod_spec is not None else pod()
+    body: dict[str, Any] = {"spec": spec}
+    for key in reversed(policies.POD_SPEC_PATHS[resource_type][:-1]):
+        body = {key: body}
+    return {"metadata": {"name": "serving", "namespace": "ml"}, **body}
+
+
+def first_container(resource_type: str, props: dict[str, Any]) -> dict[str, Any]:
+    return next(c for _, c in policies.containers(resource_type, props, include_init=False))
+
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+WORKLOAD_POLICIES = [
+    "images-pinned-by-digest",
+    "containers-hardened",
+    "containers-resources-set",
+    "containers-probed",
+    "no-plaintext-secrets",
+]
+
+
+# ---------------------------------------------------------------- the pack as a whole
+
+
+def test_pack_policies_are_mandatory_named_and_described() -> None:
+    names = [policy.name for policy in POLICIES]
+    assert len(names) == len(set(names)), "policy names must be unique within the pack"
+    for policy in POLICIES:
+        assert policy.enforcement_level == EnforcementLevel.MANDATORY, policy.name
+        assert policy.description.endswith("."), policy.name
+
+
+@pytest.mark.parametrize("resource_type", sorted(policies.POD_SPEC_PATHS))
+@pytest.mark.parametrize("name", WORKLOAD_POLICIES)
+def test_compliant_workload_of_every_kind_passes(name: str, resource_type: str) -> None:
+    assert run_policy(name, resource_type, workload(resource_type)) == []
+
+
+@pytest.mark.parametrize("name", WORKLOAD_POLICIES)
+def test_workload_without_containers_is_reported_not_skipped(name: str) -> None:
+    props = workload(DEPLOYMENT, {"securityContext": {"runAsNonRoot": True}})
+    if name == "no-plaintext-secrets":
+        assert run_policy(name, DEPLOYMENT, props) == []  # nothing to leak
+        return
+    [message] = run_policy(name, DEPLOYMENT, props)
+    assert "spec.template.spec.containers is missing or empty" in message
+
+
+@pytest.mark.parametrize("name", WORKLOAD_POLICIES)
+def test_policies_ignore_other_resource_types(name: str) -> None:
+    assert run_policy(name, "kubernetes:core/v1:Namespace", {"metadata": {"name": "ml"}}) == []
+
+
+def test_unknown_value_raises_like_the_engine_expects() -> None:
+    props = workload(DEPLOYMENT)
+    first_container(DEPLOYMENT, props)["image"] = UNKNOWN_STRING_VALUE
+    with pytest.raises(UnknownValueError):
+        run_policy("images-pinned-by-digest", DEPLOYMENT, props)
+
+
+# ---------------------------------------------------------------- images-pinned-by-digest
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "mlacr.azurecr.io/cancer-classifier:latest",
+        "mlacr.azurecr.io/cancer-classifier",
+        "mlacr.azurecr.io/cancer-classifier@sha256:abc",  # truncated digest
+        "mlacr.azurecr.io/cancer-classifier@sha512:" + "ab" * 64,
+    ],
+)
+def test_image_without_full_sha256_digest_is_rejected(image: str) -> None:
+    props = workload(DEPLOYMENT)
+    first_container(DEPLOYMENT, props)["image"] = image
+    [message] = run_policy("images-pinned-by-digest", DEPLOYMENT, props)
+    assert image in message and "containers[0] ('server').image" in message
+    assert "repository@sha256:<digest>" in message
+
+
+def test_tag_plus_digest_is_accepted_and_init_containers_are_checked() -> None:
+    props = workload(DEPLOYMENT, pod(initContainers=[{**good_container("init"), "image": "busybox:1.36"}]))
+    first_container(DEPLOYMENT, props)["image"] = f"mlacr.azurecr.io/cancer-classifier:abc123@{DIGEST}"
+    [message] = run_policy("images-pinned-by-digest", DEPLOYMENT, props)
+    assert "initContainers[0] ('init').image 'busybox:1.36'" in message
+
+
+def test_missing_image_is_reported() -> None:
+    props = workload(DEPLOYMENT)
+    del first_container(DEPLOYMENT, props)["image"]
+    [message] = run_policy("images-pinned-by-digest", DEPLOYMENT, props)
+    assert ".image is missing" in message
+
+
+# ---------------------------------------------------------------- containers-hardened
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("runAsNonRoot", False, "runAsNonRoot is not true"),
+        ("runAsUser", 0, "runs as uid 0"),
+        ("readOnlyRootFilesystem", False, "readOnlyRootFilesystem is not true"),
+        ("allowPrivilegeEscalation", True, "allowPrivilegeEscalation is not false"),
+        ("privileged", True, "privileged is true"),
+        ("capabilities", {"drop": ["NET_RAW"]}, 'drop does not contain "ALL"'),
+    ],
+)
+def test_each_weak_security_setting_is_named(field: str, value: Any, expected: str) -> None:
+    props = workload(DEPLOYMENT)
+    first_container(DEPLOYMENT, props)["securityContext"][field] = value
+    [message] = run_policy("containers-hardened", DEPLOYMENT, props)
+    assert expected in message and "Deployment 'ml/serving'" in message
+
+
+def test_missing_security_context_reports_every_rule_unless_pod_level_covers_it() -> None:
+    props = workload(DEPLOYMENT)
+    del first_container(DEPLOYMENT, props)["securityContext"]
+    messages = run_policy("containers-hardened", DEPLOYMENT, props)
+    # runAsNonRoot is inherited from the pod's securityContext; the other three are container-only.
+    assert len(messages) == 3
+    props["spec"]["template"]["spec"].pop("securityContext")
+    assert len(run_policy("containers-hardened", DEPLOYMENT, props)) == 4
+
+
+def test_pod_level_run_as_user_zero_is_caught() -> None:
+    props = workload(DEPLOYMENT, pod(securityContext={"runAsNonRoot": True, "runAsUser": 0}))
+    del first_container(DEPLOYMENT, props)["securityContext"]["runAsUser"]
+    assert any("uid 0" in m for m in run_policy("containers-hardened", DEPLOYMENT, props))
+
+
+def test_capability_drop_is_case_insensitive() -> None:
+    props = workload(DEPLOYMENT)
+    first_container(DEPLOYMENT, props)["securityContext"]["capabilities"] = {"drop": ["all"]}
+    assert run_policy("containers-hardened", DEPLOYMENT, props) == []
+
+
+# ---------------------------------------------------------------- containers-resources-set
+
+
+def test_missing_limits_and_partial_requests_are_named() -> None:
+    props = workload(DEPLOYMENT)
+    first_container(DEPLOYMENT, props)["resources"] = {"requests": {"cpu": "100m"}}
+    messages = run_policy("containers-resources-set", DEPLOYMENT, props)
+    assert len(messages) == 2
+    assert "resources.requests lacks memory" in messages[0]
+    assert "resources.limits lacks cpu and memory" in messages[1]
+
+
+def test_no_resources_at_all_is_reported_for_init_containers_too() -> None:
+    init = good_container("migrate")
+    del init["resources"]
+    props = workload(DEPLOYMENT, pod(initContainers=[init]))
+    messages = run_policy("containers-resources-set", DEPLOYMENT, props)
+    assert len(messages) == 2 and all("initContainers[0] ('migrate')" in m for m in messages)
+
+
+# ---------------------------------------------------------------- containers-probed
+
+
+def test_missing_probes_are_reported_and_init_containers_are_exempt() -> None:
+    init = good_container("migrate")
+    del init["readinessProbe"], init["livenessProbe"]
+    props = workload(DEPLOYMENT, pod(initContainers=[init]))
+    del first_container(DEPLOYMENT, props)["livenessProbe"]
+    [message] = run_policy("containers-probed", DEPLOYMENT, props)
+    assert "containers[0] ('server').livenessProbe is missing" in message
+
+
+# ---------------------------------------------------------------- no-plaintext-secrets
+
+
+@pytest.mark.parametrize(
+    ("env_name", "value"),
+    [
+        ("MLFLOW_TRACKING_PASSWORD", "hunter2"),
+        ("AZURE_STORAGE_ACCOUNT_KEY", "c2VjcmV0"),
+        ("DB_CONNECTION_STRING", "Server=x"),
+        ("BACKEND_STORE_URI", "postgresql://mlflow:hunter2@db.example:5432/mlflow"),
+        ("ARTIFACTS", "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0"),
+        ("BLOB_URL", "https://a.blob.core.windows.net/c?sv=2024&sig=abc"),
+    ],
+)
+def test_plaintext_secret_env_is_rejected(env_name: str, value: str) -> None:
+    props = workload(DEPLOYMENT)
+    first_container(DEPLOYMENT, props)["env"].append({"name": env_name, "value": value})
+    [message] = run_policy("no-plaintext-secrets", DEPLOYMENT, props)
+    assert f"env[2] '{env_name}'" in message and "secretKeyRef" in message
+
+
+@pytest.mark.parametrize(
+    ("env_name", "value"),
+    [
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("MLFLOW_TRACKING_USERNAME", "admin"),
+        ("BACKEND_STORE_URI", "postgresql://mlflow:$(DB_PASSWORD)@db.example:5432/mlflow"),
+        ("MLFLOW_TRACKING_URI", "http://mlflow.ml.svc:5000"),
+        ("SECRET_NAME", None),  # valueFrom only: no plain value at all
+    ],
+)
+def test_non_secret_or_referenced_env_is_accepted(env_name: str, value: str | None) -> None:
+    props = workload(DEPLOYMENT)
+    entry: dict[str, Any] = {"name": env_name}
+    if value is None:
+        entry["valueFrom"] = {"secretKeyRef": {"name": "s", "key": "k"}}
+    else:
+        entry["value"] = value
+    first_container(DEPLOYMENT, props)["env"].append(entry)
+    assert run_policy("no-plaintext-secrets", DEPLOYMENT, props) == []
+
+
+def test_credentials_in_args_and_config_maps_are_rejected() -> None:
+    props = workload(DEPLOYMENT)
+    first_container(DEPLOYMENT, props)["args"] = [
+        "--backend-store-uri",
+        "postgresql://mlflow:hunter2@db:5432/mlflow",
+        "--password=hunter2",
+        "--password=$(DB_PASSWORD)",
+    ]
+    messages = run_policy("no-plaintext-secrets", DEPLOYMENT, props)
+    assert [m.split(".args")[1][:4] for m in messages] == ["[1] ", "[2] "]
+
+    config_map = {"metadata": {"name": "mlflow"}, "data": {"DB_PASSWORD": "x", "PORT": "5000"}}
+    [message] = run_policy("no-plaintext-secrets", policies.CONFIG_MAP_TYPE, config_map)
+    assert "data.DB_PASSWORD" in message
+    assert run_policy("no-plaintext-secrets", policies.CONFIG_MAP_TYPE, {"metadata": {"name": "e"}}) == []
+
+
+# ---------------------------------------------------------------- no-unapproved-load-balancer
+
+
+def service(service_type: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ports": [{"port": 80, "targetPort": contract.SERVICE_PORT}]}
+    if service_type:
+        spec["type"] = service_type
+    return {"metadata": {"name": "serving", "namespace": "ml"}, "spec": spec}
+
+
+@pytest.mark.parametrize("service_type", ["ClusterIP", None])
+def test_cluster_ip_or_default_service_passes(service_type: str | None) -> None:
+    assert run_policy("no-unapproved-load-balancer", policies.SERVICE_TYPE, service(service_type)) == []
+
+
+def test_load_balancer_needs_an_explicit_allow_in_config() -> None:
+    lb = service("LoadBalancer")
+    lb["spec"]["loadBalancerSourceRanges"] = ["203.0.113.0/24"]
+    [message] = run_policy("no-unapproved-load-balancer", policies.SERVICE_TYPE, lb)
+    assert "'ml/serving'" in message and "allowedServices" in message
+    for allowed in (["ml/serving"], ["serving"], ["ml/*"]):
+        config = {"allowedServices": allowed}
+        assert run_policy("no-unapproved-load-balancer", policies.SERVICE_TYPE, lb, config) == []
+    other = {"allowedServices": ["other/serving"]}
+    assert len(run_policy("no-unapproved-load-balancer", policies.SERVICE_TYPE, lb, other)) == 1
+
+
+@pytest.mark.parametrize("ranges", [None, [], ["10.0.0.0/8", "0.0.0.0/0"]])
+def test_allowed_load_balancer_must_limit_source_ranges(ranges: list[str] | None) -> None:
+    lb = service("LoadBalancer")
+    if ranges is not None:
+        lb["spec"]["loadBalancerSourceRanges"] = ranges
+    config = {"allowedServices": ["ml/serving"]}
+    [message] = run_policy("no-unapproved-load-balancer", policies.SERVICE_TYPE, lb, config)
+    assert "spec.loadBalancerSourceRanges" in message
+
+
+# ---------------------------------------------------------------- acr-admin-user-disabled
+
+
+@pytest.mark.parametrize(
+    ("props", "count"), [({"adminUserEnabled": False}, 0), ({}, 0), ({"adminUserEnabled": True}, 1)]
+)
+def test_acr_admin_user(props: dict[str, Any], count: int) -> None:
+    # Absent means Azure's default (disabled), so only an explicit true is a violation.
+    messages = run_policy("acr-admin-user-disabled", policies.ACR_TYPE, {"sku": {"name": "Basic"}, **props})
+    assert len(messages) == count
+    if count:
+        assert "adminUserEnabled: false" in messages[0]
+
+
+# ---------------------------------------------------------------- aks-azure-rbac
+
+GOOD_AKS = {
+    "enableRBAC": True,
+    "aadProfile": {"managed": True, "enableAzureRBAC": True},
+    "disableLocalAccounts": True,
+}
+
+
+def test_aks_compliant_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULUMI_STACK", "prod")
+    assert run_policy("aks-azure-rbac", policies.AKS_TYPE, GOOD_AKS) == []
+
+
+def test_aks_with_local_accounts_and_no_azure_rbac_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULUMI_STACK", "prod")
+    bad = {"enableRBAC": False, "aadProfile": {"managed": True}, "disableLocalAccounts": False}
+    messages = run_policy("aks-azure-rbac", policies.AKS_TYPE, bad)
+    assert [m.split(":")[1].split()[0] for m in messages] == [
+        "enableRBAC",
+        "aadProfile.enableAzureRBAC",
+        "disableLocalAccounts",
+    ]
+
+
+def test_aks_missing_properties_are_violations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULUMI_STACK", "dev")
+    messages = run_policy("aks-azure-rbac", policies.AKS_TYPE, {"dnsPrefix": "ml"})
+    assert len(messages) == 3  # aadProfile.managed, aadProfile.enableAzureRBAC, disableLocalAccounts
+
+
+def test_aks_rules_are_waived_only_for_configured_local_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PULUMI_STACK", "local")
+    assert run_policy("aks-azure-rbac", policies.AKS_TYPE, {}) == []  # default localStacks: ["local"]
+    assert len(run_policy("aks-azure-rbac", policies.AKS_TYPE, {}, {"localStacks": []})) == 3
+    monkeypatch.setenv("PULUMI_STACK", "laptop")
+    assert run_policy("aks-azure-rbac", policies.AKS_TYPE, {}, {"localStacks": ["laptop"]}) == []
+
+
+# ---------------------------------------------------------------- storage-private-tls12
+
+
+def test_storage_account_compliant_passes() -> None:
+    props = {"allowBlobPublicAccess": False, "minimumTlsVersion": "TLS1_2", "enableHttpsTrafficOnly": True}
+    assert run_policy("storage-private-tls12", policies.STORAGE_ACCOUNT_TYPE, props) == []
+
+
+def test_storage_account_public_and_old_tls_is_rejected() -> None:
+    props = {"allowBlobPublicAccess": True, "minimumTlsVersion": "TLS1_0", "enableHttpsTrafficOnly": False}
+    messages = run_policy("storage-private-tls12", policies.STORAGE_ACCOUNT_TYPE, props)
+    assert len(messages) == 3
+    assert "minimumTlsVersion is TLS1_0" in messages[1] and '"TLS1_2"' in messages[1]
+
+
+def test_storage_account_missing_properties_are_violations() -> None:
+    messages = run_policy("storage-private-tls12", policies.STORAGE_ACCOUNT_TYPE, {"kind": "StorageV2"})
+    assert len(messages) == 2
+    assert "allowBlobPublicAccess is not false" in messages[0] and "not set" in messages[1]
+
+
+@pytest.mark.parametrize(("access", "count"), [(None, 0), ("None", 0), ("Blob", 1), ("Container", 1)])
+def test_blob_container_public_access(access: str | None, count: int) -> None:
+    props: dict[str, Any] = {"containerName": "mlflow"}
+    if access is not None:
+        props["publicAccess"] = access
+    assert len(run_policy("storage-private-tls12", policies.BLOB_CONTAINER_TYPE, props)) == count
+
+
+# ---------------------------------------------------------------- postgres-no-public-access
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"publicNetworkAccess": "Disabled"},
+        {"delegatedSubnetResourceId": "/subscriptions/s/resourceGroups/g/providers/.../subnets/db"},
+    ],
+)
+def test_private_postgres_passes(network: dict[str, str]) -> None:
+    props = {"version": "16", "network": network}
+    assert run_policy("postgres-no-public-access", policies.POSTGRES_SERVER_TYPE, props) == []
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        ({"network": {"publicNetworkAccess": "Enabled"}}, "publicNetworkAccess is Enabled"),
+        ({"version": "16"}, "not set (Enabled by default)"),
+    ],
+)
+def test_public_or_unspecified_postgres_is_rejected(props: dict[str, Any], expected: str) -> None:
+    [message] = run_policy("postgres-no-public-access", policies.POSTGRES_SERVER_TYPE, props)
+    assert expected in message and '"Disabled"' in message
+
+
+def test_postgres_firewall_rules_are_rejected() -> None:
+    rule = {"firewallRuleName": "all", "startIpAddress": "0.0.0.0", "endIpAddress": "255.255.255.255"}
+    [message] = run_policy("postgres-no-public-access", policies.POSTGRES_FIREWALL_TYPE, rule)
+    assert "'all' (0.0.0.0-255.255.255.255)" in message
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("DB_PASSWORD", True),
+        ("api-key", True),
+        ("GITHUB_TOKEN", True),
+        ("TOKENIZERS_PARALLELISM", False),
+        ("KEYCLOAK_URL", False),
+        ("SORT_KEY", False),
+    ],
+)
+def test_is_secret_name(name: str, secret: bool) -> None:
+    assert policies.is_secret_name(name) is secret

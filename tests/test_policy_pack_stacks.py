@@ -1,0 +1,161 @@
+"""The whole policy pack over every stack: zero mandatory violations.
+
+The pack runs the way `pulumi preview --policy-pack policy` runs it: `python -m pulumi.policy
+<engine> policy/` starts policy/__main__.py, which serves the analyzer over gRPC on loopback; this
+test plays the engine (GetAnalyzerInfo, Configure from the stack's policy config, one Analyze per
+resource) with the registrations tools.stack_mocks recorded for each stack. The in-process
+evaluator behind `make policy` (policy/evaluate.py) must report the same violations.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2, json_format, struct_pb2
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+
+from policy.evaluate import Subject, evaluate, load_pack_config, stack_config_path, subjects_of
+from policy.policies import POLICIES
+from tests.conftest import REPO_ROOT, stop_process
+
+STACKS = ("dev", "staging", "prod", "local")
+MANDATORY = analyzer_pb2.EnforcementLevel.Value("MANDATORY")
+PROJECT = "ml-delivery"
+
+
+@functools.cache
+def stack_subjects(stack: str) -> tuple[Subject, ...]:
+    from tools.stack_mocks import run_stack
+
+    return tuple(subjects_of(run_stack(stack)))
+
+
+@pytest.fixture(scope="module")
+def pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+    """The real policy pack process, serving the analyzer protocol on a loopback port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:0", str(REPO_ROOT / "policy")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=REPO_ROOT / "policy",
+    )
+    try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().decode().strip()
+        if not port.isdigit():
+            stop_process(proc)  # type: ignore[arg-type]
+            raise RuntimeError(f"policy pack did not start: {port!r} {proc.stderr.read().decode()[-2000:]}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield analyzer_pb2_grpc.AnalyzerStub(channel)
+    finally:
+        stop_process(proc)  # type: ignore[arg-type]
+
+
+def configure(stub: analyzer_pb2_grpc.AnalyzerStub, config: Mapping[str, Mapping[str, Any]]) -> None:
+    """Send a --policy-pack-config the way the engine does (every policy, its level and properties)."""
+    request = analyzer_pb2.ConfigureAnalyzerRequest()
+    for policy in POLICIES:
+        entry = {**config.get("all", {}), **config.get(policy.name, {})}
+        level = entry.pop("enforcementLevel", None) or "mandatory"
+        properties = struct_pb2.Struct()
+        json_format.ParseDict(entry, properties)
+        request.policyConfig[policy.name].CopyFrom(
+            analyzer_pb2.PolicyConfig(
+                enforcementLevel=analyzer_pb2.EnforcementLevel.Value(level.upper()), properties=properties
+            )
+        )
+    stub.Configure(request)
+
+
+def analyze(stub: analyzer_pb2_grpc.AnalyzerStub, stack: str, subject: Subject) -> list[tuple[str, int, str]]:
+    """(policy, enforcement level, message) for each violation the pack reports on one resource."""
+    properties = struct_pb2.Struct()
+    json_format.ParseDict(json.loads(json.dumps(dict(subject.props), default=str)), properties)
+    request = analyzer_pb2.AnalyzeRequest(
+        type=subject.type,
+        properties=properties,
+        urn=f"urn:pulumi:{stack}::{PROJECT}::{subject.type}::{subject.name}",
+        name=subject.name,
+    )
+    response = stub.Analyze(request)
+    return [(d.policyName, d.enforcementLevel, d.message) for d in response.diagnostics]
+
+
+def test_pack_advertises_every_policy_as_mandatory(pack: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    info = pack.GetAnalyzerInfo(empty_pb2.Empty())
+    assert info.name == "ml-delivery-policies"
+    advertised = {p.name: p for p in info.policies}
+    assert sorted(advertised) == sorted(p.name for p in POLICIES)
+    assert all(p.enforcementLevel == MANDATORY for p in info.policies)
+    schema = advertised["no-unapproved-load-balancer"].configSchema
+    assert "allowedServices" in schema.properties
+
+
+def test_pack_blocks_a_non_compliant_resource(pack: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    """The harness is live: what the pack reports over gRPC is what a user would see."""
+    configure(pack, {})
+    bad = Subject(
+        "kubernetes:apps/v1:Deployment",
+        "bad",
+        {
+            "metadata": {"name": "bad"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x:1"}]}}},
+        },
+    )
+    found = analyze(pack, "dev", bad)
+    assert {name for name, _, _ in found} == {
+        "images-pinned-by-digest",
+        "containers-hardened",
+        "containers-resources-set",
+        "containers-probed",
+    }
+    assert all(level == MANDATORY for _, level, _ in found)
+    assert any("x:1' is not pinned by digest" in message for _, _, message in found)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_has_no_mandatory_violation(stack: str, pack: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    subjects = stack_subjects(stack)
+    assert subjects, f"{stack}: the mocks recorded no resource"
+    config = load_pack_config(stack_config_path(stack))
+    configure(pack, config)
+    over_grpc = sorted(
+        (policy, s.name, message)
+        for s in subjects
+        for policy, level, message in analyze(pack, stack, s)
+        if level == MANDATORY
+    )
+    assert not over_grpc, f"{stack}: mandatory violations:\n" + "\n".join(
+        f"  [{p}] {n}: {m.splitlines()[-1]}" for p, n, m in over_grpc
+    )
+    in_process = [v for v in evaluate(subjects, stack=stack, config=config) if v.level == "mandatory"]
+    assert not in_process, f"{stack}: make policy disagrees with the pack: {in_process}"
+
+
+def test_evaluator_and_pack_agree_on_violations(pack: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    """Weakened copies of dev's workloads: both paths report the same (policy, resource) pairs."""
+    weakened = []
+    for s in stack_subjects("dev"):
+        if s.type != "kubernetes:apps/v1:Deployment":
+            continue
+        props = json.loads(json.dumps(dict(s.props), default=str))
+        for c in props["spec"]["template"]["spec"]["containers"]:
+            c["image"] = c["image"].split("@")[0] + ":latest"
+            c.pop("readinessProbe", None)
+        weakened.append(Subject(s.type, s.name, props))
+    assert weakened, "dev declares no Deployment"
+    configure(pack, {})
+    over_grpc = {
+        (p, s.name) for s in weakened for p, level, _ in analyze(pack, "dev", s) if level == MANDATORY
+    }
+    in_process = {(v.policy, v.resource_name) for v in evaluate(weakened, stack="dev")}
+    assert over_grpc == in_process
+    assert {p for p, _ in over_grpc} == {"images-pinned-by-digest", "containers-probed"}

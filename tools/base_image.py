@@ -1,0 +1,158 @@
+"""The test harness's stand-in for ``python:3.11-slim``, built from Debian because Docker Hub is
+unreachable here, and cached in the engine by a tag that hashes its recipe.
+
+Recipe: ``debootstrap --variant=minbase`` of bookworm with python3, python3-venv, python3-pip and
+ca-certificates; Debian's EXTERNALLY-MANAGED marker removed (the BentoML Dockerfile pip-installs uv
+into the system interpreter, as it does on the official image); ``python`` -> ``python3``; apt
+caches and docs dropped; the host's CA bundle in place of Debian's, with SSL_CERT_FILE, PIP_CERT,
+REQUESTS_CA_BUNDLE and UV_NATIVE_TLS set, because outbound TLS on these machines passes a proxy with
+its own CA. Real users build on the real base image; nothing here reaches the product's Dockerfile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tools.docker_env import SYSTEM_DEPS_HINT, DockerEngine, HarnessError, Progress, docker, docker_cli, quiet
+
+SUITE = "bookworm"
+PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_IN_IMAGE = "/etc/ssl/certs/ca-certificates.crt"
+REPOSITORY = "ml-delivery/python-standin"
+RECIPE_VERSION = 1  # bump when the steps below change in a way the hash inputs do not show
+# Trimmed after debootstrap: package caches and lists, docs, man pages, translations.
+PRUNED = ("var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale")
+IMAGE_ENV: dict[str, str] = {
+    "LANG": "C.UTF-8",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "SSL_CERT_FILE": CA_IN_IMAGE,
+    "PIP_CERT": CA_IN_IMAGE,
+    "REQUESTS_CA_BUNDLE": CA_IN_IMAGE,
+    "UV_NATIVE_TLS": "1",
+}
+
+
+def debian_mirror() -> str:
+    """The Debian mirror debootstrap uses: ``DEBIAN_MIRROR`` or the first ``deb`` URI apt uses here."""
+    if os.environ.get("DEBIAN_MIRROR"):
+        return os.environ["DEBIAN_MIRROR"]
+    for source in sorted(Path("/etc/apt").glob("sources.list*")) + sorted(
+        Path("/etc/apt/sources.list.d").glob("*")
+    ):
+        if not source.is_file():
+            continue
+        for line in source.read_text().splitlines():
+            words = line.split()
+            if line.startswith("URIs:") and len(words) > 1 and "security" not in words[1]:
+                return words[1]
+            if words[:1] == ["deb"] and len(words) > 1 and "security" not in words[1]:
+                return words[-3] if words[1].startswith("[") else words[1]
+    return "http://deb.debian.org/debian"
+
+
+def standin_tag(ca_bundle: bytes) -> str:
+    """The image tag for this recipe and CA bundle: a rebuild happens only when either changes."""
+    recipe = json.dumps(
+        {"suite": SUITE, "packages": PACKAGES, "env": IMAGE_ENV, "pruned": PRUNED, "v": RECIPE_VERSION},
+        sort_keys=True,
+    ).encode()
+    digest = hashlib.sha256(recipe + hashlib.sha256(ca_bundle).digest()).hexdigest()
+    return f"{REPOSITORY}:3.11-{SUITE}-{digest[:12]}"
+
+
+def image_exists(engine: DockerEngine, ref: str) -> bool:
+    """True when the engine holds an image called ``ref``."""
+    return docker(engine, ["image", "inspect", ref], check=False).returncode == 0
+
+
+def _debootstrap(rootfs: Path, log_path: Path, progress: Progress) -> None:
+    binary = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not os.path.exists(binary):
+        raise HarnessError(f"`debootstrap` is not installed: {SYSTEM_DEPS_HINT}")
+    mirror = debian_mirror()
+    progress(f"debootstrap {SUITE} minbase + {', '.join(PACKAGES)} from {mirror} (about 1-2 minutes)")
+    command = [binary, "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith(("I: Retrieving Release", "I: Installing core", "I: Base system")):
+                progress(line.rstrip())
+        if proc.wait() != 0:
+            raise HarnessError(
+                f"debootstrap failed (log: {log_path}); set DEBIAN_MIRROR to a reachable mirror"
+            )
+
+
+def _finish_rootfs(rootfs: Path, ca_bundle: bytes) -> None:
+    """Make the debootstrapped tree look like python:3.11-slim where the BentoML Dockerfile cares."""
+    for marker in (rootfs / "usr/lib").glob("python3*/EXTERNALLY-MANAGED"):
+        marker.unlink()
+    python = rootfs / "usr/bin/python"
+    if not python.exists():
+        python.symlink_to("python3")
+    for relative in PRUNED:
+        folder = rootfs / relative
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+    (rootfs / CA_IN_IMAGE.lstrip("/")).write_bytes(ca_bundle)
+
+
+def _import(engine: DockerEngine, rootfs: Path, tag: str) -> None:
+    changes = [f"ENV {key}={value}" for key, value in IMAGE_ENV.items()] + ['CMD ["python3"]']
+    tar = subprocess.Popen(
+        [
+            "tar",
+            "-C",
+            str(rootfs),
+            "--numeric-owner",
+            "--exclude=./dev/*",
+            "--exclude=./proc/*",
+            "--exclude=./sys/*",
+            "-cf",
+            "-",
+            ".",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    args = ["import", *[flag for change in changes for flag in ("--change", change)], "-", tag]
+    imported = subprocess.run(
+        [docker_cli(), *args], stdin=tar.stdout, env=engine.env(), capture_output=True, text=True
+    )
+    assert tar.stdout is not None
+    tar.stdout.close()
+    if tar.wait() != 0 or imported.returncode != 0:
+        raise HarnessError(f"`docker import` of the stand-in failed: {imported.stderr.strip()}")
+
+
+def ensure_standin(
+    engine: DockerEngine, work_dir: Path, progress: Progress = quiet, ca_bundle_path: Path = HOST_CA_BUNDLE
+) -> str:
+    """Tag of the stand-in base image in ``engine``, built now unless an image with that tag exists."""
+    if not ca_bundle_path.is_file():
+        raise HarnessError(f"CA bundle {ca_bundle_path} not found: install Debian's ca-certificates")
+    ca_bundle = ca_bundle_path.read_bytes()
+    tag = standin_tag(ca_bundle)
+    if image_exists(engine, tag):
+        progress(f"base stand-in {tag} is cached")
+        return tag
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="standin-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        _debootstrap(rootfs, work_dir / "debootstrap.log", progress)
+        _finish_rootfs(rootfs, ca_bundle)
+        progress(f"importing the base stand-in as {tag}")
+        _import(engine, rootfs, tag)
+    return tag

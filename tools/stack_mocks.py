@@ -1,0 +1,489 @@
+"""Run ``__main__.py`` for one stack file under Pulumi's mocks and return what it declared.
+
+``run_stack("dev")`` loads ``Pulumi.dev.yaml`` into the mock runtime's config, installs mocks that
+answer like the real providers would for what the program reads (camelCase outputs: AKS kubelet
+identity and OIDC issuer, ACR login server, pushed image digests, the kubeconfig invoke,
+StackReference outputs from ``stack_outputs``), runs the program, and returns a ``StackRun``: every
+registered resource (type, name, inputs, outputs, parent, provider) and the stack outputs with their
+secret/unknown flags. Used by the infra tests, the policy-pack tests and ``make manifests``.
+
+The runtime is reset before each run, so stacks can be run one after another in one process.
+No MLflow model exists under mocks, so the bento export (``infra.image.export_context``) is replaced
+by a stand-in that records its calls (``StackRun.exports``): tests use it to prove the callback ran.
+With ``preview=True`` resources return no computed outputs (as in a first preview): callbacks that
+depend on them do not run, and nothing is trained, exported or pushed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import runpy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.runtime
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBSCRIPTION_ID = "00000000-0000-0000-0000-000000000001"
+TENANT_ID = "00000000-0000-0000-0000-000000000002"
+DEPLOYER_OBJECT_ID = "00000000-0000-0000-0000-000000000003"
+KUBELET_OBJECT_ID = "00000000-0000-0000-0000-00000000beef"
+MOCK_METRICS = {"accuracy": 0.972, "f1": 0.978, "roc_auc": 0.995, "log_loss": 0.081}
+DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
+STACK_REFERENCE_TYPE = "pulumi:pulumi:StackReference"
+
+# ARM resource types of the Azure resources the program creates (for realistic ids).
+ARM_TYPES = {
+    "azure-native:resources:ResourceGroup": "",
+    "azure-native:containerregistry:Registry": "Microsoft.ContainerRegistry/registries",
+    "azure-native:containerservice:ManagedCluster": "Microsoft.ContainerService/managedClusters",
+    "azure-native:network:VirtualNetwork": "Microsoft.Network/virtualNetworks",
+    "azure-native:storage:StorageAccount": "Microsoft.Storage/storageAccounts",
+    "azure-native:dbforpostgresql:Server": "Microsoft.DBforPostgreSQL/flexibleServers",
+    "azure-native:managedidentity:UserAssignedIdentity": "Microsoft.ManagedIdentity/userAssignedIdentities",
+    "azure-native:privatedns:PrivateZone": "Microsoft.Network/privateDnsZones",
+    "azure-native:authorization:RoleAssignment": "Microsoft.Authorization/roleAssignments",
+}
+
+
+def unwrap_secrets(value: Any, path: str = "", found: list[str] | None = None) -> Any:
+    """``value`` with the wire format's secret markers removed; ``found`` collects their dotted paths."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            if found is not None:
+                found.append(path)
+            return unwrap_secrets(value.get("value"), path, found)
+        return {k: unwrap_secrets(v, f"{path}.{k}" if path else str(k), found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("\0".join(str(p) for p in parts).encode()).hexdigest()
+
+
+def fake_registry_id(name: str = "mlregistry") -> str:
+    return (
+        f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-dev/providers/"
+        f"Microsoft.ContainerRegistry/registries/{name}"
+    )
+
+
+def source_outputs(source_stack: str = "dev") -> dict[str, Any]:
+    """Well-formed outputs of a source stack, as a promoting stack reads them by default."""
+    server = "mlregistry.azurecr.io"
+    return {
+        "imageRef": f"{server}/cancer-classifier@sha256:{_digest('image', source_stack)}",
+        "mlflowImageRef": f"{server}/mlflow-server@sha256:{_digest('mlflow', source_stack)}",
+        "modelVersion": "3",
+        "metrics": dict(MOCK_METRICS),
+        "fingerprint": _digest("fingerprint", source_stack),
+        "registryId": fake_registry_id(),
+    }
+
+
+def aks_user_kubeconfig(server: str) -> str:
+    """A kubeconfig shaped like AKS's listClusterUserCredential for an Azure AD cluster."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "aks", "cluster": {"server": server, "certificate-authority-data": "Q0E="}}],
+            "contexts": [{"name": "aks", "context": {"cluster": "aks", "user": "clusterUser_aks"}}],
+            "current-context": "aks",
+            "users": [
+                {
+                    "name": "clusterUser_aks",
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "kubelogin",
+                            "args": [
+                                "get-token", "--environment", "AzurePublicCloud",
+                                "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630",
+                                "--client-id", "80faf920-1908-4b52-b5ef-a8e7bedfc67a",
+                                "--tenant-id", TENANT_ID, "--login", "devicecode",
+                            ],  # fmt: skip
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource the program registered (components included: ``custom`` is False for them)."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    urn: str
+    id: str | None
+    parent: str | None
+    provider: str | None
+    custom: bool
+    depends_on: tuple[str, ...] = ()
+    secret_paths: tuple[str, ...] = ()  # dotted paths of inputs that were Pulumi secrets
+
+    @property
+    def type_(self) -> str:
+        return self.type
+
+
+@dataclass
+class StackRun:
+    """What one run of the program declared and exported."""
+
+    stack: str
+    preview: bool
+    resources: list[Resource]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    unknown_outputs: set[str]
+    invokes: list[str] = field(default_factory=list)
+    exports: list[dict[str, str]] = field(default_factory=list)
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str | None = None) -> Resource:
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        if len(found) != 1:
+            names = [r.name for r in self.of_type(type_)]
+            raise LookupError(f"expected one {type_}{' named ' + name if name else ''}, found {names}")
+        return found[0]
+
+    def named(self, name: str) -> Resource:
+        found = [r for r in self.resources if r.name == name]
+        if len(found) != 1:
+            raise LookupError(f"expected one resource named {name}, found {len(found)}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> Resource:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def children_of(self, parent: Resource) -> list[Resource]:
+        return [r for r in self.resources if r.parent == parent.urn]
+
+    def kubernetes(self) -> list[Resource]:
+        return [r for r in self.resources if r.type.startswith("kubernetes:") and r.custom]
+
+
+def _config_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value)
+
+
+def load_stack_config(stack: str, project: str, root: Path = ROOT) -> tuple[dict[str, str], list[str]]:
+    """(config, secret keys) of ``Pulumi.<stack>.yaml``, keys fully qualified as Pulumi passes them.
+
+    ``secure:`` values cannot be decrypted here: they become a placeholder and are marked secret.
+    """
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no stack file {path.name} in {root}: create it or pick another stack")
+    doc = yaml.safe_load(path.read_text()) or {}
+    raw = doc.get("config") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path.name}: 'config' must be a mapping")
+    config: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in raw.items():
+        full = key if ":" in key else f"{project}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            config[full] = f"mock-secret-{full.split(':', 1)[1]}"
+            secret_keys.append(full)
+        elif isinstance(value, dict) and set(value) == {"value"}:
+            config[full] = _config_value(value["value"])
+        else:
+            config[full] = _config_value(value)
+    return config, secret_keys
+
+
+def project_name(root: Path = ROOT) -> str:
+    return str(yaml.safe_load((root / "Pulumi.yaml").read_text())["name"])
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    """Fake provider answers, computed from the inputs so that runs are deterministic."""
+
+    def __init__(self, stack: str, preview: bool, stack_outputs: Mapping[str, Mapping[str, Any]] | None) -> None:
+        self.stack = stack
+        self.preview = preview
+        self.stack_outputs = stack_outputs
+        self.invokes: list[str] = []
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
+        self.invokes.append(args.token)
+        if args.token == "azure-native:authorization:getClientConfig":
+            return {
+                "clientId": "00000000-0000-0000-0000-000000000004",
+                "objectId": DEPLOYER_OBJECT_ID,
+                "subscriptionId": SUBSCRIPTION_ID,
+                "tenantId": TENANT_ID,
+            }
+        if args.token == "azure-native:containerservice:listManagedClusterUserCredentials":
+            server = f"https://{args.args.get('resourceName', 'aks')}.hcp.westeurope.azmk8s.io:443"
+            value = base64.b64encode(aks_user_kubeconfig(server).encode()).decode()
+            return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}
+        return {}
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        if args.typ == STACK_REFERENCE_TYPE:
+            return args.resource_id or args.name, self._stack_reference(args.resource_id or args.name)
+        inputs = unwrap_secrets(dict(args.inputs))
+        if self.preview:
+            return None, inputs  # computed outputs are unknown in a preview of a create
+        return self._fake_id(args), {**inputs, **self._computed(args.typ, args.name, inputs)}
+
+    def _stack_reference(self, name: str) -> dict[str, Any]:
+        source = name.split("/")[-1]
+        if self.stack_outputs is None:
+            outputs = source_outputs(source)
+        else:
+            outputs = dict(self.stack_outputs.get(name) or self.stack_outputs.get(source) or {})
+        return {"name": name, "outputs": outputs, "secretOutputNames": []}
+
+    def _fake_id(self, args: pulumi_mocks.MockResourceArgs) -> str:
+        if args.typ.startswith("kubernetes:"):
+            meta = args.inputs.get("metadata") or {}
+            return f"{meta.get('namespace', 'default')}/{meta.get('name', args.name)}"
+        arm = ARM_TYPES.get(args.typ)
+        if args.typ.startswith("azure-native:") and arm is not None:
+            group = f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}"
+            return group if arm == "" else f"{group}/providers/{arm}/{args.name}"
+        if args.typ.startswith("azure-native:"):
+            return f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}/providers/mock/{args.name}"
+        return f"{args.name}-id"
+
+    def _computed(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        if typ == "azure-native:containerservice:ManagedCluster":
+            return {
+                "name": name,
+                "fqdn": f"{name}.hcp.westeurope.azmk8s.io",
+                "identity": {"type": "SystemAssigned", "principalId": _digest("aks-principal", name)[:32]},
+                "identityProfile": {
+                    "kubeletidentity": {
+                        "objectId": KUBELET_OBJECT_ID,
+                        "clientId": "00000000-0000-0000-0000-00000000cafe",
+                        "resourceId": f"/subscriptions/{SUBSCRIPTION_ID}/kubelet",
+                    }
+                },
+                "oidcIssuerProfile": {
+                    "enabled": True,
+                    "issuerURL": f"https://westeurope.oic.prod-aks.azure.com/{TENANT_ID}/{name}/",
+                },
+            }
+        if typ == "azure-native:containerregistry:Registry":
+            return {"name": name, "loginServer": f"{name.lower()}.azurecr.io"}
+        if typ == "azure-native:managedidentity:UserAssignedIdentity":
+            return {"name": name, "clientId": _digest("client", name)[:32], "principalId": _digest("principal", name)[:32]}
+        if typ == "azure-native:dbforpostgresql:Server":
+            return {"name": name, "fullyQualifiedDomainName": f"{name}.postgres.database.azure.com"}
+        if typ == "azure-native:storage:StorageAccount":
+            return {"name": name, "primaryEndpoints": {"blob": f"https://{name}.blob.core.windows.net/"}}
+        if typ.startswith("azure-native:"):
+            return {"name": inputs.get("name", name)}
+        if typ == "docker:index/image:Image":
+            image_name = str(inputs.get("imageName", name))
+            repo = image_name.rsplit(":", 1)[0] if ":" in image_name.rsplit("/", 1)[-1] else image_name
+            return {"repoDigest": f"{repo}@sha256:{_digest(image_name, json.dumps(inputs.get('build'), sort_keys=True))}"}
+        if typ == "random:index/randomPassword:RandomPassword":
+            return {"result": "mockpw" + _digest("password", name)[: max(int(inputs.get("length", 16)) - 6, 1)]}
+        if typ == DYNAMIC_TYPE:
+            model_name = inputs.get("model_name", "model")
+            return {
+                "run_id": _digest("run", inputs.get("fingerprint"))[:32],
+                "model_uri": f"models:/{model_name}/1",
+                "version": "1",
+                "metrics": dict(MOCK_METRICS),
+                "model_fingerprint": inputs.get("fingerprint"),
+                "model_name": model_name,
+                "reused": False,
+            }
+        if typ == "kubernetes:core/v1:Service" and (inputs.get("spec") or {}).get("type") == "LoadBalancer":
+            return {"status": {"loadBalancer": {"ingress": [{"ip": "20.0.0." + str(int(_digest(name)[:2], 16) % 250)}]}}}
+        return {}
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, also keeping each registration's parent, provider and dependencies."""
+
+    def __init__(self, mocks: _Mocks) -> None:
+        super().__init__(mocks)
+        self.registrations: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def _inputs(struct: Any) -> dict[str, Any]:
+        found: list[str] = []
+        inputs = unwrap_secrets(rpc.deserialize_properties(struct), "", found)
+        return {"inputs": inputs, "secret_paths": tuple(found)}
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registrations[response.urn] = {
+                "type": request.type,
+                "name": request.name,
+                "parent": request.parent or None,
+                "provider": request.provider or None,
+                "custom": bool(request.custom),
+                "depends_on": tuple(request.dependencies),
+                **self._inputs(request.object),
+            }
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        response = super().ReadResource(request)
+        self.registrations[response.urn] = {
+            "type": request.type,
+            "name": request.name,
+            "parent": request.parent or None,
+            "provider": request.provider or None,
+            "custom": True,
+            "depends_on": (),
+            "inputs": {},
+            "secret_paths": (),
+        }
+        return response
+
+
+def _stand_in_export(calls: list[dict[str, str]]) -> Any:
+    """Replaces infra.image.export_context: records the call, touches nothing (no MLflow model here)."""
+    from infra.image import ContextInfo
+
+    def export(model_uri: str, fingerprint: str, *, tracking_uri: str, base_image: str) -> ContextInfo:
+        calls.append(
+            {"model_uri": model_uri, "fingerprint": fingerprint, "tracking_uri": tracking_uri, "base_image": base_image}
+        )
+        version = fingerprint[:32]
+        return ContextInfo(
+            context=f".build/images/{version}", dockerfile=f".build/images/{version}/env/docker/Dockerfile", tag=version
+        )
+
+    return export
+
+
+@contextlib.contextmanager
+def _program_environment(root: Path, exports: list[dict[str, str]]) -> Iterator[None]:
+    """cwd = project root (the program's relative paths), the stand-in exporter, no leaked PULUMI_* env."""
+    import infra.image
+
+    cwd, saved_export = Path.cwd(), infra.image.export_context
+    saved_env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PULUMI_CONFIG")}
+    os.chdir(root)
+    infra.image.export_context = _stand_in_export(exports)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        infra.image.export_context = saved_export  # type: ignore[assignment]
+        os.chdir(cwd)
+        os.environ.update(saved_env)
+
+
+def _resolve(value: Any) -> tuple[Any, bool, bool]:
+    """(value, is_secret, is_known) of a stack output after the program finished."""
+    if isinstance(value, pulumi.Output):
+        known = _sync_await(value.is_known())
+        secret = _sync_await(value.is_secret())
+        resolved = _sync_await(value.future()) if known else None
+        return resolved, bool(secret), bool(known)
+    return value, False, True
+
+
+def run_stack(
+    stack: str,
+    *,
+    preview: bool = False,
+    stack_outputs: dict[str, dict[str, Any]] | None = None,
+    organization: str = "my-org",
+    root: Path = ROOT,
+) -> StackRun:
+    """Run the program for ``Pulumi.<stack>.yaml`` under mocks.
+
+    ``stack_outputs`` maps a referenced stack (full ``org/project/stack`` or just ``stack``) to the
+    outputs its StackReference returns; None gives every reference well-formed defaults
+    (``source_outputs``), ``{}`` gives references with no outputs at all.
+    """
+    project = project_name(root)
+    config, secret_keys = load_stack_config(stack, project, root)
+    mocks = _Mocks(stack, preview, stack_outputs)
+    monitor = _RecordingMonitor(mocks)
+    exports: list[dict[str, str]] = []
+
+    pulumi_settings.ROOT.set(None)  # a fresh root Stack for this run
+    pulumi.runtime.set_all_config(config, secret_keys)
+    pulumi.runtime.set_mocks(
+        mocks, project=project, stack=stack, preview=preview, monitor=monitor, organization=organization
+    )
+    with _program_environment(root, exports):
+        _sync_await(pulumi.runtime.stack.run_pulumi_func(lambda: runpy.run_path(str(root / "__main__.py"))))
+    stack_resource = pulumi_settings.get_root_resource()
+    outputs: dict[str, Any] = {}
+    secret: set[str] = set()
+    unknown: set[str] = set()
+    for key, value in getattr(stack_resource, "outputs", {}).items():
+        resolved, is_secret, is_known = _resolve(value)
+        outputs[key] = resolved
+        if is_secret:
+            secret.add(key)
+        if not is_known:
+            unknown.add(key)
+
+    resources = []
+    for urn, reg in monitor.registrations.items():
+        recorded = monitor.resources.get(urn)
+        resources.append(
+            Resource(
+                type=reg["type"],
+                name=reg["name"],
+                inputs=reg["inputs"],
+                outputs=unwrap_secrets(dict(recorded.state)) if recorded is not None and recorded.state else {},
+                urn=urn,
+                id=recorded.id if recorded is not None else None,
+                parent=reg["parent"],
+                provider=reg["provider"],
+                custom=reg["custom"],
+                depends_on=reg["depends_on"],
+                secret_paths=reg["secret_paths"],
+            )
+        )
+    return StackRun(
+        stack=stack,
+        preview=preview,
+        resources=resources,
+        outputs=outputs,
+        secret_outputs=secret,
+        unknown_outputs=unknown,
+        invokes=list(mocks.invokes),
+        exports=exports,
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or ["dev"]:
+        run = run_stack(name)
+        print(f"{name}: {len(run.resources)} resources; outputs: {sorted(run.outputs)}")
