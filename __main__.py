@@ -77,7 +77,9 @@ def promote(settings: Settings, cluster: AksCluster | LocalCluster) -> dict[str,
     }
 
 
-def train_and_build(settings: Settings, cluster: AksCluster | LocalCluster) -> dict[str, pulumi.Input[object]]:
+def train_and_build(
+    settings: Settings, cluster: AksCluster | LocalCluster
+) -> dict[str, pulumi.Input[object]]:
     """dev/local: registry, MLflow, TrainedModel (on fingerprint change), serving image."""
     registry: Registry | LocalRegistry
     if isinstance(cluster, AksCluster):
@@ -95,9 +97,10 @@ def train_and_build(settings: Settings, cluster: AksCluster | LocalCluster) -> d
         "registry_username": settings.registry.username,
         "registry_password": settings.registry.password,
     }
-    mlflow_image = settings.tracking.image or MlflowImage(
-        "mlflow-image", base_image=settings.serving.base_image, **push
-    ).ref
+    mlflow_image = (
+        settings.tracking.image
+        or MlflowImage("mlflow-image", base_image=settings.serving.base_image, **push).ref
+    )
     tracking = tracking_server(settings, cluster, mlflow_image)
     t = settings.training
     login = {

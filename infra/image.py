@@ -17,9 +17,9 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from infra.settings import DIGEST_REF_RE
 from infra.training import tracking_env
 
-from infra.settings import DIGEST_REF_RE
 BUILD_ROOT = Path(".build") / "images"
 
 
@@ -58,7 +58,9 @@ def export_context(model_uri: str, fingerprint: str, *, tracking_uri: str, base_
     from model.bento import bento_version, export_build_context
 
     out_dir = BUILD_ROOT / bento_version(fingerprint)
-    ctx = export_build_context(model_uri, fingerprint, out_dir, base_image=base_image, tracking_uri=tracking_uri)
+    ctx = export_build_context(
+        model_uri, fingerprint, out_dir, base_image=base_image, tracking_uri=tracking_uri
+    )
     return ContextInfo(context=_relative(ctx.path), dockerfile=_relative(ctx.dockerfile), tag=ctx.image_tag)
 
 
@@ -91,13 +93,15 @@ class ServingImage(pulumi.ComponentResource):
             uri, fingerprint, tracking, user, password = args
             with tracking_env(user, password):
                 # looked up at call time: the mock harness swaps in a stand-in (no MLflow model there)
-                return globals()["export_context"](uri, fingerprint, tracking_uri=tracking, base_image=base_image)
+                return globals()["export_context"](
+                    uri, fingerprint, tracking_uri=tracking, base_image=base_image
+                )
 
         # The password only authenticates the export; nothing in the context is secret.
         context = pulumi.Output.unsecret(
-            pulumi.Output.all(model_uri, model_fingerprint, tracking_uri, tracking_username, tracking_password).apply(
-                export
-            )
+            pulumi.Output.all(
+                model_uri, model_fingerprint, tracking_uri, tracking_username, tracking_password
+            ).apply(export)
         )
         registry: dict[str, pulumi.Input[str]] = {"server": registry_server}
         if registry_username is not None and registry_password is not None:

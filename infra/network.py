@@ -72,6 +72,4 @@ class Network(pulumi.ComponentResource):
         self.vnet_id = vnet.id
         self.node_subnet_id = nodes.id
         self.postgres_subnet_id = postgres.id
-        self.register_outputs(
-            {"vnetId": vnet.id, "nodeSubnetId": nodes.id, "postgresSubnetId": postgres.id}
-        )
+        self.register_outputs({"vnetId": vnet.id, "nodeSubnetId": nodes.id, "postgresSubnetId": postgres.id})

@@ -30,7 +30,9 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def empty_dir_volumes(paths: tuple[str, ...], prefix: str = "writable") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def empty_dir_volumes(
+    paths: tuple[str, ...], prefix: str = "writable"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, volume_mounts) giving each path its own emptyDir, for a read-only root filesystem."""
     volumes = [{"name": f"{prefix}-{i}", "empty_dir": {"size_limit": "256Mi"}} for i in range(len(paths))]
     mounts = [{"name": f"{prefix}-{i}", "mount_path": path} for i, path in enumerate(paths)]

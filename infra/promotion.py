@@ -131,7 +131,9 @@ class Promotion(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:Promotion", name, None, opts)
-        ref = pulumi.StackReference(f"{name}-source", stack_name=source, opts=pulumi.ResourceOptions(parent=self))
+        ref = pulumi.StackReference(
+            f"{name}-source", stack_name=source, opts=pulumi.ResourceOptions(parent=self)
+        )
         keys = (*REQUIRED_OUTPUTS, MLFLOW_IMAGE_OUTPUT)
         promoted = pulumi.Output.all(*(ref.get_output(key) for key in keys)).apply(
             lambda values: validate_source(
@@ -146,6 +148,9 @@ class Promotion(pulumi.ComponentResource):
         self.mlflow_image_ref = promoted.mlflow_image_ref
         if kubelet_object_id is not None:
             grant_acr_pull(
-                f"{name}-kubelet-acrpull", kubelet_object_id=kubelet_object_id, registry_id=self.registry_id, parent=self
+                f"{name}-kubelet-acrpull",
+                kubelet_object_id=kubelet_object_id,
+                registry_id=self.registry_id,
+                parent=self,
             )
         self.register_outputs({"imageRef": self.image_ref, "modelVersion": self.model_version})

@@ -17,7 +17,11 @@ from infra.settings import Settings
 
 
 def grant_acr_pull(
-    name: str, *, kubelet_object_id: pulumi.Input[str], registry_id: pulumi.Input[str], parent: pulumi.Resource
+    name: str,
+    *,
+    kubelet_object_id: pulumi.Input[str],
+    registry_id: pulumi.Input[str],
+    parent: pulumi.Resource,
 ) -> pulumi.Resource:
     """AcrPull for a cluster's kubelet identity, scoped to one registry."""
     return roles.grant(
@@ -52,7 +56,9 @@ class Registry(pulumi.ComponentResource):
             tags=dict(settings.tags),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        grant_acr_pull(f"{name}-kubelet-acrpull", kubelet_object_id=kubelet_object_id, registry_id=acr.id, parent=self)
+        grant_acr_pull(
+            f"{name}-kubelet-acrpull", kubelet_object_id=kubelet_object_id, registry_id=acr.id, parent=self
+        )
         self.registry_id = acr.id
         self.login_server = acr.login_server
         self.register_outputs({"registryId": acr.id, "loginServer": acr.login_server})

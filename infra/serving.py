@@ -86,11 +86,16 @@ class ModelServing(pulumi.ComponentResource):
         labels = {"app": APP, "app.kubernetes.io/part-of": settings.project}
         selector = {"app": APP}
         namespace = k8s.core.v1.Namespace(
-            f"{name}-ns", metadata={"name": ns, "labels": labels}, opts=pulumi.ResourceOptions(parent=self, provider=provider)
+            f"{name}-ns",
+            metadata={"name": ns, "labels": labels},
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )
         opts_ns = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
         account = k8s.core.v1.ServiceAccount(
-            f"{name}-sa", metadata={"name": APP, "namespace": ns}, automount_service_account_token=False, opts=opts_ns
+            f"{name}-sa",
+            metadata={"name": APP, "namespace": ns},
+            automount_service_account_token=False,
+            opts=opts_ns,
         )
         annotations = {
             "prometheus.io/scrape": "true",
@@ -103,10 +108,16 @@ class ModelServing(pulumi.ComponentResource):
             spec={
                 "replicas": s.min_replicas,
                 "selector": {"match_labels": selector},
-                "strategy": {"type": "RollingUpdate", "rolling_update": {"max_unavailable": 0, "max_surge": 1}},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rolling_update": {"max_unavailable": 0, "max_surge": 1},
+                },
                 "template": {
                     "metadata": {
-                        "labels": {**labels, "model-version": pulumi.Output.from_input(model_version).apply(str)},
+                        "labels": {
+                            **labels,
+                            "model-version": pulumi.Output.from_input(model_version).apply(str),
+                        },
                         "annotations": annotations,
                     },
                     "spec": pulumi.Output.all(image_ref, account.metadata.name).apply(
@@ -115,7 +126,9 @@ class ModelServing(pulumi.ComponentResource):
                 },
             },
             # replicas belong to the HPA after the first rollout
-            opts=pulumi.ResourceOptions.merge(opts_ns, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])),
+            opts=pulumi.ResourceOptions.merge(
+                opts_ns, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+            ),
         )
         service = k8s.core.v1.Service(
             f"{name}-service",
@@ -139,7 +152,10 @@ class ModelServing(pulumi.ComponentResource):
                         "type": "Resource",
                         "resource": {
                             "name": "cpu",
-                            "target": {"type": "Utilization", "average_utilization": s.target_cpu_utilization},
+                            "target": {
+                                "type": "Utilization",
+                                "average_utilization": s.target_cpu_utilization,
+                            },
                         },
                     }
                 ],
@@ -149,7 +165,8 @@ class ModelServing(pulumi.ComponentResource):
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata={"name": APP, "namespace": ns},
-            spec={"selector": {"match_labels": selector}, "max_unavailable": 1} if s.min_replicas > 1
+            spec={"selector": {"match_labels": selector}, "max_unavailable": 1}
+            if s.min_replicas > 1
             else {"selector": {"match_labels": selector}, "min_available": 1},
             opts=opts_ns,
         )

@@ -217,7 +217,9 @@ class _Reader:
             raise self.fail(key, value, f"is not a {kind.__name__}", f"Write a YAML {kind.__name__}.")
         return parsed
 
-    def str_list(self, key: str, pattern: re.Pattern[str] | None = None, example: str = "") -> tuple[str, ...]:
+    def str_list(
+        self, key: str, pattern: re.Pattern[str] | None = None, example: str = ""
+    ) -> tuple[str, ...]:
         items = self.obj(key, list, [])
         for item in items:
             if not isinstance(item, str) or (pattern is not None and not pattern.match(item)):
@@ -261,7 +263,9 @@ def _serving(reader: _Reader) -> ServingSettings:
     max_replicas = reader.int_("servingMaxReplicas", max(d.max_replicas, min_replicas), 1, 100)
     if max_replicas < min_replicas:
         raise reader.fail(
-            "servingMaxReplicas", max_replicas, f"is below servingMinReplicas ({min_replicas})",
+            "servingMaxReplicas",
+            max_replicas,
+            f"is below servingMinReplicas ({min_replicas})",
             "Raise servingMaxReplicas or lower servingMinReplicas.",
         )
     return ServingSettings(
@@ -285,7 +289,9 @@ def _cluster(reader: _Reader) -> ClusterSettings:
     user_max = reader.int_("userNodeMaxCount", max(d.user_max_count, user_min, 1), 1, 1000)
     if user_max < user_min:
         raise reader.fail(
-            "userNodeMaxCount", user_max, f"is below userNodeMinCount ({user_min})",
+            "userNodeMaxCount",
+            user_max,
+            f"is below userNodeMinCount ({user_min})",
             "Raise userNodeMaxCount or lower userNodeMinCount.",
         )
     return ClusterSettings(
@@ -319,30 +325,51 @@ def _tracking(
     default_type = "NodePort" if mode == "local" else d.service_type
     service_type = reader.required_str("mlflowServiceType", default_type, SERVICE_TYPES)
     cidrs = reader.str_list("mlflowAllowedCidrs", CIDR_RE, "203.0.113.0/24")
-    tracking_uri = reader.matching("trackingUri", None, re.compile(r"^https?://[^\s/]+(/.*)?$"), "http://127.0.0.1:5000")
+    tracking_uri = reader.matching(
+        "trackingUri", None, re.compile(r"^https?://[^\s/]+(/.*)?$"), "http://127.0.0.1:5000"
+    )
     if service_type == "LoadBalancer" and not cidrs:
         raise reader.fail(
-            "mlflowAllowedCidrs", [], "is empty while mlflowServiceType is LoadBalancer",
+            "mlflowAllowedCidrs",
+            [],
+            "is empty while mlflowServiceType is LoadBalancer",
             "List the CIDRs allowed to reach MLflow (your CI runners / VPN egress), "
             "e.g. `pulumi config set --path 'mlflowAllowedCidrs[0]' 203.0.113.0/24`.",
         )
     if trains and service_type == "ClusterIP" and tracking_uri is None:
         raise reader.fail(
-            "trackingUri", None, "is unset while mlflowServiceType is ClusterIP",
+            "trackingUri",
+            None,
+            "is unset while mlflowServiceType is ClusterIP",
             "Training runs on the deploying machine and must reach MLflow: set trackingUri "
             "(e.g. a kubectl port-forward URL) or use mlflowServiceType LoadBalancer/NodePort.",
         )
     return TrackingSettings(
-        image=reader.matching("mlflowImage", None, DIGEST_REF_RE, "registry.example.com/mlflow@sha256:<64 hex>"),
+        image=reader.matching(
+            "mlflowImage", None, DIGEST_REF_RE, "registry.example.com/mlflow@sha256:<64 hex>"
+        ),
         service_type=service_type,
         allowed_cidrs=cidrs,
-        dns_label=reader.matching("mlflowDnsLabel", f"{reader.project}-{reader.stack}-mlflow", DNS_LABEL_RE, "ml-delivery-dev-mlflow"),
-        extra_allowed_hosts=reader.str_list("mlflowAllowedHosts", re.compile(r"^[A-Za-z0-9*.:\-\[\]]+$"), "mlflow.example.com"),
+        dns_label=reader.matching(
+            "mlflowDnsLabel",
+            f"{reader.project}-{reader.stack}-mlflow",
+            DNS_LABEL_RE,
+            "ml-delivery-dev-mlflow",
+        ),
+        extra_allowed_hosts=reader.str_list(
+            "mlflowAllowedHosts", re.compile(r"^[A-Za-z0-9*.:\-\[\]]+$"), "mlflow.example.com"
+        ),
         tracking_uri=tracking_uri,
-        admin_username=reader.matching("mlflowAdminUsername", d.admin_username, re.compile(r"^[A-Za-z0-9_.-]{3,64}$"), "admin") or d.admin_username,
+        admin_username=reader.matching(
+            "mlflowAdminUsername", d.admin_username, re.compile(r"^[A-Za-z0-9_.-]{3,64}$"), "admin"
+        )
+        or d.admin_username,
         admin_password=admin_password,
         experiment_name=reader.required_str("mlflowExperimentName", d.experiment_name),
-        model_name=reader.matching("modelName", d.model_name, re.compile(r"^[A-Za-z0-9_.-]+$"), "cancer-classifier") or d.model_name,
+        model_name=reader.matching(
+            "modelName", d.model_name, re.compile(r"^[A-Za-z0-9_.-]+$"), "cancer-classifier"
+        )
+        or d.model_name,
         postgres_sku=reader.required_str("postgresSku", d.postgres_sku),
         postgres_tier=reader.required_str("postgresTier", d.postgres_tier, POSTGRES_TIERS),
         postgres_version=reader.required_str("postgresVersion", d.postgres_version, ("14", "15", "16", "17")),
@@ -364,9 +391,13 @@ def parse_settings(
     mode = reader.required_str("mode", "azure", MODES)
     promote_from = reader.matching("promoteFrom", None, PROMOTE_FROM_RE, "my-org/ml-delivery/dev")
     if promote_from is not None and promote_from.split("/")[2] == stack:
-        raise reader.fail("promoteFrom", promote_from, "names this stack itself", "Promote from another stack, e.g. dev.")
+        raise reader.fail(
+            "promoteFrom", promote_from, "names this stack itself", "Promote from another stack, e.g. dev."
+        )
     if promote_from is not None and mode == "local":
-        raise reader.fail("promoteFrom", promote_from, "is set on a local stack", "Promotion needs mode: azure.")
+        raise reader.fail(
+            "promoteFrom", promote_from, "is set on a local stack", "Promotion needs mode: azure."
+        )
 
     registry_username = reader.str_("registryUsername", None)
     registry_password = None
@@ -374,9 +405,19 @@ def parse_settings(
         if require_secret is None:
             raise reader.fail("registryPassword", None, "cannot be read", "Run under Pulumi.")
         registry_password = require_secret("registryPassword")
-    registry_server = reader.matching("registryServer", "localhost:5001" if mode == "local" else None, re.compile(r"^[A-Za-z0-9.\-]+(:\d+)?$"), "localhost:5001")
+    registry_server = reader.matching(
+        "registryServer",
+        "localhost:5001" if mode == "local" else None,
+        re.compile(r"^[A-Za-z0-9.\-]+(:\d+)?$"),
+        "localhost:5001",
+    )
     if registry_server is not None and mode != "local":
-        raise reader.fail("registryServer", registry_server, "is only for mode: local", "Remove it; azure stacks create their own registry.")
+        raise reader.fail(
+            "registryServer",
+            registry_server,
+            "is only for mode: local",
+            "Remove it; azure stacks create their own registry.",
+        )
 
     params = reader.obj("modelParams", dict, {})
     tags = reader.obj("tags", dict, {})

@@ -25,7 +25,7 @@ from infra.settings import ConfigError, Settings
 NAMESPACE = "mlflow"
 APP = "mlflow"
 PORT = 5000
-UID = 1000
+UID = 10001  # >= 10000, no clash with host accounts (checkov CKV_K8S_40); = the image USER
 POSTGRES_ADMIN = "mlflowadmin"
 CREDENTIALS_SECRET = "mlflow-credentials"
 AUTH_CONFIG_DIR = "/etc/mlflow-auth"
@@ -137,20 +137,33 @@ class TrackingServer(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
 
-        admin_password = settings.tracking.admin_password or random.RandomPassword(
-            f"{name}-admin-password", length=32, special=False, opts=child
-        ).result
-        flask_secret = random.RandomPassword(f"{name}-flask-secret", length=48, special=False, opts=child).result
+        # RandomPassword.result is a secret in the engine; Output.secret makes that explicit here.
+        admin_password = pulumi.Output.secret(
+            settings.tracking.admin_password
+            or random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child).result
+        )
+        flask_secret = pulumi.Output.secret(
+            random.RandomPassword(f"{name}-flask-secret", length=48, special=False, opts=child).result
+        )
 
         namespace = k8s.core.v1.Namespace(
-            f"{name}-ns", metadata={"name": NAMESPACE, "labels": {"app.kubernetes.io/part-of": settings.project}}, opts=k8s_opts
+            f"{name}-ns",
+            metadata={"name": NAMESPACE, "labels": {"app.kubernetes.io/part-of": settings.project}},
+            opts=k8s_opts,
         )
         ns_opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
         if settings.is_local:
             stores = self._local_stores(ns_opts)
         else:
-            if resource_group_name is None or vnet_id is None or postgres_subnet_id is None or oidc_issuer_url is None:
-                raise ValueError("TrackingServer on Azure needs the resource group, VNet, subnet and OIDC issuer")
+            if (
+                resource_group_name is None
+                or vnet_id is None
+                or postgres_subnet_id is None
+                or oidc_issuer_url is None
+            ):
+                raise ValueError(
+                    "TrackingServer on Azure needs the resource group, VNet, subnet and OIDC issuer"
+                )
             stores = self._azure_stores(resource_group_name, vnet_id, postgres_subnet_id, oidc_issuer_url)
 
         sa_annotations = (
@@ -183,7 +196,9 @@ class TrackingServer(pulumi.ComponentResource):
 
         self.url = pulumi.Output.from_input(IN_CLUSTER_URL)
         # Only a training stack needs a route from this machine to MLflow.
-        self.training_uri = pulumi.Output.from_input("" if settings.promotes else training_tracking_uri(settings))
+        self.training_uri = pulumi.Output.from_input(
+            "" if settings.promotes else training_tracking_uri(settings)
+        )
         self.admin_username = pulumi.Output.from_input(settings.tracking.admin_username)
         self.admin_password = pulumi.Output.secret(admin_password)
         self.ready = pulumi.Output.all(deployment.id, service.id).apply(lambda _: True)
@@ -246,7 +261,7 @@ class TrackingServer(pulumi.ComponentResource):
             sku={"name": s.tracking.postgres_sku, "tier": s.tracking.postgres_tier},
             storage={"storage_size_gb": s.tracking.postgres_storage_gb},
             administrator_login=POSTGRES_ADMIN,
-            administrator_login_password=db_password.result,
+            administrator_login_password=pulumi.Output.secret(db_password.result),
             network={
                 "public_network_access": "Disabled",
                 "delegated_subnet_resource_id": postgres_subnet_id,
@@ -296,7 +311,11 @@ class TrackingServer(pulumi.ComponentResource):
             opts=child,
         )
         identity = managedidentity.UserAssignedIdentity(
-            f"{name}-identity", resource_group_name=resource_group_name, location=s.location, tags=tags, opts=child
+            f"{name}-identity",
+            resource_group_name=resource_group_name,
+            location=s.location,
+            tags=tags,
+            opts=child,
         )
         managedidentity.FederatedIdentityCredential(
             f"{name}-federated",
@@ -338,7 +357,15 @@ class TrackingServer(pulumi.ComponentResource):
         if stores.workload_identity_client_id is not None:
             pod_labels["azure.workload.identity/use"] = "true"
         volumes, mounts = podsecurity.empty_dir_volumes(("/tmp",))
-        volumes.append({"name": "auth-config", "secret": {"secret_name": CREDENTIALS_SECRET, "items": [{"key": AUTH_CONFIG_FILE, "path": AUTH_CONFIG_FILE}]}})
+        volumes.append(
+            {
+                "name": "auth-config",
+                "secret": {
+                    "secret_name": CREDENTIALS_SECRET,
+                    "items": [{"key": AUTH_CONFIG_FILE, "path": AUTH_CONFIG_FILE}],
+                },
+            }
+        )
         mounts.append({"name": "auth-config", "mount_path": AUTH_CONFIG_DIR, "read_only": True})
         depends: list[pulumi.Resource] = [credentials]
         if stores.data_claim is not None:

@@ -156,5 +156,7 @@ class TrainedModel(pulumi.dynamic.Resource):
             TrainedModelProvider(),
             name,
             props,
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["tracking_password"])),
+            pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(additional_secret_outputs=["tracking_password"])
+            ),
         )

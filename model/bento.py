@@ -271,8 +271,8 @@ def _build_in_this_process(
     from bentoml.exceptions import NotFound
     from mlflow.tracking import MlflowClient
 
+    from model.container import MODEL_TAG_ENV
     from model.pins import pinned_closure
-    from model.service import MLFLOW_MODEL_FOLDER, MODEL_TAG_ENV
 
     name, version = parse_model_uri(model_uri)
     tag_version = bento_version(fingerprint)
@@ -291,7 +291,7 @@ def _build_in_this_process(
         stored = bentoml.mlflow.import_model(model_tag, model_uri, labels=labels)
     else:
         notes.append(f"model {model_tag} already in the BentoML store: not downloaded again")
-    mlmodel_dir = Path(stored.path_of(MLFLOW_MODEL_FOLDER))
+    mlmodel_dir = Path(stored.path_of(bentoml.mlflow.MLFLOW_MODEL_FOLDER))
     model_pins = parse_pinned_requirements(
         (mlmodel_dir / "requirements.txt").read_text(encoding="utf-8"), f"{model_uri}/requirements.txt"
     )
@@ -309,6 +309,8 @@ def _build_in_this_process(
         check_parity(model_pins, wanted)
         progress(f"building bento {bento_tag} on {base_image} with {len(wanted) + 1} pinned packages")
         os.environ[MODEL_TAG_ENV] = model_tag  # read by model.service when the build imports it
+        if "model.service" in sys.modules:
+            raise BentoBuildError("model.service was imported before its model tag was set: a bug here")
         with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
             for rel in SERVICE_SOURCES:
                 (Path(ctx) / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,26 @@ LIVENESS_PATH = "/livez"
 READINESS_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
+# BentoML writes into BENTOML_HOME when the server starts (bentos/, models/, envs/, tmp/, client_id and
+# prometheus_multiproc_dir/ for the metrics; it ignores PROMETHEUS_MULTIPROC_DIR), and the image's own
+# BENTOML_HOME (/home/bentoml/) also holds the bento, so at run time BENTOML_HOME is a volume of its own.
+RUNTIME_HOME = f"{BENTO_HOME}/runtime"
+
 # With a read-only root filesystem these paths must be writable volumes (emptyDir in Kubernetes,
-# tmpfs under `docker run --read-only`).
-WRITABLE_PATHS: tuple[str, ...] = ("/tmp", f"{BENTO_HOME}/tmp")
+# tmpfs under `docker run --read-only`). Measured with `docker diff` on the running image.
+WRITABLE_PATHS: tuple[str, ...] = ("/tmp", RUNTIME_HOME)
 
 # Environment the server needs at run time in any container runtime.
 RUNTIME_ENV: dict[str, str] = {
-    "BENTOML_HOME": f"{BENTO_HOME}/",
-    "PROMETHEUS_MULTIPROC_DIR": "/tmp/prometheus_multiproc",
+    "BENTOML_HOME": f"{RUNTIME_HOME}/",
+    # Usage analytics / telemetry: no calls out of the pod; MLflow's would also write ~/.config.
+    "BENTOML_DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # The bento's src/ ships without .pyc files; writing them would hit the read-only root.
+    "PYTHONDONTWRITEBYTECODE": "1",
 }
+
+# Set by model.bento when it builds the bento (baked into the image as ENV) and read by model.service
+# when it is imported: which BentoML model to serve, and the most rows one request may carry.
+MODEL_TAG_ENV = "SERVING_MODEL_TAG"
+MAX_ROWS_ENV = "SERVING_MAX_ROWS"

@@ -25,16 +25,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import bentoml
 from pydantic import AfterValidator
 
-from model.container import SERVICE_PORT
+from model.container import MAX_ROWS_ENV, MODEL_TAG_ENV, SERVICE_PORT
 from model.validation import DEFAULT_MAX_ROWS, Number, RowSchema, validate_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
-MODEL_TAG_ENV = "SERVING_MODEL_TAG"
-MAX_ROWS_ENV = "SERVING_MAX_ROWS"
 DEFAULT_MODEL_TAG = "cancer-classifier:latest"
-MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts the MLflow model
+MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts the model (its constant)
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 # BentoML's "debian" distro apt-installs build-essential and git into every image (~455 MB,
 # DESIGN.md). Naming a distro it has no package list for skips that step; every package the model

@@ -21,10 +21,11 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -39,6 +40,9 @@ from model.pins import pinned_closure
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
+    from mlflow.tracking import MlflowClient
+
+    from model.registry import VersionInfo
 
 __all__ = [
     "DataValidationError",
@@ -181,60 +185,91 @@ def train_and_register(config: TrainConfig, progress: Progress = _stderr) -> Tra
     tracking_uri, experiment = resolve_tracking(config)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    name = config.model_name
-
-    champion = registry.version_by_alias(client, name, registry.CHAMPION_ALIAS)
-    existing = registry.find_passed_version(client, name, fingerprint)
+    champion = registry.version_by_alias(client, config.model_name, registry.CHAMPION_ALIAS)
+    existing = registry.find_passed_version(client, config.model_name, fingerprint)
     if existing is not None:
-        progress(f"version {existing.version} of {name} has this fingerprint and passed the gate: reusing it")
+        progress(
+            f"version {existing.version} has this fingerprint and passed the gate: reusing it, no training"
+        )
         rival = champion if champion and champion.version != existing.version else None
-        result = _result(existing.run_id, name, existing.version, existing.metrics, fingerprint, reused=True)
+        result = _result(existing.run_id, config.model_name, existing.version, existing.metrics, fingerprint)
+        result = replace(result, reused=True)
         failures = evaluate_gate(existing.metrics, config.thresholds, rival.metrics if rival else None)
         if failures:
             raise GateFailedError(_failed(result, failures), failures)
-        client.set_registered_model_alias(name, registry.CANDIDATE_ALIAS, existing.version)
-        _write_model_output(config.model_output, result.model_uri, tracking_uri, progress)
-        return result
-
-    train, heldout = split(frame, config.params)
-    progress(
-        f"fitting on {len(train)} rows, holding out {len(heldout)} "
-        f"(stratified, seed {config.params.random_state})"
-    )
-    pipeline = build_pipeline(config.params).fit(train[list(FEATURES)], train[TARGET])
-    x_test, y_test = heldout[list(FEATURES)], heldout[TARGET].to_numpy()
-    proba = pipeline.predict_proba(x_test)[:, 1]
-    metrics = compute_metrics(y_test, proba)
-    progress("held-out " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run() as run:
-        mlflow.set_tag(registry.FINGERPRINT_TAG, fingerprint)
-        mlflow.log_params({**params, "n_train": len(train), "n_heldout": len(heldout)})
-        mlflow.log_params({f"gate.{k}": v for k, v in asdict(config.thresholds).items()})
-        mlflow.log_params({"data_path": str(config.data_path), "serialization_format": SERIALIZATION_FORMAT})
-        mlflow.log_metrics(metrics)
-        _log_plots(y_test, proba)
-        _log_heldout(heldout)
-        progress("logging and registering the model")
-        info = _log_model(pipeline, x_test, name)
-        version = str(info.registered_model_version)
-        client.set_model_version_tag(name, version, registry.FINGERPRINT_TAG, fingerprint)
-        result = _result(run.info.run_id, name, version, metrics, fingerprint, reused=False)
-        failures = evaluate_gate(metrics, config.thresholds, champion.metrics if champion else None)
-        reason = "; ".join(f.describe() for f in failures) or "all thresholds met"
-        registry.mark_gate(client, name, version, passed=not failures, reason=reason)
-        mlflow.set_tag(registry.GATE_TAG, "failed" if failures else "passed")
-    if failures:
-        raise GateFailedError(_failed(result, failures), failures)
-    progress(f"gate passed: {name} version {version} has alias '{registry.CANDIDATE_ALIAS}'")
+        client.set_registered_model_alias(config.model_name, registry.CANDIDATE_ALIAS, existing.version)
+    else:
+        fitted = fit_and_evaluate(frame, config.params, progress)
+        mlflow.set_experiment(experiment)
+        result, failures = _track_register_and_gate(
+            client, config, params, fingerprint, fitted, champion, progress
+        )
+        if failures:
+            raise GateFailedError(_failed(result, failures), failures)
+        progress(f"gate passed: {result.model_uri} has alias '{registry.CANDIDATE_ALIAS}'")
     _write_model_output(config.model_output, result.model_uri, tracking_uri, progress)
     return result
 
 
-def _result(
-    run_id: str, name: str, version: str, metrics: dict[str, float], fingerprint: str, *, reused: bool
-) -> TrainResult:
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted pipeline and its evaluation on the held-out rows."""
+
+    pipeline: Pipeline
+    train: pd.DataFrame
+    heldout: pd.DataFrame
+    proba: np.ndarray  # positive-class probabilities on ``heldout``
+    metrics: dict[str, float]
+
+
+def fit_and_evaluate(frame: pd.DataFrame, params: ModelParams, progress: Progress = _stderr) -> Fitted:
+    """Split, fit and score; no tracking."""
+    train, heldout = split(frame, params)
+    progress(
+        f"fitting on {len(train)} rows, holding out {len(heldout)} (stratified, seed {params.random_state})"
+    )
+    pipeline = build_pipeline(params).fit(train[list(FEATURES)], train[TARGET])
+    proba = pipeline.predict_proba(heldout[list(FEATURES)])[:, 1]
+    metrics = compute_metrics(heldout[TARGET].to_numpy(), proba)
+    progress("held-out " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return Fitted(pipeline, train, heldout, proba, metrics)
+
+
+def _track_register_and_gate(
+    client: MlflowClient,
+    config: TrainConfig,
+    params: dict[str, object],
+    fingerprint: str,
+    fitted: Fitted,
+    champion: VersionInfo | None,
+    progress: Progress,
+) -> tuple[TrainResult, list[GateFailure]]:
+    """One MLflow run: params, metrics, plots, held-out rows, model -> registered version -> gate tags."""
+    import mlflow
+
+    from model import registry
+
+    name = config.model_name
+    with mlflow.start_run() as run:
+        mlflow.set_tag(registry.FINGERPRINT_TAG, fingerprint)
+        mlflow.log_params({**params, "n_train": len(fitted.train), "n_heldout": len(fitted.heldout)})
+        mlflow.log_params({f"gate.{k}": v for k, v in asdict(config.thresholds).items()})
+        mlflow.log_params({"data_path": str(config.data_path), "serialization_format": SERIALIZATION_FORMAT})
+        mlflow.log_metrics(fitted.metrics)
+        _log_plots(fitted.heldout[TARGET].to_numpy(), fitted.proba)
+        _log_heldout(fitted.heldout)
+        progress("logging and registering the model")
+        info = _log_model(fitted.pipeline, fitted.heldout[list(FEATURES)], name)
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(name, version, registry.FINGERPRINT_TAG, fingerprint)
+        failures = evaluate_gate(fitted.metrics, config.thresholds, champion.metrics if champion else None)
+        reason = "; ".join(f.describe() for f in failures) or "all thresholds met"
+        registry.mark_gate(client, name, version, passed=not failures, reason=reason)
+        mlflow.set_tag(registry.GATE_TAG, "failed" if failures else "passed")
+    return _result(run.info.run_id, name, version, fitted.metrics, fingerprint), failures
+
+
+def _result(run_id: str, name: str, version: str, metrics: dict[str, float], fingerprint: str) -> TrainResult:
     return TrainResult(
         run_id=run_id,
         model_name=name,
@@ -243,22 +278,18 @@ def _result(
         metrics=metrics,
         fingerprint=fingerprint,
         gate_passed=True,
-        reused=reused,
+        reused=False,
         heldout_uri=f"runs:/{run_id}/{HELDOUT_ARTIFACT}",
     )
 
 
 def _failed(result: TrainResult, failures: Sequence[GateFailure]) -> TrainResult:
-    return TrainResult(
-        **{**asdict(result), "gate_passed": False, "gate_failures": [f.describe() for f in failures]}
-    )
+    return replace(result, gate_passed=False, gate_failures=[f.describe() for f in failures])
 
 
-def _log_plots(y_true: object, proba: object) -> None:
+def _log_plots(y: np.ndarray, p: np.ndarray) -> None:
     import mlflow
-    import numpy as np
 
-    y, p = np.asarray(y_true), np.asarray(proba)
     for fig, path in (
         (plots.confusion_matrix_figure(y, (p >= 0.5).astype("int64")), "plots/confusion_matrix.png"),
         (plots.roc_curve_figure(y, p), "plots/roc_curve.png"),

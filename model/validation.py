@@ -19,7 +19,8 @@ DEFAULT_MAX_ROWS = 1000
 MAX_REPORTED_PROBLEMS = 10  # a message lists at most this many problems, then "... and N more"
 
 _FLOAT_TYPES = frozenset({"double", "float"})
-_INT_TYPES = frozenset({"long", "integer"})
+_INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}  # int64, int32
+_INT_TYPES = frozenset(_INT_BOUNDS)
 Number = float | int
 
 
@@ -121,15 +122,16 @@ def _typed_value(value: object, kind: str) -> tuple[Number, str | None]:
     if isinstance(value, float) and not math.isfinite(value):
         return 0, f"must be a finite number, got {value}"
     if kind in _FLOAT_TYPES:
-        as_float = float(value)
-        if not math.isfinite(as_float):  # an int too large for a double
+        try:
+            return float(value), None
+        except OverflowError:  # an integer beyond the range of a double
             return 0, f"is out of range for a {kind}: {_short(value)}"
-        return as_float, None
-    if isinstance(value, float):
-        if not value.is_integer():
-            return 0, f"must be a whole number for a {kind} feature, got {value}"
-        return int(value), None
-    return value, None
+    if isinstance(value, float) and not value.is_integer():
+        return 0, f"must be a whole number for a {kind} feature, got {value}"
+    low, high = _INT_BOUNDS[kind]
+    if not low <= value <= high:
+        return 0, f"is out of range for a {kind} ({low}..{high}): {_short(value)}"
+    return int(value), None
 
 
 def _json_type(value: object) -> str:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,13 @@ def load_pack_config(path: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def stack_config_path(stack: str) -> Path:
-    """The policy config a stack is previewed with: policy/config.<stack>.json, else policy/config.json."""
-    specific = POLICY_DIR / f"config.{stack}.json"
-    return specific if specific.exists() else POLICY_DIR / "config.json"
+    """The policy config a stack is previewed with: policy/config.<stack>.json (absent: defaults)."""
+    return POLICY_DIR / f"config.{stack}.json"
+
+
+def _collect(sink: list[str], message: str, _urn: str | None = None) -> None:
+    """A report_violation that keeps the messages."""
+    sink.append(message)
 
 
 @contextmanager
@@ -128,7 +133,7 @@ def evaluate(
                     entry,
                 )
                 try:
-                    policy.validate(args, lambda message, _urn=None, found=found: found.append(message))
+                    policy.validate(args, partial(_collect, found))
                 except UnknownValueError as err:
                     violations.append(
                         Violation(policy.name, "advisory", subject.type, subject.name, f"unknown: {err}")

@@ -289,7 +289,7 @@ def check_load_balancer(props: Props, config: Config) -> list[str]:
             f"{label}: spec.type is LoadBalancer, which exposes it outside the cluster, and it is not "
             "allowed in policy config. Use type ClusterIP (behind an ingress), or add "
             f"'{namespace + '/' if namespace else ''}{name}' to no-unapproved-load-balancer.allowedServices "
-            "in the policy pack config (see policy/config.json)."
+            "in the stack's policy pack config (policy/config.<stack>.json)."
         ]
     ranges = [str(cidr) for cidr in _items(_get(props, "spec", "loadBalancerSourceRanges"))]
     if not ranges or OPEN_RANGES.intersection(ranges):

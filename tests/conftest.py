@@ -29,6 +29,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ready_url=f"{url}/health",
         log_path=root / "server.log",
         timeout=120,
+        # MLflow 3.17 otherwise forks ~6 huey job consumers (GenAI jobs, unused here), each importing
+        # mlflow: most of the startup CPU on a 2-core machine.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         cwd=root,
     ):
         yield url

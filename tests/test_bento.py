@@ -212,8 +212,9 @@ def test_two_exports_are_byte_identical_reused_or_rebuilt(
 
 
 @pytest.mark.servers
-def test_another_base_image_rebuilds_with_that_base(first: BuildContext, trained: TrainResult, mlflow_server: str,
-                                                    work: Path) -> None:  # fmt: skip
+def test_another_base_image_rebuilds_with_that_base(
+    first: BuildContext, trained: TrainResult, mlflow_server: str, work: Path
+) -> None:
     standin = "registry.test/python-standin:3.11"
     other = export_build_context(
         trained.model_uri, trained.fingerprint, work / "other-base", base_image=standin,

@@ -4,6 +4,7 @@ rejects bad input with a message naming the file, the column and the rule."""
 from __future__ import annotations
 
 import importlib.util
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tests.conftest import REPO_ROOT
 DATA = REPO_ROOT / "data" / "train.csv"
 
 
-def _make_dataset_module():  # type: ignore[no-untyped-def]
+def _make_dataset_module() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("make_dataset", REPO_ROOT / "data" / "make_dataset.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -10,7 +10,7 @@ import pytest
 from model.fingerprint import MODEL_DIR, canonical_json, compute_fingerprint
 from tests.conftest import REPO_ROOT
 
-PARAMS = {"C": 1.0, "max_iter": 100, "test_size": 0.25, "random_state": 42}
+PARAMS: dict[str, object] = {"C": 1.0, "max_iter": 100, "test_size": 0.25, "random_state": 42}
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
 
 
 def fp(inputs: dict[str, Path], params: dict[str, object] = PARAMS) -> str:
-    return compute_fingerprint(params=params, **inputs)  # type: ignore[arg-type]
+    return compute_fingerprint(params=params, **inputs)
 
 
 def test_same_inputs_same_hex_digest(inputs: dict[str, Path]) -> None:

@@ -159,3 +159,18 @@ def test_evaluator_and_pack_agree_on_violations(pack: analyzer_pb2_grpc.Analyzer
     in_process = {(v.policy, v.resource_name) for v in evaluate(weakened, stack="dev")}
     assert over_grpc == in_process
     assert {p for p, _ in over_grpc} == {"images-pinned-by-digest", "containers-probed"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_load_balancer_allow_is_still_needed(stack: str) -> None:
+    """Each allowedServices entry of the stack's policy config matches a LoadBalancer it declares;
+    without the entry the pack blocks the stack (so the allow is live, not a stale exception)."""
+    config = load_pack_config(stack_config_path(stack))
+    entry = config.get("no-unapproved-load-balancer", {})
+    for allowed in entry.get("allowedServices", []):
+        rest = [a for a in entry["allowedServices"] if a != allowed]
+        narrowed = {**config, "no-unapproved-load-balancer": {**entry, "allowedServices": rest}}
+        violations = evaluate(stack_subjects(stack), stack=stack, config=narrowed)
+        blocked = [v.policy for v in violations if v.level == "mandatory"]
+        where = stack_config_path(stack).name
+        assert blocked == ["no-unapproved-load-balancer"], f"{where}: '{allowed}' matches no LoadBalancer"

@@ -44,6 +44,9 @@ GOOD = ModelParams(C=1.0, max_iter=200)
 WORSE = ModelParams(C=0.01, max_iter=200)
 
 
+Trained = tuple[TrainConfig, TrainResult]
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -73,7 +76,7 @@ def make_config(mlflow_server: str, code_snapshot: Path) -> Callable[..., TrainC
 
 
 @pytest.fixture(scope="module")
-def trained(mlflow_server: str, code_snapshot: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def trained(mlflow_server: str, code_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """One real training shared by the read-only assertions below."""
     config = TrainConfig(
         data_path=DATA,
@@ -91,12 +94,15 @@ def client_for(url: str) -> MlflowClient:
     return MlflowClient(url)
 
 
-def run_count(client: MlflowClient, experiment: str) -> int:
+def run_count(client: MlflowClient, experiment: str | None) -> int:
+    assert experiment is not None
     exp = client.get_experiment_by_name(experiment)
     return 0 if exp is None else len(client.search_runs([exp.experiment_id]))
 
 
-def test_training_logs_params_metrics_plots_heldout_and_registers(mlflow_server: str, trained) -> None:  # type: ignore[no-untyped-def]
+def test_training_logs_params_metrics_plots_heldout_and_registers(
+    mlflow_server: str, trained: Trained
+) -> None:
     config, result = trained
     client = client_for(mlflow_server)
     assert (result.gate_passed, result.reused, result.version) == (True, False, "1")
@@ -120,7 +126,9 @@ def test_training_logs_params_metrics_plots_heldout_and_registers(mlflow_server:
     assert client.get_registered_model(config.model_name).aliases == {"candidate": "1"}
 
 
-def test_heldout_rows_round_trip_and_pyfunc_agrees_with_logged_metrics(mlflow_server: str, trained) -> None:  # type: ignore[no-untyped-def]
+def test_heldout_rows_round_trip_and_pyfunc_agrees_with_logged_metrics(
+    mlflow_server: str, trained: Trained
+) -> None:
     _, result = trained
     heldout = load_heldout(result.run_id, tracking_uri=mlflow_server)
     assert list(heldout.columns) == [*FEATURES, TARGET]
@@ -133,15 +141,16 @@ def test_heldout_rows_round_trip_and_pyfunc_agrees_with_logged_metrics(mlflow_se
     assert accuracy == pytest.approx(result.metrics["accuracy"])
 
 
-def test_model_requirements_pin_the_training_environment_exactly(trained) -> None:  # type: ignore[no-untyped-def]
+def test_model_requirements_pin_the_training_environment_exactly(trained: Trained) -> None:
     config, _ = trained
-    out: Path = config.model_output
+    out = config.model_output
+    assert out is not None
     assert (out / "MLmodel").is_file()
     lines = [
         ln for ln in (out / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")
     ]
     assert lines == pinned_closure()
-    pins = dict(line.split("==") for line in lines)
+    pins = dict(line.split("==", 1) for line in lines)
     for needed in ("scikit-learn", "skops", "mlflow-skinny", "pandas", "numpy", "scipy"):
         assert needed in pins, f"{needed} missing from the model's requirements"
     for name, version in pins.items():
@@ -150,14 +159,12 @@ def test_model_requirements_pin_the_training_environment_exactly(trained) -> Non
         )
 
 
-def test_training_environment_matches_the_runtime_lock(trained) -> None:  # type: ignore[no-untyped-def]
+def test_training_environment_matches_the_runtime_lock(trained: Trained) -> None:
     """The env that trained must be the locked one, or the lock and the image tell different stories."""
     config, _ = trained
-    model_pins = dict(
-        ln.split("==")
-        for ln in (config.model_output / "requirements.txt").read_text().splitlines()
-        if "==" in ln
-    )
+    assert config.model_output is not None
+    text = (config.model_output / "requirements.txt").read_text()
+    model_pins = dict(ln.split("==", 1) for ln in text.splitlines() if "==" in ln)
     lock = {}
     for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
         name, _, version = line.split("#")[0].strip().partition("==")
@@ -169,7 +176,7 @@ def test_training_environment_matches_the_runtime_lock(trained) -> None:  # type
     )
 
 
-def test_same_fingerprint_is_reused_without_a_new_run(mlflow_server: str, trained) -> None:  # type: ignore[no-untyped-def]
+def test_same_fingerprint_is_reused_without_a_new_run(mlflow_server: str, trained: Trained) -> None:
     config, first = trained
     client = client_for(mlflow_server)
     runs_before = run_count(client, config.experiment_name)
@@ -185,7 +192,7 @@ def test_same_fingerprint_is_reused_without_a_new_run(mlflow_server: str, traine
     assert len(client.search_model_versions(f"name = '{config.model_name}'")) == 1
 
 
-def test_reused_version_is_gated_again_with_current_thresholds(mlflow_server: str, trained) -> None:  # type: ignore[no-untyped-def]
+def test_reused_version_is_gated_again_with_current_thresholds(mlflow_server: str, trained: Trained) -> None:
     config, first = trained
     client = client_for(mlflow_server)
     runs_before = run_count(client, config.experiment_name)
@@ -232,11 +239,9 @@ def test_a_worse_model_than_the_champion_is_refused(
     assert aliases == {"champion": good.version, "candidate": good.version}
 
 
-def registry_snapshot(client: MlflowClient) -> dict[str, int]:
-    return {
-        m.name: len(client.search_model_versions(f"name = '{m.name}'"))
-        for m in client.search_registered_models()
-    }
+def registry_snapshot(client: MlflowClient) -> set[tuple[str, str]]:
+    """Every (model name, version) in the registry."""
+    return {(mv.name, str(mv.version)) for mv in client.search_model_versions(max_results=10_000)}
 
 
 @pytest.mark.parametrize(

@@ -342,6 +342,13 @@ def test_the_outputs_the_workflows_read_are_exported_by_the_program() -> None:
         assert re.search(rf"[\"']{name}[\"']", program), f"the workflows read output {name!r}: export it"
 
 
+@pytest.mark.parametrize("stack", DEPLOY_CHAIN)
+def test_ci_stacks_use_the_kubelogin_mode_azure_login_serves(stack: str) -> None:
+    config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    # workloadidentity needs a federated token file, which GitHub-hosted runners do not have.
+    assert config.get(f"{PROJECT}:kubeloginMode", "azurecli") == "azurecli"
+
+
 # ---------------------------------------------------------------- the workflows' shell steps, executed
 
 

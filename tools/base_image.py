@@ -4,9 +4,9 @@ unreachable here, and cached in the engine by a tag that hashes its recipe.
 Recipe: ``debootstrap --variant=minbase`` of bookworm with python3, python3-venv, python3-pip and
 ca-certificates; Debian's EXTERNALLY-MANAGED marker removed (the BentoML Dockerfile pip-installs uv
 into the system interpreter, as it does on the official image); ``python`` -> ``python3``; apt
-caches and docs dropped; the host's CA bundle in place of Debian's, with SSL_CERT_FILE, PIP_CERT,
-REQUESTS_CA_BUNDLE and UV_NATIVE_TLS set, because outbound TLS on these machines passes a proxy with
-its own CA. Real users build on the real base image; nothing here reaches the product's Dockerfile.
+caches and docs dropped; the host's CA bundle in place of Debian's, with SSL_CERT_FILE (read by uv
+too), PIP_CERT and REQUESTS_CA_BUNDLE set, because outbound TLS here passes a proxy with its own CA.
+Real users build on the real base image; nothing here reaches the product's Dockerfile.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ IMAGE_ENV: dict[str, str] = {
     "SSL_CERT_FILE": CA_IN_IMAGE,
     "PIP_CERT": CA_IN_IMAGE,
     "REQUESTS_CA_BUNDLE": CA_IN_IMAGE,
-    "UV_NATIVE_TLS": "1",
 }
 
 

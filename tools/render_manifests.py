@@ -87,23 +87,26 @@ def to_manifest(
     return _redact_secret(manifest) if kind == "Secret" else manifest
 
 
-def file_name(index: int, manifest: Mapping[str, Any]) -> str:
+def file_name(manifest: Mapping[str, Any]) -> str:
+    """``<kind>-<namespace>-<name>.yaml``: stable across runs, unique per object."""
     meta = manifest["metadata"]
-    parts = [f"{index:03d}", manifest["kind"].lower(), meta.get("namespace") or "", meta["name"]]
+    parts = [manifest["kind"].lower(), meta.get("namespace") or "", meta["name"]]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(p for p in parts if p)) + ".yaml"
 
 
 def write_manifests(manifests: Iterable[Mapping[str, Any]], folder: Path) -> list[Path]:
-    """Replace ``folder``'s content with one YAML file per object, in declaration order."""
+    """Replace ``folder``'s content with one YAML file per object (keys sorted: byte-stable output)."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     paths = []
-    for index, manifest in enumerate(manifests):
-        path = folder / file_name(index, manifest)
-        path.write_text(yaml.safe_dump(dict(manifest), sort_keys=False, default_flow_style=False))
+    for manifest in manifests:
+        path = folder / file_name(manifest)
+        if path.exists():
+            raise ValueError(f"two objects render to {path.name}: kind/namespace/name must be unique")
+        path.write_text(yaml.safe_dump(dict(manifest), sort_keys=True, default_flow_style=False))
         paths.append(path)
-    return paths
+    return sorted(paths)
 
 
 def kubernetes_version(stack: str, root: Path = REPO_ROOT) -> str:

@@ -16,6 +16,7 @@ depend on them do not run, and nothing is trained, exported or pushed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -101,7 +102,9 @@ def aks_user_kubeconfig(server: str) -> str:
         {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "aks", "cluster": {"server": server, "certificate-authority-data": "Q0E="}}],
+            "clusters": [
+                {"name": "aks", "cluster": {"server": server, "certificate-authority-data": "Q0E="}}
+            ],
             "contexts": [{"name": "aks", "context": {"cluster": "aks", "user": "clusterUser_aks"}}],
             "current-context": "aks",
             "users": [
@@ -112,10 +115,17 @@ def aks_user_kubeconfig(server: str) -> str:
                             "apiVersion": "client.authentication.k8s.io/v1beta1",
                             "command": "kubelogin",
                             "args": [
-                                "get-token", "--environment", "AzurePublicCloud",
-                                "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630",
-                                "--client-id", "80faf920-1908-4b52-b5ef-a8e7bedfc67a",
-                                "--tenant-id", TENANT_ID, "--login", "devicecode",
+                                "get-token",
+                                "--environment",
+                                "AzurePublicCloud",
+                                "--server-id",
+                                "6dae42f8-4368-4678-94ff-3960e28e3630",
+                                "--client-id",
+                                "80faf920-1908-4b52-b5ef-a8e7bedfc67a",
+                                "--tenant-id",
+                                TENANT_ID,
+                                "--login",
+                                "devicecode",
                             ],  # fmt: skip
                         }
                     },
@@ -228,7 +238,9 @@ def project_name(root: Path = ROOT) -> str:
 class _Mocks(pulumi.runtime.Mocks):
     """Fake provider answers, computed from the inputs so that runs are deterministic."""
 
-    def __init__(self, stack: str, preview: bool, stack_outputs: Mapping[str, Mapping[str, Any]] | None) -> None:
+    def __init__(
+        self, stack: str, preview: bool, stack_outputs: Mapping[str, Mapping[str, Any]] | None
+    ) -> None:
         self.stack = stack
         self.preview = preview
         self.stack_outputs = stack_outputs
@@ -274,7 +286,9 @@ class _Mocks(pulumi.runtime.Mocks):
             group = f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}"
             return group if arm == "" else f"{group}/providers/{arm}/{args.name}"
         if args.typ.startswith("azure-native:"):
-            return f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}/providers/mock/{args.name}"
+            return (
+                f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}/providers/mock/{args.name}"
+            )
         return f"{args.name}-id"
 
     def _computed(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +312,11 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "azure-native:containerregistry:Registry":
             return {"name": name, "loginServer": f"{name.lower()}.azurecr.io"}
         if typ == "azure-native:managedidentity:UserAssignedIdentity":
-            return {"name": name, "clientId": _digest("client", name)[:32], "principalId": _digest("principal", name)[:32]}
+            return {
+                "name": name,
+                "clientId": _digest("client", name)[:32],
+                "principalId": _digest("principal", name)[:32],
+            }
         if typ == "azure-native:dbforpostgresql:Server":
             return {"name": name, "fullyQualifiedDomainName": f"{name}.postgres.database.azure.com"}
         if typ == "azure-native:storage:StorageAccount":
@@ -308,9 +326,13 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "docker:index/image:Image":
             image_name = str(inputs.get("imageName", name))
             repo = image_name.rsplit(":", 1)[0] if ":" in image_name.rsplit("/", 1)[-1] else image_name
-            return {"repoDigest": f"{repo}@sha256:{_digest(image_name, json.dumps(inputs.get('build'), sort_keys=True))}"}
+            return {
+                "repoDigest": f"{repo}@sha256:{_digest(image_name, json.dumps(inputs.get('build'), sort_keys=True))}"
+            }
         if typ == "random:index/randomPassword:RandomPassword":
-            return {"result": "mockpw" + _digest("password", name)[: max(int(inputs.get("length", 16)) - 6, 1)]}
+            return {
+                "result": "mockpw" + _digest("password", name)[: max(int(inputs.get("length", 16)) - 6, 1)]
+            }
         if typ == DYNAMIC_TYPE:
             model_name = inputs.get("model_name", "model")
             return {
@@ -323,7 +345,11 @@ class _Mocks(pulumi.runtime.Mocks):
                 "reused": False,
             }
         if typ == "kubernetes:core/v1:Service" and (inputs.get("spec") or {}).get("type") == "LoadBalancer":
-            return {"status": {"loadBalancer": {"ingress": [{"ip": "20.0.0." + str(int(_digest(name)[:2], 16) % 250)}]}}}
+            return {
+                "status": {
+                    "loadBalancer": {"ingress": [{"ip": "20.0.0." + str(int(_digest(name)[:2], 16) % 250)}]}
+                }
+            }
         return {}
 
 
@@ -375,11 +401,18 @@ def _stand_in_export(calls: list[dict[str, str]]) -> Any:
 
     def export(model_uri: str, fingerprint: str, *, tracking_uri: str, base_image: str) -> ContextInfo:
         calls.append(
-            {"model_uri": model_uri, "fingerprint": fingerprint, "tracking_uri": tracking_uri, "base_image": base_image}
+            {
+                "model_uri": model_uri,
+                "fingerprint": fingerprint,
+                "tracking_uri": tracking_uri,
+                "base_image": base_image,
+            }
         )
         version = fingerprint[:32]
         return ContextInfo(
-            context=f".build/images/{version}", dockerfile=f".build/images/{version}/env/docker/Dockerfile", tag=version
+            context=f".build/images/{version}",
+            dockerfile=f".build/images/{version}/env/docker/Dockerfile",
+            tag=version,
         )
 
     return export
@@ -412,6 +445,21 @@ def _resolve(value: Any) -> tuple[Any, bool, bool]:
     return value, False, True
 
 
+def _reset_runtime() -> None:
+    """Forget the previous run: its root Stack, and every task a failed run left pending."""
+    from pulumi.runtime.sync_await import _ensure_event_loop
+
+    loop = _ensure_event_loop()
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    pulumi_settings.SETTINGS.outputs.clear()
+    pulumi_settings.SETTINGS.rpc_manager.clear()
+    pulumi_settings.ROOT.set(None)
+
+
 def run_stack(
     stack: str,
     *,
@@ -432,7 +480,7 @@ def run_stack(
     monitor = _RecordingMonitor(mocks)
     exports: list[dict[str, str]] = []
 
-    pulumi_settings.ROOT.set(None)  # a fresh root Stack for this run
+    _reset_runtime()
     pulumi.runtime.set_all_config(config, secret_keys)
     pulumi.runtime.set_mocks(
         mocks, project=project, stack=stack, preview=preview, monitor=monitor, organization=organization
@@ -459,7 +507,9 @@ def run_stack(
                 type=reg["type"],
                 name=reg["name"],
                 inputs=reg["inputs"],
-                outputs=unwrap_secrets(dict(recorded.state)) if recorded is not None and recorded.state else {},
+                outputs=unwrap_secrets(dict(recorded.state))
+                if recorded is not None and recorded.state
+                else {},
                 urn=urn,
                 id=recorded.id if recorded is not None else None,
                 parent=reg["parent"],

@@ -9,6 +9,7 @@ Progress of the long steps is printed live, past pytest's output capture.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from model.bento import BuildContext, export_build_context
 from model.train import TrainConfig, TrainResult, train_and_register
 from tests.conftest import REPO_ROOT, free_port
 from tools.base_image import ensure_standin
+from tools.bench_image import LAST_E2E_IMAGE
 from tools.container_run import (
     PushedImage,
     RunningContainer,
@@ -149,6 +151,13 @@ def pushed(
     )
     size_mb = image_size_bytes(engine, image.ref) / 1e6
     progress(f"pushed {image.ref} ({size_mb:.0f} MB; target <= 600 MB)")
+    # For `python -m tools.bench_image` (the registry is gone after the session; the local tag stays).
+    LAST_E2E_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    LAST_E2E_IMAGE.write_text(
+        json.dumps(
+            {"local_tag": f"{build_context.image_name}:{build_context.image_tag}", "digest": image.digest}
+        )
+    )
     return image
 
 

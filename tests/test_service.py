@@ -1,0 +1,337 @@
+"""model.service over HTTP: a real ``bentoml serve`` of the exported bento, checked against MLflow pyfunc.
+
+One server per module, started from the build context ``model.bento.export_build_context`` writes
+(the folder the image is built from) with the environment the image's Dockerfile sets, stopped by
+pid. The request validator (model.validation) is also tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from model.bento import BuildContext, export_build_context
+from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG_ENV, READINESS_PATH
+from model.data import FEATURES
+from model.train import TrainConfig, TrainResult, load_heldout, train_and_register
+from model.validation import RequestValidationError, RowSchema, validate_rows
+from tests.conftest import REPO_ROOT
+from tools.processes import bentoml_serve_command, free_port, running
+
+MODEL_NAME = "serving-tests-model"  # same as test_bento.py: one training per session
+MAX_ROWS = 50
+
+# ---- the validator on its own ----------------------------------------------------------------------
+
+SCHEMA = RowSchema(columns=(("a", "double"), ("b", "double"), ("n", "long")), max_rows=3)
+
+
+def test_validate_rows_converts_integers_for_float_features() -> None:
+    rows = validate_rows([{"a": 1, "b": 2.5, "n": 3}, {"a": 1001, "b": 0, "n": 4.0}], SCHEMA)
+    assert rows == [{"a": 1.0, "b": 2.5, "n": 3}, {"a": 1001.0, "b": 0.0, "n": 4}]
+    assert [type(v) for v in rows[1].values()] == [float, float, int]
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragments"),
+    [
+        ([], ["'rows' is empty"]),
+        ({"a": 1}, ["'rows' must be a JSON array", "an object"]),
+        ([{"a": 1, "b": 2, "n": 3}] * 4, ["has 4 rows", "limit of 3"]),
+        ([[1, 2, 3]], ["rows[0] must be an object", "an array"]),
+        ([{"a": 1, "b": 2, "n": 3}, {"a": 1, "n": 3}], ["rows[1] is missing feature(s) 'b'"]),
+        ([{"a": 1, "b": 2, "n": 3, "zz": 1}], ["rows[0] has unknown feature(s) 'zz'"]),
+        ([{"a": "1.5", "b": 2, "n": 3}], ["rows[0].a must be a number, got the string '1.5'"]),
+        ([{"a": True, "b": 2, "n": 3}], ["rows[0].a must be a number, got the boolean true"]),
+        ([{"a": None, "b": 2, "n": 3}], ["rows[0].a must be a number, got null"]),
+        ([{"a": math.nan, "b": 2, "n": 3}], ["rows[0].a must be a finite number, got nan"]),
+        ([{"a": 1, "b": -math.inf, "n": 3}], ["rows[0].b must be a finite number, got -inf"]),
+        ([{"a": 1, "b": 10**400, "n": 3}], ["rows[0].b is out of range"]),
+        ([{"a": 1, "b": 2, "n": 3.5}], ["rows[0].n must be a whole number"]),
+        ([{"a": 1, "b": 2, "n": 2**63}], ["rows[0].n is out of range for a long"]),
+    ],
+)
+def test_validate_rows_names_the_problem(rows: Any, fragments: list[str]) -> None:
+    with pytest.raises(RequestValidationError) as info:
+        validate_rows(rows, SCHEMA)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_validate_rows_reports_every_problem_up_to_a_limit() -> None:
+    schema = RowSchema(columns=(("a", "double"),), max_rows=100)
+    with pytest.raises(RequestValidationError) as info:
+        validate_rows([{"a": "x"}] * 12, schema)
+    assert len(info.value.problems) == 12
+    assert "rows[9].a" in str(info.value) and "rows[10].a" not in str(info.value)
+    assert "and 2 more problems" in str(info.value)
+
+
+def test_row_schema_refuses_unservable_signatures() -> None:
+    with pytest.raises(ValueError, match="no input columns"):
+        RowSchema(columns=())
+    with pytest.raises(ValueError, match=r"name \(string\)"):
+        RowSchema(columns=(("name", "string"),))
+    with pytest.raises(ValueError, match="max_rows"):
+        RowSchema(columns=(("a", "double"),), max_rows=0)
+
+
+def test_max_rows_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model.service import max_rows_from_env
+
+    monkeypatch.delenv(MAX_ROWS_ENV, raising=False)
+    assert max_rows_from_env() == 1000
+    monkeypatch.setenv(MAX_ROWS_ENV, "7")
+    assert max_rows_from_env() == 7
+    for bad in ("0", "-3", "many"):
+        monkeypatch.setenv(MAX_ROWS_ENV, bad)
+        with pytest.raises(ValueError, match=f"{MAX_ROWS_ENV}='{bad}' is not a positive whole number"):
+            max_rows_from_env()
+
+
+# ---- a real server ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(mlflow_server: str) -> TrainResult:
+    return train_and_register(
+        TrainConfig(
+            data_path=REPO_ROOT / "data" / "train.csv",
+            tracking_uri=mlflow_server,
+            experiment_name="serving-tests",
+            model_name=MODEL_NAME,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def context(
+    trained: TrainResult, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> BuildContext:
+    work = tmp_path_factory.mktemp("service")
+    return export_build_context(
+        trained.model_uri, trained.fingerprint, work / "context", tracking_uri=mlflow_server,
+        bentoml_home=work / "bentoml",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(context: BuildContext, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of ``bentoml serve <exported context>`` on a free loopback port."""
+    home = tmp_path_factory.mktemp("serve-home")
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    env = {
+        MODEL_TAG_ENV: context.model_tag,  # what the image's Dockerfile sets
+        MAX_ROWS_ENV: str(MAX_ROWS),
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    with running(
+        bentoml_serve_command(context.path, port), ready_url=f"{url}{READINESS_PATH}",
+        log_path=home / "serve.log", timeout=300, env=env, cwd=home,
+    ):  # fmt: skip
+        yield url
+
+
+@pytest.fixture(scope="module")
+def heldout(trained: TrainResult, mlflow_server: str) -> pd.DataFrame:
+    return load_heldout(trained.run_id, tracking_uri=mlflow_server)
+
+
+@pytest.fixture(scope="module")
+def pyfunc_predictions(trained: TrainResult, mlflow_server: str, heldout: pd.DataFrame) -> list[int]:
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(trained.model_uri)
+    return [int(v) for v in model.predict(heldout[list(FEATURES)])]
+
+
+def as_rows(frame: pd.DataFrame) -> list[dict[str, float]]:
+    return [{name: float(row[name]) for name in FEATURES} for _, row in frame.iterrows()]
+
+
+def post(url: str, path: str, body: Any) -> requests.Response:
+    data = body if isinstance(body, str) else json.dumps(body)
+    return requests.post(f"{url}{path}", data=data, headers={"Content-Type": "application/json"}, timeout=120)
+
+
+@pytest.mark.servers
+def test_predictions_over_http_equal_mlflow_pyfunc(
+    server: str, heldout: pd.DataFrame, pyfunc_predictions: list[int]
+) -> None:
+    rows = as_rows(heldout)
+    assert len(rows) > MAX_ROWS  # the held-out set is sent in chunks below the limit
+    got: list[int] = []
+    for start in range(0, len(rows), MAX_ROWS):
+        response = post(server, "/predict", {"rows": rows[start : start + MAX_ROWS]})
+        assert response.status_code == 200, response.text
+        got.extend(response.json())
+    assert got == pyfunc_predictions
+    assert set(got) == {0, 1}
+
+
+@pytest.mark.servers
+def test_concurrent_single_rows_are_batched_and_answered_in_order(
+    server: str, heldout: pd.DataFrame, pyfunc_predictions: list[int]
+) -> None:
+    rows = as_rows(heldout)[:40]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda row: post(server, "/predict", {"rows": [row]}), rows))
+    assert [r.status_code for r in responses] == [200] * len(rows)
+    assert [r.json()[0] for r in responses] == pyfunc_predictions[:40]
+
+
+@pytest.mark.servers
+def test_predict_proba_matches_the_model(
+    server: str,
+    trained: TrainResult,
+    mlflow_server: str,
+    heldout: pd.DataFrame,
+    pyfunc_predictions: list[int],
+) -> None:
+    import mlflow
+
+    rows = as_rows(heldout)[:MAX_ROWS]
+    response = post(server, "/predict_proba", {"rows": rows})
+    assert response.status_code == 200, response.text
+    proba = np.asarray(response.json())
+    assert proba.shape == (len(rows), 2)
+    mlflow.set_tracking_uri(mlflow_server)
+    expected = (
+        mlflow.pyfunc.load_model(trained.model_uri)
+        .get_raw_model()
+        .predict_proba(heldout[list(FEATURES)][:MAX_ROWS])
+    )
+    np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-12)
+    assert list(proba.argmax(axis=1)) == pyfunc_predictions[:MAX_ROWS]
+
+
+@pytest.mark.servers
+def test_integer_json_numbers_are_accepted_for_float_features(server: str, heldout: pd.DataFrame) -> None:
+    row = as_rows(heldout)[0]
+    as_ints = {name: round(value) if name == "mean_area" else value for name, value in row.items()}
+    as_floats = {**as_ints, "mean_area": float(as_ints["mean_area"])}
+    assert isinstance(as_ints["mean_area"], int)
+    ints, floats = (
+        post(server, "/predict", {"rows": [as_ints]}),
+        post(server, "/predict", {"rows": [as_floats]}),
+    )
+    assert ints.status_code == 200, ints.text
+    assert ints.json() == floats.json()
+
+
+def _row(heldout: pd.DataFrame, **changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict(as_rows(heldout)[0])
+    for name, value in changes.items():
+        if value is ...:
+            del row[name]
+        else:
+            row[name] = value
+    return row
+
+
+BAD_REQUESTS: dict[str, tuple[Any, list[str]]] = {
+    "missing feature": ({"rows": ["GOOD", {"drop": "mean_texture"}]}, ["rows[1]", "missing", "mean_texture"]),
+    "extra feature": ({"rows": [{"add": ("colour", 3)}]}, ["rows[0]", "unknown feature", "colour"]),
+    "string value": ({"rows": [{"set": ("worst_area", "big")}]}, ["rows[0].worst_area", "must be a number"]),
+    "boolean value": ({"rows": [{"set": ("mean_radius", True)}]}, ["rows[0].mean_radius", "boolean"]),
+    "null value": ({"rows": [{"set": ("mean_radius", None)}]}, ["rows[0].mean_radius", "null"]),
+    "empty batch": ({"rows": []}, ["'rows' is empty"]),
+    "oversized batch": (
+        {"rows": ["GOOD"] * (MAX_ROWS + 1)},
+        [f"{MAX_ROWS + 1} rows", f"limit of {MAX_ROWS}"],
+    ),
+    "row not an object": ({"rows": [[1.0, 2.0]]}, ["rows[0] must be an object"]),
+    "rows not an array": ({"rows": {"mean_radius": 1}}, ["rows"]),
+    "no rows field": ({"features": []}, ["rows", "Field required"]),
+}
+
+
+def _materialize(body: Any, heldout: pd.DataFrame) -> Any:
+    if not isinstance(body.get("rows"), list):
+        return body
+    rows: list[Any] = []
+    for spec in body["rows"]:
+        if spec == "GOOD":
+            rows.append(_row(heldout))
+        elif isinstance(spec, dict) and "drop" in spec:
+            rows.append(_row(heldout, **{spec["drop"]: ...}))
+        elif isinstance(spec, dict) and ("add" in spec or "set" in spec):
+            name, value = spec.get("add") or spec["set"]
+            rows.append(_row(heldout, **{name: value}))
+        else:
+            rows.append(spec)
+    return {"rows": rows}
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("path", ["/predict", "/predict_proba"])
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_naming_the_problem(
+    server: str, heldout: pd.DataFrame, path: str, case: str
+) -> None:
+    body, fragments = BAD_REQUESTS[case]
+    response = post(server, path, _materialize(body, heldout))
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    for fragment in fragments:
+        assert fragment in response.text, response.text
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize(
+    ("literal", "fragment"), [("NaN", "got nan"), ("Infinity", "got inf"), ("-Infinity", "got -inf")]
+)
+def test_non_finite_numbers_get_a_4xx(
+    server: str, heldout: pd.DataFrame, literal: str, fragment: str
+) -> None:
+    body = json.dumps({"rows": [_row(heldout, mean_radius="PLACEHOLDER")]}).replace('"PLACEHOLDER"', literal)
+    response = post(server, "/predict", body)
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert "rows[0].mean_radius must be a finite number" in response.text, response.text
+    assert fragment in response.text
+
+
+@pytest.mark.servers
+def test_malformed_json_gets_a_4xx(server: str) -> None:
+    response = post(server, "/predict", '{"rows": [')
+    assert 400 <= response.status_code < 500, response.text
+    assert "JSON" in response.text
+
+
+@pytest.mark.servers
+def test_bad_requests_do_not_fail_good_ones_batched_with_them(server: str, heldout: pd.DataFrame) -> None:
+    good, bad = {"rows": [_row(heldout)]}, {"rows": [_row(heldout, mean_radius="x")]}
+    bodies = [good if i % 2 else bad for i in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(lambda body: post(server, "/predict", body).status_code, bodies))
+    assert codes == [200 if i % 2 else 400 for i in range(24)]
+
+
+@pytest.mark.servers
+def test_health_and_metrics_endpoints(server: str) -> None:
+    assert requests.get(f"{server}{READINESS_PATH}", timeout=30).status_code == 200
+    assert requests.get(f"{server}{LIVENESS_PATH}", timeout=30).status_code == 200
+    post(server, "/predict", {"rows": []})  # at least one request counted
+    metrics = requests.get(f"{server}{METRICS_PATH}", timeout=30)
+    assert metrics.status_code == 200
+    assert "bentoml_service_request_total" in metrics.text
+    assert 'endpoint="/predict"' in metrics.text
+
+
+def test_service_module_points_at_the_model_tag_from_the_environment() -> None:
+    import model.service as service
+
+    assert Path(service.__file__).parent == REPO_ROOT / "model"
+    assert service.CancerClassifier.inner.bento_model is service.SERVED_MODEL
+    assert [m.tag for m in service.CancerClassifier.models] == [service.SERVED_MODEL.tag]
+    assert set(service.CancerClassifier.apis) == {"predict", "predict_proba"}

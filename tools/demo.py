@@ -1,0 +1,207 @@
+"""``make demo``: the whole ML path on this machine, no cloud account.
+
+A real ``mlflow server`` (SQLite + artifact folder under .demo/) -> train, track and register the
+model on data/train.csv (model.train) -> build and export the bento (model.bento) -> ``bentoml serve``
+the exported build context -> score held-out rows over HTTP -> print predictions, the run's metrics,
+the MLflow UI URL and the build-context path -> stop both servers (by pid, also on Ctrl-C or error).
+
+Run it again and it reuses what the first run made while the fingerprint is unchanged: no new
+training run, no bento rebuild (it says so). ``--keep-running`` leaves both servers up until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from tools.processes import bentoml_serve_command, free_port, mlflow_server_command, running
+
+if TYPE_CHECKING:
+    from model.bento import BuildContext
+    from model.train import TrainResult
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / ".demo"
+PREFERRED_MLFLOW_PORT = 5000
+PREFERRED_SERVE_PORT = 3000
+SAMPLES_PER_CLASS = 3
+LABELS = {0: "malignant", 1: "benign"}
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def port_or_free(preferred: int) -> int:
+    """``preferred`` when nothing listens on it, else any free loopback port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+class Step:
+    """Prints ``n/N what ...`` and, on exit, how long it took."""
+
+    total = 5
+
+    def __init__(self, number: int, what: str) -> None:
+        self.number, self.what = number, what
+
+    def __enter__(self) -> Step:
+        self.started = time.monotonic()
+        say(f"{self.number}/{self.total} {self.what} ...")
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            say(f"{self.number}/{self.total} done in {time.monotonic() - self.started:.0f}s")
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(data_path: Path, demo_dir: Path, keep_running: bool) -> int:
+    from model.bento import export_build_context
+    from model.container import MODEL_TAG_ENV, READINESS_PATH
+    from model.train import DataValidationError, GateFailedError, TrainConfig, train_and_register
+
+    mlflow_dir, logs = demo_dir / "mlflow", demo_dir / "logs"
+    mlflow_dir.mkdir(parents=True, exist_ok=True)
+    port = port_or_free(PREFERRED_MLFLOW_PORT)
+    tracking = f"http://127.0.0.1:{port}"
+    # The stack stops every server it started, by pid, on success, error or Ctrl-C (SIGTERM too).
+    with ExitStack() as servers:
+        with Step(1, f"starting mlflow server on {tracking} (store {mlflow_dir}, log {logs / 'mlflow.log'})"):
+            servers.enter_context(
+                running(
+                    mlflow_server_command(mlflow_dir, port), ready_url=f"{tracking}/health",
+                    log_path=logs / "mlflow.log", timeout=180, cwd=mlflow_dir,
+                )
+            )  # fmt: skip
+            servers.callback(say, "stopping mlflow server")
+
+        with Step(2, f"training on {data_path} (model.train)"):
+            try:
+                result = train_and_register(TrainConfig(data_path=data_path, tracking_uri=tracking))
+            except DataValidationError as exc:
+                say(f"training data rejected, nothing registered: {exc}")
+                return 1
+            except GateFailedError as exc:
+                say(str(exc))
+                return 2
+        if result.reused:
+            say(f"fingerprint {result.fingerprint[:16]} unchanged: reused {result.model_uri}, no retraining")
+        else:
+            say(f"trained and registered {result.model_uri} (run {result.run_id})")
+
+        with Step(3, f"building the bento and exporting its build context for {result.model_uri}"):
+            ctx = export_build_context(
+                result.model_uri, result.fingerprint, demo_dir / "build-context", tracking_uri=tracking,
+                bentoml_home=demo_dir / "bentoml",
+            )  # fmt: skip
+        say(
+            f"bento {ctx.bento_tag} already built for this fingerprint: reused, not rebuilt"
+            if ctx.reused
+            else f"built bento {ctx.bento_tag} with {len(ctx.requirements)} pinned packages"
+        )
+
+        serve_port = port_or_free(PREFERRED_SERVE_PORT)
+        endpoint = f"http://127.0.0.1:{serve_port}"
+        env = {
+            MODEL_TAG_ENV: ctx.model_tag,  # as the image's Dockerfile sets it
+            "BENTOML_HOME": str(demo_dir / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "True",
+        }
+        with Step(4, f"starting bentoml serve of {ctx.path} on {endpoint} (log {logs / 'bentoml.log'})"):
+            servers.enter_context(
+                running(
+                    bentoml_serve_command(ctx.path, serve_port), ready_url=f"{endpoint}{READINESS_PATH}",
+                    log_path=logs / "bentoml.log", timeout=300, env=env, cwd=demo_dir,
+                )
+            )  # fmt: skip
+            servers.callback(say, "stopping bentoml serve")
+
+        with Step(5, "scoring held-out rows over HTTP"):
+            scored = score_heldout(result.run_id, tracking, endpoint)
+        print_predictions(scored)
+        print_summary(result, ctx, tracking, endpoint, mlflow_dir)
+        if keep_running:
+            say("servers are up; press Ctrl-C to stop them")
+            while True:
+                time.sleep(3600)
+    return 0
+
+
+def score_heldout(run_id: str, tracking: str, endpoint: str) -> list[tuple[int, int, float]]:
+    """(actual, predicted, P(benign)) for a few held-out rows of each class, scored over HTTP."""
+    from model.data import FEATURES, TARGET
+    from model.train import load_heldout
+
+    heldout = load_heldout(run_id, tracking_uri=tracking)
+    sample = heldout.groupby(TARGET, group_keys=False).head(SAMPLES_PER_CLASS)
+    rows = [{name: float(row[name]) for name in FEATURES} for _, row in sample.iterrows()]
+    labels = _post(f"{endpoint}/predict", rows)
+    proba = _post(f"{endpoint}/predict_proba", rows)
+    return [
+        (int(actual), int(label), float(probs[1]))
+        for actual, label, probs in zip(sample[TARGET], labels, proba, strict=True)
+    ]
+
+
+def _post(url: str, rows: list[dict[str, float]]) -> list[Any]:
+    response = requests.post(url, json={"rows": rows}, timeout=120)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url} answered {response.status_code}: {response.text}")
+    return list(response.json())
+
+
+def print_predictions(scored: list[tuple[int, int, float]]) -> None:
+    print(f"\n  {'row':>3}  {'actual':<9}  {'predicted':<9}  P(benign)")
+    for index, (actual, predicted, p_benign) in enumerate(scored):
+        print(f"  {index:>3}  {LABELS[actual]:<9}  {LABELS[predicted]:<9}  {p_benign:.4f}")
+    print()
+
+
+def print_summary(
+    result: TrainResult, ctx: BuildContext, tracking: str, endpoint: str, mlflow_dir: Path
+) -> None:
+    metrics = ", ".join(f"{name}={value:.4f}" for name, value in sorted(result.metrics.items()))
+    say(f"held-out metrics of run {result.run_id}: {metrics}")
+    say(f"MLflow UI: {tracking}/#/models/{result.model_name}/versions/{result.version}")
+    say(f"  (after the demo: .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_dir / 'mlflow.db'})")
+    say(f"served at {endpoint}: POST /predict, /predict_proba; GET /readyz, /metrics")
+    say(f"build context: {ctx.path}")
+    say(f"  docker build -f {ctx.dockerfile} -t {ctx.image_name}:{ctx.image_tag} {ctx.path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-path", type=Path, default=REPO_ROOT / "data" / "train.csv")
+    parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="local state (git-ignored)")
+    parser.add_argument("--keep-running", action="store_true", help="leave the servers up until Ctrl-C")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return run(args.data_path.resolve(), args.demo_dir.resolve(), args.keep_running)
+    except KeyboardInterrupt:
+        say("interrupted; servers stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
