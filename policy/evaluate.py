@@ -85,8 +85,10 @@ def load_pack_config(path: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def stack_config_path(stack: str) -> Path:
-    """The policy config a stack is previewed with: policy/config.<stack>.json (absent: defaults)."""
-    return POLICY_DIR / f"config.{stack}.json"
+    """The policy config a stack is previewed with: policy/config.<stack>.json, else policy/config.json
+    (the strict defaults; .github/workflows/deploy.yml picks the file the same way)."""
+    specific = POLICY_DIR / f"config.{stack}.json"
+    return specific if specific.exists() else POLICY_DIR / "config.json"
 
 
 def _collect(sink: list[str], message: str, _urn: str | None = None) -> None:

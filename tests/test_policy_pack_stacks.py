@@ -51,12 +51,12 @@ def pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
         assert proc.stdout is not None
         port = proc.stdout.readline().decode().strip()
         if not port.isdigit():
-            stop_process(proc)  # type: ignore[arg-type]
+            stop_process(proc)
             raise RuntimeError(f"policy pack did not start: {port!r} {proc.stderr.read().decode()[-2000:]}")
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield analyzer_pb2_grpc.AnalyzerStub(channel)
     finally:
-        stop_process(proc)  # type: ignore[arg-type]
+        stop_process(proc)
 
 
 def configure(stub: analyzer_pb2_grpc.AnalyzerStub, config: Mapping[str, Mapping[str, Any]]) -> None:
