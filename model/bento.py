@@ -323,7 +323,12 @@ def _build_in_this_process(
                 include=list(SERVICE_SOURCES),
                 python={"packages": [f"{n}=={v}" for n, v in wanted.items()], "lock_packages": False},
                 docker={"base_image": base_image},
-                envs=[BentoEnvSchema(name=MODEL_TAG_ENV, value=model_tag)],
+                # UV_NO_CACHE: without BuildKit's cache mount uv leaves its cache (randomly named
+                # folders, ~30 MB) in the image layer; the same context must give the same files.
+                envs=[
+                    BentoEnvSchema(name=MODEL_TAG_ENV, value=model_tag),
+                    BentoEnvSchema(name="UV_NO_CACHE", value="1"),
+                ],
                 build_ctx=ctx,
             )
     else:

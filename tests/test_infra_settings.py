@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -113,20 +114,12 @@ def test_kubeconfig_login_is_non_interactive(mode: str) -> None:
 
 
 def test_kubeconfig_from_the_credentials_invoke_is_decoded() -> None:
-    class Entry:
-        value = base64.b64encode(aks_user_kubeconfig("https://aks:443").encode()).decode()
-
-    class Result:
-        kubeconfigs = [Entry()]
-
-    text = decode_user_kubeconfig(Result(), "devicecode")
+    entry = SimpleNamespace(value=base64.b64encode(aks_user_kubeconfig("https://aks:443").encode()).decode())
+    text = decode_user_kubeconfig(SimpleNamespace(kubeconfigs=[entry]), "devicecode")
     assert "--client-id" in text and "https://aks:443" in text
 
-    class Empty:
-        kubeconfigs: list = []
-
     with pytest.raises(ValueError, match="no user kubeconfig"):
-        decode_user_kubeconfig(Empty(), "azurecli")
+        decode_user_kubeconfig(SimpleNamespace(kubeconfigs=[]), "azurecli")
 
 
 def test_subnets_are_carved_without_overlap() -> None:

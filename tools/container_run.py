@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from model.bento import BuildContext
 from model.container import (
     READINESS_PATH,
     RUN_AS_GROUP,
@@ -26,6 +27,7 @@ from model.container import (
 )
 from tools.docker_env import DockerEngine, HarnessError, Progress, Registry, docker, docker_streamed, quiet
 
+LOCAL_NAMESPACE = "e2e"  # the test tier tags its builds e2e/<name>:<tag>, so stale ones can be pruned
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 
@@ -41,6 +43,11 @@ class PushedImage:
     @property
     def ref(self) -> str:
         return f"{self.repository}@{self.digest}"
+
+
+def local_tag(context: BuildContext, suffix: str = "") -> str:
+    """The engine-local tag the test tier gives a build of ``context``."""
+    return f"{LOCAL_NAMESPACE}/{context.image_name}:{context.image_tag}{suffix}"
 
 
 def proxy_build_args(environ: dict[str, str]) -> list[str]:
@@ -131,29 +138,35 @@ def container_logs(engine: DockerEngine, container_id: str) -> str:
 def start_serving(
     engine: DockerEngine, image: str, *, name: str, host_port: int, timeout: float = 300
 ) -> RunningContainer:
-    """Run ``image`` as Kubernetes would and wait until its readiness probe answers 200."""
+    """Run ``image`` as Kubernetes would and wait until its readiness probe answers 200; a container
+    that exits or never gets ready is removed before the error (with its last log lines) is raised."""
     url = f"http://127.0.0.1:{host_port}"
     started = time.monotonic()
     container_id = docker(engine, kubernetes_run_args(image, name=name, host_port=host_port)).stdout.strip()
-    deadline = started + timeout
+    try:
+        _wait_ready(engine, container_id, url + READINESS_PATH, started + timeout)
+    except BaseException as exc:
+        logs = container_logs(engine, container_id)
+        remove_container(engine, container_id)
+        if isinstance(exc, HarnessError):
+            raise HarnessError(f"{exc} ({image}); its last output:\n{logs}") from None
+        raise
+    return RunningContainer(container_id, url, time.monotonic() - started)
+
+
+def _wait_ready(engine: DockerEngine, container_id: str, probe: str, deadline: float) -> None:
     checks = 0
     while time.monotonic() < deadline:
         try:
-            if requests.get(url + READINESS_PATH, timeout=2).status_code == 200:
-                return RunningContainer(container_id, url, time.monotonic() - started)
+            if requests.get(probe, timeout=2).status_code == 200:
+                return
         except requests.RequestException:
             pass
         checks += 1
         if checks % 10 == 0 and not _running(engine, container_id):
-            raise HarnessError(
-                f"container {container_id[:12]} of {image} exited before it was ready:\n"
-                + container_logs(engine, container_id)
-            )
+            raise HarnessError(f"container {container_id[:12]} exited before it was ready")
         time.sleep(0.1)
-    raise HarnessError(
-        f"container {container_id[:12]} of {image} was not ready within {timeout:.0f}s:\n"
-        + container_logs(engine, container_id)
-    )
+    raise HarnessError(f"container {container_id[:12]} was not ready by the deadline")
 
 
 def _running(engine: DockerEngine, container_id: str) -> bool:

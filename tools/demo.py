@@ -196,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-running", action="store_true", help="leave the servers up until Ctrl-C")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     try:
         return run(args.data_path.resolve(), args.demo_dir.resolve(), args.keep_running)
     except KeyboardInterrupt:

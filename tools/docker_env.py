@@ -247,3 +247,12 @@ def manifest_digest(registry: Registry, repository: str, tag: str) -> str:
             f"registry {registry.address} has no manifest {repository}:{tag} (HTTP {response.status_code})"
         )
     return str(response.headers["Docker-Content-Digest"])
+
+
+def prune_tags(engine: DockerEngine, repository: str, *, keep: str) -> list[str]:
+    """Remove every ``repository:*`` tag but ``keep`` (layers still used by other images stay)."""
+    listed = docker(engine, ["images", "--format", "{{.Repository}}:{{.Tag}}", repository]).stdout.split()
+    stale = [ref for ref in listed if ref != keep and not ref.endswith(":<none>")]
+    if stale:
+        docker(engine, ["rmi", *stale], check=False)
+    return stale

@@ -107,6 +107,8 @@ def config_without_times(config: dict[str, Any]) -> dict[str, Any]:
     stripped["history"] = [
         {k: v for k, v in step.items() if k not in TIME_FIELDS} for step in config.get("history", [])
     ]
+    # config.Image is the id of the previous build step's image, itself a product of the build times.
+    stripped["config"] = {k: v for k, v in config.get("config", {}).items() if k != "Image"}
     stripped.pop("container", None)  # id of the throw-away build container of the last step
     stripped.pop("container_config", None)  # same config, but names that container's hostname
     return stripped

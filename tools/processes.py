@@ -66,8 +66,10 @@ def mlflow_server_command(root: Path, port: int) -> list[str]:
 
 
 def bentoml_serve_command(bento: str | Path, port: int) -> list[str]:
-    """``bentoml serve`` of a bento (tag or exported folder) on loopback."""
-    return [sys.executable, "-m", "bentoml", "serve", str(bento), "--host", LOOPBACK, "--port", str(port)]
+    """``bentoml serve`` of a bento (a tag, or an exported folder as a Path) on loopback."""
+    # A relative folder would be taken for a module name: pass folders absolute.
+    target = str(bento.resolve()) if isinstance(bento, Path) else bento
+    return [sys.executable, "-m", "bentoml", "serve", target, "--host", LOOPBACK, "--port", str(port)]
 
 
 @contextmanager

@@ -126,7 +126,7 @@ def aks_user_kubeconfig(server: str) -> str:
                                 TENANT_ID,
                                 "--login",
                                 "devicecode",
-                            ],  # fmt: skip
+                            ],
                         }
                     },
                 }
@@ -326,9 +326,8 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "docker:index/image:Image":
             image_name = str(inputs.get("imageName", name))
             repo = image_name.rsplit(":", 1)[0] if ":" in image_name.rsplit("/", 1)[-1] else image_name
-            return {
-                "repoDigest": f"{repo}@sha256:{_digest(image_name, json.dumps(inputs.get('build'), sort_keys=True))}"
-            }
+            build = json.dumps(inputs.get("build"), sort_keys=True)
+            return {"repoDigest": f"{repo}@sha256:{_digest(image_name, build)}"}
         if typ == "random:index/randomPassword:RandomPassword":
             return {
                 "result": "mockpw" + _digest("password", name)[: max(int(inputs.get("length", 16)) - 6, 1)]

@@ -23,15 +23,17 @@ from tests.conftest import REPO_ROOT, free_port
 from tools.base_image import ensure_standin
 from tools.bench_image import LAST_E2E_IMAGE
 from tools.container_run import (
+    LOCAL_NAMESPACE,
     PushedImage,
     RunningContainer,
     build_image,
     image_size_bytes,
+    local_tag,
     push_image,
     remove_container,
     start_serving,
 )
-from tools.docker_env import DockerEngine, Registry, docker_engine, local_registry
+from tools.docker_env import DockerEngine, Registry, docker, docker_engine, local_registry, prune_tags
 
 Progress = Callable[[str], None]
 E2E_EXPERIMENT = "e2e-container"
@@ -120,11 +122,15 @@ def built_image_id(
     engine: DockerEngine, build_context: BuildContext, e2e_dir: Path, progress: Progress
 ) -> str:
     """Image id (config digest) of the first build of the context; the engine's layer cache is used."""
+    tag = local_tag(build_context)
+    stale = prune_tags(engine, f"{LOCAL_NAMESPACE}/{build_context.image_name}", keep=tag)
+    if stale:
+        progress(f"removed {len(stale)} image tag(s) of earlier fingerprints: {', '.join(stale)}")
     return build_image(
         engine,
         build_context.path,
         build_context.dockerfile,
-        f"{build_context.image_name}:{build_context.image_tag}",
+        tag,
         e2e_dir / "build-1.log",
         environ=dict(os.environ),
         progress=progress,
@@ -139,11 +145,11 @@ def pushed(
     built_image_id: str,
     e2e_dir: Path,
     progress: Progress,
-) -> PushedImage:
+) -> Iterator[PushedImage]:
     image = push_image(
         engine,
         registry,
-        f"{build_context.image_name}:{build_context.image_tag}",
+        local_tag(build_context),
         build_context.image_name,
         build_context.image_tag,
         e2e_dir / "push.log",
@@ -153,12 +159,11 @@ def pushed(
     progress(f"pushed {image.ref} ({size_mb:.0f} MB; target <= 600 MB)")
     # For `python -m tools.bench_image` (the registry is gone after the session; the local tag stays).
     LAST_E2E_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    LAST_E2E_IMAGE.write_text(
-        json.dumps(
-            {"local_tag": f"{build_context.image_name}:{build_context.image_tag}", "digest": image.digest}
-        )
-    )
-    return image
+    LAST_E2E_IMAGE.write_text(json.dumps({"local_tag": local_tag(build_context), "digest": image.digest}))
+    try:
+        yield image
+    finally:  # the registry stops with the session: drop the engine's names for it
+        docker(engine, ["rmi", f"{image.repository}:{image.tag}", image.ref], check=False)
 
 
 @pytest.fixture(scope="session")

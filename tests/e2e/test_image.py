@@ -19,7 +19,7 @@ from model.bento import BuildContext, canonical_name, check_parity, parse_pinned
 from model.container import METRICS_PATH, RUN_AS_USER, WRITABLE_PATHS
 from model.data import FEATURES
 from model.train import TrainResult, load_heldout
-from tools.container_run import PushedImage, RunningContainer, build_image, image_size_bytes
+from tools.container_run import PushedImage, RunningContainer, build_image, image_size_bytes, local_tag
 from tools.docker_env import DockerEngine, Registry, docker, manifest_digest
 from tools.image_diff import compare_images, describe
 
@@ -96,7 +96,8 @@ def _image_packages(engine: DockerEngine, image: str) -> dict[str, str]:
         [
             "run",
             "--rm",
-            "--read-only",
+            "--network",
+            "none",
             "--user",
             str(RUN_AS_USER),
             "--entrypoint",
@@ -194,7 +195,7 @@ def test_same_fingerprint_rebuilds_to_the_same_content(
     assert list(tree_digest(again.path)) == list(tree_digest(build_context.path))
     assert (again.image_name, again.image_tag) == (build_context.image_name, build_context.image_tag)
 
-    second_tag = f"{again.image_name}:{again.image_tag}-rebuild"
+    second_tag = local_tag(again, "-rebuild")
     second_id = build_image(
         engine,
         again.path,
@@ -205,12 +206,15 @@ def test_same_fingerprint_rebuilds_to_the_same_content(
         no_cache=True,
         progress=progress,
     )
-    config_diffs, layers = compare_images(engine, built_image_id, second_id, e2e_dir / "compare")
+    try:
+        config_diffs, layers = compare_images(engine, built_image_id, second_id, e2e_dir / "compare")
+        size_a, size_b = image_size_bytes(engine, built_image_id), image_size_bytes(engine, second_id)
+    finally:
+        docker(engine, ["rmi", second_tag], check=False)
     progress(
         f"rebuild: config digest {'identical' if second_id == built_image_id else 'differs'} "
         f"({built_image_id[:19]} vs {second_id[:19]})\n" + describe(config_diffs, layers)
     )
-    size_a, size_b = image_size_bytes(engine, built_image_id), image_size_bytes(engine, second_id)
     if second_id == built_image_id:
         return
     assert config_diffs == [], f"the image configs differ beyond build times: {config_diffs}"
