@@ -83,11 +83,16 @@ class AksCluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        pool_common = {
+        pool_common: dict[str, Any] = {
             "os_type": "Linux",
             "type": "VirtualMachineScaleSets",
             "vnet_subnet_id": self.network.node_subnet_id,
             "orchestrator_version": cfg.kubernetes_version,
+        }
+        aad_profile: dict[str, Any] = {
+            "managed": True,
+            "enable_azure_rbac": True,
+            "admin_group_object_ids": list(cfg.admin_group_object_ids) or None,
         }
         aks = containerservice.ManagedCluster(
             f"{name}-aks",
@@ -128,11 +133,7 @@ class AksCluster(pulumi.ComponentResource):
             },
             oidc_issuer_profile={"enabled": True},
             security_profile={"workload_identity": {"enabled": True}},
-            aad_profile={
-                "managed": True,
-                "enable_azure_rbac": True,
-                "admin_group_object_ids": list(cfg.admin_group_object_ids) or None,
-            },
+            aad_profile=aad_profile,
             enable_rbac=True,
             disable_local_accounts=True,
             auto_upgrade_profile={

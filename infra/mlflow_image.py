@@ -9,6 +9,7 @@ source stack's ``mlflowImageRef`` output (or an ``mlflowImage`` digest from conf
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -44,19 +45,20 @@ class MlflowImage(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:MlflowImage", name, None, opts)
-        registry: dict[str, pulumi.Input[str]] = {"server": registry_server}
+        registry: dict[str, Any] = {"server": registry_server}
         if registry_username is not None and registry_password is not None:
             registry["username"] = registry_username
             registry["password"] = pulumi.Output.secret(registry_password)
+        build: dict[str, Any] = {
+            "context": CONTEXT.as_posix(),
+            "dockerfile": (CONTEXT / "Dockerfile").as_posix(),
+            "platform": platform,
+            "args": {"BASE_IMAGE": base_image},
+        }
         image = docker.Image(
             f"{name}-image",
             image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, REPOSITORY, mlflow_version()),
-            build={
-                "context": CONTEXT.as_posix(),
-                "dockerfile": (CONTEXT / "Dockerfile").as_posix(),
-                "platform": platform,
-                "args": {"BASE_IMAGE": base_image},
-            },
+            build=build,
             registry=registry,
             build_on_preview=False,
             skip_push=False,

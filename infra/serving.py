@@ -37,8 +37,11 @@ def probes() -> dict[str, Any]:
     }
 
 
-def pod_spec(settings: Settings, image_ref: str, service_account: str) -> dict[str, Any]:
-    """The serving pod: digest-pinned image, hardened, with resources and probes."""
+def pod_spec(settings: Settings, image_ref: pulumi.Input[str], service_account: str) -> dict[str, Any]:
+    """The serving pod: digest-pinned image, hardened, with resources and probes.
+
+    Only the image waits for the build/promotion, so the rest is known even in a preview.
+    """
     s = settings.serving
     volumes, mounts = podsecurity.empty_dir_volumes(container.WRITABLE_PATHS)
     return {
@@ -48,7 +51,9 @@ def pod_spec(settings: Settings, image_ref: str, service_account: str) -> dict[s
         "containers": [
             {
                 "name": APP,
-                "image": require_digest_ref(image_ref, "serving Deployment image"),
+                "image": pulumi.Output.from_input(image_ref).apply(
+                    lambda ref: require_digest_ref(ref, "serving Deployment image")
+                ),
                 "image_pull_policy": "IfNotPresent",
                 "ports": [{"name": "http", "container_port": container.SERVICE_PORT}],
                 "env": [{"name": k, "value": v} for k, v in sorted(container.RUNTIME_ENV.items())],
@@ -91,7 +96,7 @@ class ModelServing(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )
         opts_ns = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
-        account = k8s.core.v1.ServiceAccount(
+        k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata={"name": APP, "namespace": ns},
             automount_service_account_token=False,
@@ -102,10 +107,8 @@ class ModelServing(pulumi.ComponentResource):
             "prometheus.io/port": str(container.SERVICE_PORT),
             "prometheus.io/path": container.METRICS_PATH,
         }
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata={"name": APP, "namespace": ns, "labels": labels},
-            spec={
+        metadata: dict[str, Any] = {"name": APP, "namespace": ns, "labels": labels}
+        spec: dict[str, Any] = {
                 "replicas": s.min_replicas,
                 "selector": {"match_labels": selector},
                 "strategy": {
@@ -120,11 +123,13 @@ class ModelServing(pulumi.ComponentResource):
                         },
                         "annotations": annotations,
                     },
-                    "spec": pulumi.Output.all(image_ref, account.metadata.name).apply(
-                        lambda args: pod_spec(settings, args[0], args[1])
-                    ),
+                    "spec": pod_spec(settings, image_ref, APP),
                 },
-            },
+            }
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=metadata,
+            spec=spec,
             # replicas belong to the HPA after the first rollout
             opts=pulumi.ResourceOptions.merge(
                 opts_ns, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])

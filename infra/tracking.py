@@ -12,7 +12,7 @@ from a Kubernetes Secret built from Pulumi secrets, a Service and a NetworkPolic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -33,6 +33,11 @@ AUTH_CONFIG_FILE = "basic_auth.ini"
 LOCAL_DATA_DIR = "/mlflow"
 IN_CLUSTER_HOST = f"{APP}.{NAMESPACE}.svc.cluster.local"
 IN_CLUSTER_URL = f"http://{IN_CLUSTER_HOST}:{PORT}"
+
+
+def secret(value: pulumi.Output[str]) -> pulumi.Output[str]:
+    """``value`` marked secret (typed: mypy cannot infer Output.secret's type from an Output)."""
+    return cast(pulumi.Output[str], pulumi.Output.secret(value))  # type: ignore[arg-type]
 
 
 def public_hostname(settings: Settings) -> str | None:
@@ -138,11 +143,11 @@ class TrackingServer(pulumi.ComponentResource):
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
 
         # RandomPassword.result is a secret in the engine; Output.secret makes that explicit here.
-        admin_password = pulumi.Output.secret(
+        admin_password = secret(
             settings.tracking.admin_password
             or random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child).result
         )
-        flask_secret = pulumi.Output.secret(
+        flask_secret = secret(
             random.RandomPassword(f"{name}-flask-secret", length=48, special=False, opts=child).result
         )
 
@@ -261,7 +266,7 @@ class TrackingServer(pulumi.ComponentResource):
             sku={"name": s.tracking.postgres_sku, "tier": s.tracking.postgres_tier},
             storage={"storage_size_gb": s.tracking.postgres_storage_gb},
             administrator_login=POSTGRES_ADMIN,
-            administrator_login_password=pulumi.Output.secret(db_password.result),
+            administrator_login_password=secret(db_password.result),
             network={
                 "public_network_access": "Disabled",
                 "delegated_subnet_resource_id": postgres_subnet_id,
@@ -307,7 +312,7 @@ class TrackingServer(pulumi.ComponentResource):
             resource_group_name=resource_group_name,
             account_name=account.name,
             container_name="mlflow-artifacts",
-            public_access="None",
+            public_access=storage.PublicAccess.NONE,
             opts=child,
         )
         identity = managedidentity.UserAssignedIdentity(
@@ -381,48 +386,50 @@ class TrackingServer(pulumi.ComponentResource):
             {"name": "HOME", "value": "/tmp"},
         ]
         probe = {"http_get": {"path": "/health", "port": PORT}}
-        return k8s.apps.v1.Deployment(
-            f"{self._name}-deployment",
-            metadata={"name": APP, "namespace": NAMESPACE, "labels": labels},
-            spec={
-                "replicas": 1,
-                # one writer: SQLite on an RWO volume locally; a single auth bootstrap on Azure
-                "strategy": {"type": "Recreate"},
-                "selector": {"match_labels": labels},
-                "template": {
-                    "metadata": {"labels": pod_labels},
-                    "spec": {
-                        "service_account_name": account.metadata.apply(lambda m: m.name),
-                        "automount_service_account_token": False,
-                        "security_context": podsecurity.pod_security_context(UID, UID),
-                        "containers": [
-                            {
-                                "name": APP,
-                                "image": pulumi.Output.from_input(image).apply(
-                                    lambda ref: require_digest_ref(ref, "MLflow Deployment image")
-                                ),
-                                "image_pull_policy": "IfNotPresent",
-                                "command": ["mlflow"],
-                                "args": pulumi.Output.from_input(stores.artifacts_destination).apply(
-                                    lambda dest: server_args(s, dest)
-                                ),
-                                "ports": [{"name": "http", "container_port": PORT}],
-                                "env": env,
-                                "volume_mounts": mounts,
-                                "security_context": podsecurity.container_security_context(),
-                                "resources": {
-                                    "requests": {"cpu": "250m", "memory": "512Mi"},
-                                    "limits": {"cpu": "1", "memory": "1Gi"},
-                                },
-                                "startup_probe": {**probe, "period_seconds": 5, "failure_threshold": 60},
-                                "readiness_probe": {**probe, "period_seconds": 10},
-                                "liveness_probe": {**probe, "period_seconds": 20, "failure_threshold": 3},
-                            }
-                        ],
-                        "volumes": volumes,
-                    },
+        metadata: dict[str, Any] = {"name": APP, "namespace": NAMESPACE, "labels": labels}
+        spec: dict[str, Any] = {
+            "replicas": 1,
+            # one writer: SQLite on an RWO volume locally; a single auth bootstrap on Azure
+            "strategy": {"type": "Recreate"},
+            "selector": {"match_labels": labels},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "service_account_name": account.metadata.apply(lambda m: m.name),
+                    "automount_service_account_token": False,
+                    "security_context": podsecurity.pod_security_context(UID, UID),
+                    "containers": [
+                        {
+                            "name": APP,
+                            "image": pulumi.Output.from_input(image).apply(
+                                lambda ref: require_digest_ref(ref, "MLflow Deployment image")
+                            ),
+                            "image_pull_policy": "IfNotPresent",
+                            "command": ["mlflow"],
+                            "args": pulumi.Output.from_input(stores.artifacts_destination).apply(
+                                lambda dest: server_args(s, dest)
+                            ),
+                            "ports": [{"name": "http", "container_port": PORT}],
+                            "env": env,
+                            "volume_mounts": mounts,
+                            "security_context": podsecurity.container_security_context(),
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "512Mi"},
+                                "limits": {"cpu": "1", "memory": "1Gi"},
+                            },
+                            "startup_probe": {**probe, "period_seconds": 5, "failure_threshold": 60},
+                            "readiness_probe": {**probe, "period_seconds": 10},
+                            "liveness_probe": {**probe, "period_seconds": 20, "failure_threshold": 3},
+                        }
+                    ],
+                    "volumes": volumes,
                 },
             },
+        }
+        return k8s.apps.v1.Deployment(
+            f"{self._name}-deployment",
+            metadata=metadata,
+            spec=spec,
             opts=pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(depends_on=depends)),
         )
 
@@ -441,9 +448,10 @@ class TrackingServer(pulumi.ComponentResource):
                 annotations["service.beta.kubernetes.io/azure-dns-label-name"] = t.dns_label
         if t.service_type == "NodePort":
             spec["ports"][0]["node_port"] = t.node_port
+        metadata: dict[str, Any] = {"name": APP, "namespace": NAMESPACE, "annotations": annotations}
         return k8s.core.v1.Service(
             f"{self._name}-service",
-            metadata={"name": APP, "namespace": NAMESPACE, "annotations": annotations},
+            metadata=metadata,
             spec=spec,
             opts=ns_opts,
         )

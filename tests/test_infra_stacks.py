@@ -300,8 +300,9 @@ def test_preview_never_trains_exports_or_pushes() -> None:
     assert {"imageRef", "modelVersion", "runId"} <= run.unknown_outputs
     for image in run.of_type(IMAGE):
         assert image.inputs["buildOnPreview"] is False
-    spec = pod(deployment(run, SERVING_NS))  # built from the image ref: unknown until a real push
-    assert not isinstance(spec, dict), f"the serving pod spec should be unknown in preview, got {spec}"
+    [c] = pod(deployment(run, SERVING_NS))["containers"]  # the pod spec is known; its image is not
+    assert not isinstance(c["image"], str), f"the image should be unknown in preview, got {c['image']}"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert stack("dev").exports, "the same program outside preview does run the export callback"
 
 
