@@ -8,6 +8,7 @@ Composition only; every component lives in infra/.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pulumi
 
@@ -22,6 +23,18 @@ from infra.tracking import TrackingServer
 from infra.training import TrainedModel, input_fingerprint
 
 REPOSITORY = "cancer-classifier"
+
+
+class PushTarget(NamedTuple):
+    """Where images are pushed, and optional registry credentials (else the Docker login)."""
+
+    registry_server: pulumi.Output[str]
+    platform: str
+    registry_username: str | None
+    registry_password: pulumi.Output[str] | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return self._asdict()
 
 
 def training_fingerprint(settings: Settings) -> str:
@@ -63,7 +76,7 @@ def promote(settings: Settings, cluster: AksCluster | LocalCluster) -> dict[str,
         kubelet_object_id=cluster.kubelet_object_id if isinstance(cluster, AksCluster) else None,
         need_mlflow_image=settings.tracking.image is None,
     )
-    mlflow_image = settings.tracking.image or promotion.mlflow_image_ref
+    mlflow_image = settings.tracking.image or promotion.mlflow_image_ref.apply(lambda ref: ref or "")
     tracking = tracking_server(settings, cluster, mlflow_image)
     return {
         "tracking": tracking,
@@ -91,23 +104,18 @@ def train_and_build(
         )
     else:
         registry = LocalRegistry("registry", settings)
-    push = {
-        "registry_server": registry.login_server,
-        "platform": settings.serving.platform,
-        "registry_username": settings.registry.username,
-        "registry_password": settings.registry.password,
-    }
+    push = PushTarget(
+        registry.login_server,
+        settings.serving.platform,
+        settings.registry.username,
+        settings.registry.password,
+    )
     mlflow_image = (
         settings.tracking.image
-        or MlflowImage("mlflow-image", base_image=settings.serving.base_image, **push).ref
+        or MlflowImage("mlflow-image", base_image=settings.serving.base_image, **push.kwargs()).ref
     )
     tracking = tracking_server(settings, cluster, mlflow_image)
     t = settings.training
-    login = {
-        "tracking_uri": tracking.training_uri,
-        "tracking_username": tracking.admin_username,
-        "tracking_password": tracking.admin_password,
-    }
     model = TrainedModel(
         "model",
         fingerprint=training_fingerprint(settings),
@@ -117,7 +125,9 @@ def train_and_build(
         gate=settings.gate.as_dict(),
         experiment_name=settings.tracking.experiment_name,
         model_name=settings.tracking.model_name,
-        **login,
+        tracking_uri=tracking.training_uri,
+        tracking_username=tracking.admin_username,
+        tracking_password=tracking.admin_password,
         opts=pulumi.ResourceOptions(depends_on=[tracking]),  # MLflow must be up before training
     )
     image = ServingImage(
@@ -126,8 +136,10 @@ def train_and_build(
         model_fingerprint=model.model_fingerprint,
         repository=REPOSITORY,
         base_image=settings.serving.base_image,
-        **login,
-        **push,
+        tracking_uri=tracking.training_uri,
+        tracking_username=tracking.admin_username,
+        tracking_password=tracking.admin_password,
+        **push.kwargs(),
     )
     return {
         "tracking": tracking,

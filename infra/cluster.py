@@ -83,44 +83,45 @@ class AksCluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        pool_common: dict[str, Any] = {
+        pool_common: Any = {
             "os_type": "Linux",
             "type": "VirtualMachineScaleSets",
             "vnet_subnet_id": self.network.node_subnet_id,
             "orchestrator_version": cfg.kubernetes_version,
         }
-        aad_profile: dict[str, Any] = {
+        aad_profile: Any = {
             "managed": True,
             "enable_azure_rbac": True,
             "admin_group_object_ids": list(cfg.admin_group_object_ids) or None,
         }
-        aks = containerservice.ManagedCluster(
+        pools: Any = [
+            {
+                **pool_common,
+                "name": "system",
+                "mode": "System",
+                "vm_size": cfg.system_vm_size,
+                "count": cfg.system_node_count,
+                "node_taints": [SYSTEM_POOL_TAINT],
+            },
+            {
+                **pool_common,
+                "name": "user",
+                "mode": "User",
+                "vm_size": cfg.user_vm_size,
+                "enable_auto_scaling": True,
+                "min_count": cfg.user_min_count,
+                "max_count": cfg.user_max_count,
+                "count": max(cfg.user_min_count, 1),
+            },
+        ]
+        aks = containerservice.ManagedCluster(  # type: ignore[call-overload]  # plain dicts for TypedDict args
             f"{name}-aks",
             resource_group_name=group.name,
             location=settings.location,
             dns_prefix=f"{settings.project}-{settings.stack}",
             kubernetes_version=cfg.kubernetes_version,  # None: AKS picks its default version
             identity={"type": "SystemAssigned"},
-            agent_pool_profiles=[
-                {
-                    **pool_common,
-                    "name": "system",
-                    "mode": "System",
-                    "vm_size": cfg.system_vm_size,
-                    "count": cfg.system_node_count,
-                    "node_taints": [SYSTEM_POOL_TAINT],
-                },
-                {
-                    **pool_common,
-                    "name": "user",
-                    "mode": "User",
-                    "vm_size": cfg.user_vm_size,
-                    "enable_auto_scaling": True,
-                    "min_count": cfg.user_min_count,
-                    "max_count": cfg.user_max_count,
-                    "count": max(cfg.user_min_count, 1),
-                },
-            ],
+            agent_pool_profiles=pools,
             network_profile={
                 "network_plugin": "azure",
                 "network_plugin_mode": "overlay",

@@ -104,11 +104,15 @@ class ServingImage(pulumi.ComponentResource):
                 model_uri, model_fingerprint, tracking_uri, tracking_username, tracking_password
             ).apply(export)
         )
-        registry: dict[str, Any] = {"server": registry_server}
+        registry: Any = {"server": registry_server}
         if registry_username is not None and registry_password is not None:
             registry["username"] = registry_username
             registry["password"] = pulumi.Output.secret(registry_password)
-        build: dict[str, Any] = {"context": context.context, "dockerfile": context.dockerfile, "platform": platform}
+        build: Any = {
+            "context": context.context,
+            "dockerfile": context.dockerfile,
+            "platform": platform,
+        }
         image = docker.Image(
             f"{name}-image",
             image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, repository, context.tag),

@@ -45,11 +45,11 @@ class MlflowImage(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:MlflowImage", name, None, opts)
-        registry: dict[str, Any] = {"server": registry_server}
+        registry: Any = {"server": registry_server}
         if registry_username is not None and registry_password is not None:
             registry["username"] = registry_username
             registry["password"] = pulumi.Output.secret(registry_password)
-        build: dict[str, Any] = {
+        build: Any = {
             "context": CONTEXT.as_posix(),
             "dockerfile": (CONTEXT / "Dockerfile").as_posix(),
             "platform": platform,

@@ -96,7 +96,7 @@ class ModelServing(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )
         opts_ns = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[namespace])
-        k8s.core.v1.ServiceAccount(
+        account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata={"name": APP, "namespace": ns},
             automount_service_account_token=False,
@@ -107,32 +107,33 @@ class ModelServing(pulumi.ComponentResource):
             "prometheus.io/port": str(container.SERVICE_PORT),
             "prometheus.io/path": container.METRICS_PATH,
         }
-        metadata: dict[str, Any] = {"name": APP, "namespace": ns, "labels": labels}
-        spec: dict[str, Any] = {
-                "replicas": s.min_replicas,
-                "selector": {"match_labels": selector},
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rolling_update": {"max_unavailable": 0, "max_surge": 1},
-                },
-                "template": {
-                    "metadata": {
-                        "labels": {
-                            **labels,
-                            "model-version": pulumi.Output.from_input(model_version).apply(str),
-                        },
-                        "annotations": annotations,
+        metadata: Any = {"name": APP, "namespace": ns, "labels": labels}
+        spec: Any = {
+            "replicas": s.min_replicas,
+            "selector": {"match_labels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rolling_update": {"max_unavailable": 0, "max_surge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": {
+                        **labels,
+                        "model-version": pulumi.Output.from_input(model_version).apply(str),
                     },
-                    "spec": pod_spec(settings, image_ref, APP),
+                    "annotations": annotations,
                 },
-            }
+                "spec": pod_spec(settings, image_ref, APP),
+            },
+        }
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=metadata,
             spec=spec,
             # replicas belong to the HPA after the first rollout
             opts=pulumi.ResourceOptions.merge(
-                opts_ns, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+                opts_ns,
+                pulumi.ResourceOptions(depends_on=[namespace, account], ignore_changes=["spec.replicas"]),
             ),
         )
         service = k8s.core.v1.Service(

@@ -37,7 +37,7 @@ IN_CLUSTER_URL = f"http://{IN_CLUSTER_HOST}:{PORT}"
 
 def secret(value: pulumi.Output[str]) -> pulumi.Output[str]:
     """``value`` marked secret (typed: mypy cannot infer Output.secret's type from an Output)."""
-    return cast(pulumi.Output[str], pulumi.Output.secret(value))  # type: ignore[arg-type]
+    return cast(pulumi.Output[str], pulumi.Output.secret(value))
 
 
 def public_hostname(settings: Settings) -> str | None:
@@ -386,8 +386,8 @@ class TrackingServer(pulumi.ComponentResource):
             {"name": "HOME", "value": "/tmp"},
         ]
         probe = {"http_get": {"path": "/health", "port": PORT}}
-        metadata: dict[str, Any] = {"name": APP, "namespace": NAMESPACE, "labels": labels}
-        spec: dict[str, Any] = {
+        metadata: Any = {"name": APP, "namespace": NAMESPACE, "labels": labels}
+        spec: Any = {
             "replicas": 1,
             # one writer: SQLite on an RWO volume locally; a single auth bootstrap on Azure
             "strategy": {"type": "Recreate"},
@@ -436,7 +436,7 @@ class TrackingServer(pulumi.ComponentResource):
     def _service(self, ns_opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
         t = self._settings.tracking
         annotations: dict[str, str] = {}
-        spec: dict[str, Any] = {
+        spec: Any = {
             "type": t.service_type,
             "selector": {"app": APP},
             "ports": [{"name": "http", "port": PORT, "target_port": PORT}],
@@ -448,7 +448,7 @@ class TrackingServer(pulumi.ComponentResource):
                 annotations["service.beta.kubernetes.io/azure-dns-label-name"] = t.dns_label
         if t.service_type == "NodePort":
             spec["ports"][0]["node_port"] = t.node_port
-        metadata: dict[str, Any] = {"name": APP, "namespace": NAMESPACE, "annotations": annotations}
+        metadata: Any = {"name": APP, "namespace": NAMESPACE, "annotations": annotations}
         return k8s.core.v1.Service(
             f"{self._name}-service",
             metadata=metadata,

@@ -11,6 +11,7 @@ lineage fingerprint used as the bento version).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -53,12 +54,21 @@ def tracking_env(username: str | None, password: str | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def integral_fields(params: Mapping[str, Any], int_fields: set[str]) -> dict[str, Any]:
+    """The engine sends every number as a float; give int fields their integral value back."""
+    return {
+        key: int(value) if key in int_fields and isinstance(value, float) and value.is_integer() else value
+        for key, value in params.items()
+    }
+
+
 def train(props: Mapping[str, Any]) -> dict[str, Any]:
     """Run model.train for the resource's inputs; returns the output properties."""
     from model.train import GateFailedError, GateThresholds, ModelParams, TrainConfig, train_and_register
 
     try:
-        params = ModelParams(**dict(props.get("params") or {}))
+        int_fields = {f.name for f in dataclasses.fields(ModelParams) if f.type in ("int", int)}
+        params = ModelParams(**integral_fields(props.get("params") or {}, int_fields))
         thresholds = GateThresholds(**dict(props["gate"]))
     except (TypeError, ValueError) as exc:
         raise TrainingError(

@@ -20,7 +20,8 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.servers
 
-PARAMS: dict[str, Any] = {"C": 1.0, "max_iter": 1000}
+# As the Pulumi engine delivers them: every number a float (max_iter must reach sklearn as an int).
+PARAMS: dict[str, Any] = {"C": 1.0, "max_iter": 1000.0, "random_state": 42.0}
 
 
 def props(mlflow_server: str, data: Path, **overrides: Any) -> dict[str, Any]:

@@ -27,10 +27,10 @@ TARGET_SIZE_MB = 600.0
 TARGET_COLD_START_S = 5.0
 # Folders inside the image whose size the report breaks down (largest first).
 SIZE_PROBE = (
-    "du -sm /app/.venv 2>/dev/null | cut -f1; "
+    "(du -sm /app/.venv 2>/dev/null || echo 0) | cut -f1; "
     "find /app/.venv -name '*.pyc' -print0 | du -cm --files0-from=- | tail -1 | cut -f1; "
     "find /app/.venv -type d -name tests -print0 | du -cm --files0-from=- | tail -1 | cut -f1; "
-    "du -sm /root/.cache 2>/dev/null | cut -f1 || echo 0; "
+    "(du -sm /root/.cache 2>/dev/null || echo 0) | cut -f1; "
     "du -sm /app/.venv/lib/python3.11/site-packages/* | sort -rn | head -8"
 )
 
@@ -67,9 +67,9 @@ class Report:
                 if layer.size_mb >= 1
             ],
             "inside the image:",
-            *[f"  {value:7.0f} MB  {name}" for name, value in self.inside.items()],
+            *[f"  {value:7.0f} MiB {name}" for name, value in self.inside.items()],
             "largest packages in the venv:",
-            *[f"  {value:7.0f} MB  {name}" for name, value in self.top_packages],
+            *[f"  {value:7.0f} MiB {name}" for name, value in self.top_packages],
         ]
         return "\n".join(lines)
 
@@ -86,9 +86,8 @@ def parse_size(text: str) -> float:
 def layers(engine: DockerEngine, image: str) -> list[Layer]:
     """Layers of ``image``, largest first, each with the Dockerfile step that made it."""
     out = docker(engine, ["history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image]).stdout
-    parsed = [
-        Layer(parse_size(size), step) for size, step in (line.split("\t", 1) for line in out.splitlines())
-    ]
+    rows = (line.split("\t", 1) for line in out.splitlines())
+    parsed = [Layer(parse_size(size), step or "(base image)") for size, step in rows]
     return sorted(parsed, key=lambda layer: layer.size_mb, reverse=True)
 
 

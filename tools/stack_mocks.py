@@ -425,11 +425,11 @@ def _program_environment(root: Path, exports: list[dict[str, str]]) -> Iterator[
     cwd, saved_export = Path.cwd(), infra.image.export_context
     saved_env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PULUMI_CONFIG")}
     os.chdir(root)
-    infra.image.export_context = _stand_in_export(exports)  # type: ignore[assignment]
+    infra.image.export_context = _stand_in_export(exports)
     try:
         yield
     finally:
-        infra.image.export_context = saved_export  # type: ignore[assignment]
+        infra.image.export_context = saved_export
         os.chdir(cwd)
         os.environ.update(saved_env)
 
@@ -485,7 +485,12 @@ def run_stack(
         mocks, project=project, stack=stack, preview=preview, monitor=monitor, organization=organization
     )
     with _program_environment(root, exports):
-        _sync_await(pulumi.runtime.stack.run_pulumi_func(lambda: runpy.run_path(str(root / "__main__.py"))))
+        program = str(root / "__main__.py")
+
+        def run_program() -> None:
+            runpy.run_path(program)
+
+        _sync_await(pulumi.runtime.stack.run_pulumi_func(run_program))
     stack_resource = pulumi_settings.get_root_resource()
     outputs: dict[str, Any] = {}
     secret: set[str] = set()
