@@ -2,6 +2,8 @@
 
 dev (and local) train and build: cluster + registry + MLflow -> TrainedModel -> ServingImage ->
 ModelServing. staging/prod promote: cluster + MLflow, and the source stack's digests -> ModelServing.
+Rollback (``imageRefOverride`` set, any stack): ModelServing runs that digest; no training, no
+build, no use of the source's image; the model lineage outputs are not exported (unknown).
 Composition only; every component lives in infra/.
 """
 
@@ -18,11 +20,12 @@ from infra.mlflow_image import MlflowImage
 from infra.promotion import Promotion
 from infra.registry import LocalRegistry, Registry
 from infra.serving import ModelServing
-from infra.settings import ConfigError, Settings, load_settings
+from infra.settings import Settings, load_settings
 from infra.tracking import TrackingServer
-from infra.training import TrainedModel, input_fingerprint
+from infra.training import TrainedModel, training_fingerprint
 
 REPOSITORY = "cancer-classifier"
+ROLLBACK_VERSION_LABEL = "rollback"  # the serving pods' model-version label when the lineage is unknown
 
 
 class PushTarget(NamedTuple):
@@ -35,17 +38,6 @@ class PushTarget(NamedTuple):
 
     def kwargs(self) -> dict[str, Any]:
         return self._asdict()
-
-
-def training_fingerprint(settings: Settings) -> str:
-    t = settings.training
-    try:
-        return input_fingerprint(t.data_path, t.params, t.requirements_path)
-    except (OSError, TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"Pulumi.{settings.stack}.yaml: cannot fingerprint the training inputs "
-            f"(dataPath={t.data_path!r}, requirementsPath={t.requirements_path!r}, modelParams): {exc}"
-        ) from exc
 
 
 def tracking_server(
@@ -75,9 +67,17 @@ def promote(settings: Settings, cluster: AksCluster | LocalCluster) -> dict[str,
         gate=settings.gate,
         kubelet_object_id=cluster.kubelet_object_id if isinstance(cluster, AksCluster) else None,
         need_mlflow_image=settings.tracking.image is None,
+        image_ref_override=settings.image_ref_override,
     )
     mlflow_image = settings.tracking.image or promotion.mlflow_image_ref.apply(lambda ref: ref or "")
     tracking = tracking_server(settings, cluster, mlflow_image)
+    if settings.image_ref_override is not None:
+        return {
+            "tracking": tracking,
+            "imageRef": settings.image_ref_override,
+            "registryId": promotion.registry_id,
+            "mlflowImageRef": mlflow_image,
+        }
     return {
         "tracking": tracking,
         "imageRef": promotion.image_ref,
@@ -115,10 +115,19 @@ def train_and_build(
         or MlflowImage("mlflow-image", base_image=settings.serving.base_image, **push.kwargs()).ref
     )
     tracking = tracking_server(settings, cluster, mlflow_image)
+    built: dict[str, pulumi.Input[object]] = {
+        "tracking": tracking,
+        "registryId": registry.registry_id,
+        "mlflowImageRef": mlflow_image,
+        "registryLoginServer": registry.login_server,
+    }
+    if settings.image_ref_override is not None:
+        # Rollback: nothing to train or build, so a broken pipeline cannot block it.
+        return {**built, "imageRef": settings.image_ref_override}
     t = settings.training
     model = TrainedModel(
         "model",
-        fingerprint=training_fingerprint(settings),
+        fingerprint=training_fingerprint(t, settings.stack),
         data_path=str(Path(t.data_path).resolve()),
         requirements_path=str(Path(t.requirements_path).resolve()),
         params=t.params,
@@ -142,17 +151,14 @@ def train_and_build(
         **push.kwargs(),
     )
     return {
-        "tracking": tracking,
+        **built,
         "imageRef": image.ref,
         "modelVersion": model.version,
         "metrics": model.metrics,
         "fingerprint": model.model_fingerprint,
-        "registryId": registry.registry_id,
-        "mlflowImageRef": mlflow_image,
         "modelUri": model.model_uri,
         "runId": model.run_id,
         "inputFingerprint": model.fingerprint,
-        "registryLoginServer": registry.login_server,
     }
 
 
@@ -168,9 +174,11 @@ def main() -> None:
         "serving",
         settings,
         image_ref=parts["imageRef"],  # type: ignore[arg-type]
-        model_version=parts["modelVersion"],  # type: ignore[arg-type]
+        model_version=parts.get("modelVersion", ROLLBACK_VERSION_LABEL),  # type: ignore[arg-type]
         provider=cluster.provider,
     )
+    if settings.image_ref_override is not None:
+        pulumi.export("imageRefOverride", settings.image_ref_override)
     pulumi.export("endpoint", serving.endpoint)
     for key, value in parts.items():
         pulumi.export(key, value)

@@ -5,13 +5,18 @@ metrics, fingerprint, registry id) are read through a StackReference and validat
 malformed output, or metrics that fail this stack's gate, stop the update with a clear error.
 No TrainedModel and no Image exist in a promoting stack; this cluster's kubelet gets AcrPull on the
 source registry so it can pull the same digest.
+
+A source that runs a rollback (it exports ``imageRefOverride``) is refused: the model behind that
+digest has no lineage in its outputs, so this stack's gate cannot be applied. With this stack's own
+``imageRefOverride`` set, only the source's registry (for AcrPull) and MLflow image are read: a
+rollback never depends on the source's current model.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +27,7 @@ from infra.settings import DIGEST_REF_RE, GateSettings
 
 REQUIRED_OUTPUTS = ("imageRef", "modelVersion", "metrics", "fingerprint", "registryId")
 MLFLOW_IMAGE_OUTPUT = "mlflowImageRef"  # required unless this stack pins mlflowImage itself
+OVERRIDE_OUTPUT = "imageRefOverride"  # exported by a stack that runs a rollback
 REGISTRY_ID_RE = re.compile(
     r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerRegistry/registries/[^/]+$",
     re.IGNORECASE,
@@ -60,33 +66,57 @@ def gate_failures(metrics: Mapping[str, float], gate: GateSettings) -> list[str]
     return failures
 
 
-def validate_source(
-    outputs: Mapping[str, Any], source: str, stack: str, gate: GateSettings, *, need_mlflow_image: bool = True
-) -> PromotedModel:
-    """Check the source stack's outputs; a PromotionError names what is wrong and what to do."""
-
+def _failure(source: str, stack: str) -> Callable[[str], PromotionError]:
     def fail(problem: str) -> PromotionError:
         return PromotionError(
             f"cannot promote from {source} into {stack}: {problem}. "
             f"Run `pulumi up` on {source} (or fix it) and try again."
         )
 
-    required = (*REQUIRED_OUTPUTS, MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else REQUIRED_OUTPUTS
+    return fail
+
+
+def validate_registry(
+    outputs: Mapping[str, Any], source: str, stack: str, *, need_mlflow_image: bool = True
+) -> tuple[str, str | None]:
+    """(registry id, MLflow image ref or None) of the source stack: what even a rollback needs."""
+    fail = _failure(source, stack)
+    required = ("registryId", MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else ("registryId",)
     missing = [key for key in required if outputs.get(key) in (None, "", {})]
     if missing:
         raise fail(f"the source stack has no output {', '.join(missing)}")
-    ref = str(outputs["imageRef"])
-    if not DIGEST_REF_RE.match(ref):
-        raise fail(f"output imageRef {ref!r} is not pinned by digest (registry/repo@sha256:<64 hex>)")
-    mlflow_ref = outputs.get(MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else None
-    if mlflow_ref is not None and not DIGEST_REF_RE.match(str(mlflow_ref)):
-        raise fail(f"output {MLFLOW_IMAGE_OUTPUT} {mlflow_ref!r} is not pinned by digest")
-    fingerprint = str(outputs["fingerprint"])
-    if not FINGERPRINT_RE.match(fingerprint):
-        raise fail(f"output fingerprint {fingerprint!r} is not a sha256 hex digest")
     registry_id = str(outputs["registryId"])
     if not REGISTRY_ID_RE.match(registry_id):
         raise fail(f"output registryId {registry_id!r} is not an Azure Container Registry resource id")
+    mlflow_ref = outputs.get(MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else None
+    if mlflow_ref is not None and not DIGEST_REF_RE.match(str(mlflow_ref)):
+        raise fail(f"output {MLFLOW_IMAGE_OUTPUT} {mlflow_ref!r} is not pinned by digest")
+    return registry_id, str(mlflow_ref) if mlflow_ref is not None else None
+
+
+def validate_source(
+    outputs: Mapping[str, Any], source: str, stack: str, gate: GateSettings, *, need_mlflow_image: bool = True
+) -> PromotedModel:
+    """Check the source stack's outputs; a PromotionError names what is wrong and what to do."""
+    fail = _failure(source, stack)
+    override = outputs.get(OVERRIDE_OUTPUT)
+    if override:
+        raise PromotionError(
+            f"cannot promote from {source} into {stack}: {source} runs a rollback "
+            f"({OVERRIDE_OUTPUT}={override}), whose model lineage is unknown, so the {stack} gate cannot "
+            f"be applied. To run the same digest here, `pulumi config set {OVERRIDE_OUTPUT} {override}` "
+            f"on {stack}; to promote again, remove {OVERRIDE_OUTPUT} from {source} and `pulumi up` it."
+        )
+    missing = [key for key in REQUIRED_OUTPUTS if outputs.get(key) in (None, "", {})]
+    if missing:
+        raise fail(f"the source stack has no output {', '.join(missing)}")
+    registry_id, mlflow_ref = validate_registry(outputs, source, stack, need_mlflow_image=need_mlflow_image)
+    ref = str(outputs["imageRef"])
+    if not DIGEST_REF_RE.match(ref):
+        raise fail(f"output imageRef {ref!r} is not pinned by digest (registry/repo@sha256:<64 hex>)")
+    fingerprint = str(outputs["fingerprint"])
+    if not FINGERPRINT_RE.match(fingerprint):
+        raise fail(f"output fingerprint {fingerprint!r} is not a sha256 hex digest")
     raw_metrics = outputs["metrics"]
     if not isinstance(raw_metrics, Mapping):
         raise fail(f"output metrics is not a mapping: {raw_metrics!r}")
@@ -105,12 +135,15 @@ def validate_source(
         metrics=metrics,
         fingerprint=fingerprint,
         registry_id=registry_id,
-        mlflow_image_ref=str(mlflow_ref) if mlflow_ref is not None else None,
+        mlflow_image_ref=mlflow_ref,
     )
 
 
 class Promotion(pulumi.ComponentResource):
-    """Reads and validates the source stack; grants this kubelet AcrPull on the source registry."""
+    """Reads and validates the source stack; grants this kubelet AcrPull on the source registry.
+
+    With ``image_ref_override`` (a rollback) the lineage outputs are None: the model is unknown.
+    """
 
     image_ref: pulumi.Output[str]
     model_version: pulumi.Output[str]
@@ -128,24 +161,48 @@ class Promotion(pulumi.ComponentResource):
         gate: GateSettings,
         kubelet_object_id: pulumi.Input[str] | None,
         need_mlflow_image: bool = True,
+        image_ref_override: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:Promotion", name, None, opts)
         ref = pulumi.StackReference(
             f"{name}-source", stack_name=source, opts=pulumi.ResourceOptions(parent=self)
         )
-        keys = (*REQUIRED_OUTPUTS, MLFLOW_IMAGE_OUTPUT)
-        promoted = pulumi.Output.all(*(ref.get_output(key) for key in keys)).apply(
-            lambda values: validate_source(
-                dict(zip(keys, values, strict=True)), source, stack, gate, need_mlflow_image=need_mlflow_image
+        if image_ref_override is None:
+            keys = (*REQUIRED_OUTPUTS, MLFLOW_IMAGE_OUTPUT, OVERRIDE_OUTPUT)
+            promoted = pulumi.Output.all(*(ref.get_output(key) for key in keys)).apply(
+                lambda values: validate_source(
+                    dict(zip(keys, values, strict=True)),
+                    source,
+                    stack,
+                    gate,
+                    need_mlflow_image=need_mlflow_image,
+                )
             )
-        )
-        self.image_ref = promoted.image_ref
-        self.model_version = promoted.model_version
-        self.metrics = promoted.metrics
-        self.fingerprint = promoted.fingerprint
-        self.registry_id = promoted.registry_id
-        self.mlflow_image_ref = promoted.mlflow_image_ref
+            self.image_ref = promoted.image_ref
+            self.model_version = promoted.model_version
+            self.metrics = promoted.metrics
+            self.fingerprint = promoted.fingerprint
+            self.registry_id = promoted.registry_id
+            self.mlflow_image_ref = promoted.mlflow_image_ref
+        else:
+            # Rollback: the source's image and model are neither read nor validated.
+            registry_keys = ("registryId", MLFLOW_IMAGE_OUTPUT)
+            registry = pulumi.Output.all(*(ref.get_output(key) for key in registry_keys)).apply(
+                lambda values: validate_registry(
+                    dict(zip(registry_keys, values, strict=True)),
+                    source,
+                    stack,
+                    need_mlflow_image=need_mlflow_image,
+                )
+            )
+            unknown_lineage: pulumi.Output[Any] = pulumi.Output.from_input(None)
+            self.image_ref = pulumi.Output.from_input(image_ref_override)
+            self.model_version = unknown_lineage
+            self.metrics = unknown_lineage
+            self.fingerprint = unknown_lineage
+            self.registry_id = registry.apply(lambda r: r[0])
+            self.mlflow_image_ref = registry.apply(lambda r: r[1])
         if kubelet_object_id is not None:
             grant_acr_pull(
                 f"{name}-kubelet-acrpull",

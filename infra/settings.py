@@ -12,9 +12,11 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pulumi
+
+from model.params import ModelParams, ParamsError
 
 PROJECT = "ml-delivery"
 
@@ -30,6 +32,11 @@ PROMOTE_FROM_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$
 K8S_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 CIDR_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$")
 DIGEST_REF_RE = re.compile(r"^[a-z0-9][a-z0-9.\-:/_]*@sha256:[0-9a-f]{64}$")
+# <registry host[:port]>/<repository>@sha256:<64 hex>; the registry part is explicit (no Docker Hub default).
+REGISTRY_DIGEST_REF_RE = re.compile(
+    r"^(?:[a-z0-9-]+(?:\.[a-z0-9-]+)+(?::\d+)?|localhost(?::\d+)?|[a-z0-9-]+:\d+)"
+    r"/[a-z0-9]+(?:[._/-][a-z0-9]+)*@sha256:[0-9a-f]{64}$"
+)
 DNS_LABEL_RE = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
 
 T = TypeVar("T")
@@ -112,7 +119,7 @@ class TrackingSettings:
 class TrainingSettings:
     data_path: str = "data/train.csv"
     requirements_path: str = "requirements.txt"
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: ModelParams = field(default_factory=ModelParams)  # resolved: defaults filled in
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ class Settings:
     serving: ServingSettings
     gate: GateSettings
     tags: Mapping[str, str]
+    # Rollback: deploy exactly this digest instead of what the stack builds or promotes.
+    image_ref_override: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -419,7 +428,16 @@ def parse_settings(
             "Remove it; azure stacks create their own registry.",
         )
 
-    params = reader.obj("modelParams", dict, {})
+    raw_params = reader.obj("modelParams", dict, {})
+    try:
+        params = ModelParams.from_mapping(raw_params)
+    except ParamsError as exc:
+        raise reader.fail(
+            "modelParams",
+            raw_params,
+            f"is invalid ({exc})",
+            "Fix the value or remove the key for the default.",
+        ) from None
     tags = reader.obj("tags", dict, {})
     return Settings(
         project=project,
@@ -447,6 +465,12 @@ def parse_settings(
         serving=_serving(reader),
         gate=_gate(reader),
         tags={"project": project, "stack": stack, **{str(k): str(v) for k, v in tags.items()}},
+        image_ref_override=reader.matching(
+            "imageRefOverride",
+            None,
+            REGISTRY_DIGEST_REF_RE,
+            "myregistry.azurecr.io/cancer-classifier@sha256:<64 hex> (an earlier imageRef output)",
+        ),
     )
 
 

@@ -1,17 +1,18 @@
 """TrainedModel: a Pulumi dynamic resource that trains and registers the model when its inputs change.
 
-The program computes a fingerprint of the training inputs (data bytes, model/ code, params,
-requirements lock) with ``model.fingerprint.compute_fingerprint`` - a pure read. ``diff`` compares
-that fingerprint only, so an unchanged input means no training; preview never calls create/update,
-so preview never trains. create/update call ``model.train.train_and_register`` against the stack's
-MLflow with the stack's gate; a failed gate fails the update and nothing downstream is built.
-Outputs: run id, model URI, version, metrics, and both fingerprints (inputs, and the model's own
-lineage fingerprint used as the bento version).
+The program resolves the stack's ``modelParams`` through ``model.params.ModelParams`` and computes
+the fingerprint with ``model.fingerprint.compute_fingerprint`` over ``fingerprint_params`` - the
+same code ``model.train`` runs, so the fingerprint here IS the model's lineage fingerprint (the
+provider checks it). ``diff``: a new fingerprint or model name is an update that trains; a new gate
+alone is an update that re-gates the registered version without training (``train_and_register``
+reuses a version with the same fingerprint and gates it again); anything else is no change.
+Preview never calls create/update, so preview never trains. A failed gate fails the update and
+nothing downstream is built. Outputs: run id, model URI, version, metrics, the model fingerprint
+(the bento version), and the gate it passed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,19 +22,41 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from infra.settings import ConfigError, TrainingSettings
+from model.params import ModelParams, fingerprint_params
+
 # Keys of the resource's properties (the dynamic provider's protocol uses them verbatim).
 OUTPUT_KEYS = ("run_id", "model_uri", "version", "metrics", "model_fingerprint", "model_name")
+RETRAIN_KEYS = ("fingerprint", "model_name")  # a change trains (or reuses that fingerprint's version)
 
 
 class TrainingError(RuntimeError):
     """Training could not produce a gated model version; the message says why and what to do."""
 
 
-def input_fingerprint(data_path: str | Path, params: Mapping[str, Any], requirements_path: str | Path) -> str:
-    """The change detector for TrainedModel (program time; reads files, writes nothing)."""
+def input_fingerprint(data_path: str | Path, params: ModelParams, requirements_path: str | Path) -> str:
+    """The fingerprint ``train_and_register`` will log for these inputs (program time; reads files only)."""
     from model.fingerprint import compute_fingerprint
 
-    return compute_fingerprint(data_path, params, requirements_path)
+    return compute_fingerprint(data_path, fingerprint_params(params), requirements_path)
+
+
+def training_fingerprint(training: TrainingSettings, stack: str) -> str:
+    """``input_fingerprint`` of a stack's training settings; a ConfigError names the keys if it cannot."""
+    try:
+        return input_fingerprint(training.data_path, training.params, training.requirements_path)
+    except (OSError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"Pulumi.{stack}.yaml: cannot fingerprint the training inputs (dataPath={training.data_path!r}, "
+            f"requirementsPath={training.requirements_path!r}, modelParams): {exc}"
+        ) from exc
+
+
+def same_gate(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether two gates are equal as numbers (the engine may turn 1 into 1.0)."""
+    if old is None or new is None:
+        return old is new
+    return set(old) == set(new) and all(float(old[k]) == float(new[k]) for k in old)
 
 
 @contextmanager
@@ -54,21 +77,12 @@ def tracking_env(username: str | None, password: str | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def integral_fields(params: Mapping[str, Any], int_fields: set[str]) -> dict[str, Any]:
-    """The engine sends every number as a float; give int fields their integral value back."""
-    return {
-        key: int(value) if key in int_fields and isinstance(value, float) and value.is_integer() else value
-        for key, value in params.items()
-    }
-
-
 def train(props: Mapping[str, Any]) -> dict[str, Any]:
     """Run model.train for the resource's inputs; returns the output properties."""
-    from model.train import GateFailedError, GateThresholds, ModelParams, TrainConfig, train_and_register
+    from model.train import GateFailedError, GateThresholds, TrainConfig, train_and_register
 
     try:
-        int_fields = {f.name for f in dataclasses.fields(ModelParams) if f.type in ("int", int)}
-        params = ModelParams(**integral_fields(props.get("params") or {}, int_fields))
+        params = ModelParams.from_mapping(props.get("params"))
         thresholds = GateThresholds(**dict(props["gate"]))
     except (TypeError, ValueError) as exc:
         raise TrainingError(
@@ -88,8 +102,15 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
             result = train_and_register(config)
         except GateFailedError as exc:
             raise TrainingError(f"TrainedModel: {exc}. Nothing was built or deployed.") from exc
+    if result.fingerprint != props["fingerprint"]:
+        raise TrainingError(
+            f"TrainedModel: training logged fingerprint {result.fingerprint} but the program computed "
+            f"{props['fingerprint']}: model/ code, data or requirements changed during `pulumi up`, or "
+            "the two computations diverged. Run `pulumi up` again from an unchanged checkout."
+        )
     return {
         "fingerprint": props["fingerprint"],
+        "gate": dict(props["gate"]),
         "run_id": result.run_id,
         "model_uri": result.model_uri,
         "version": result.version,
@@ -101,13 +122,16 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TrainedModelProvider(ResourceProvider):
-    """create/update train; diff compares fingerprints only; delete keeps MLflow's history."""
+    """create/update train or re-gate; diff decides which; delete keeps MLflow's history."""
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = olds.get("fingerprint") != news.get("fingerprint")
-        # Unchanged: every output stays as it is, so preview shows dependants as unchanged too.
-        stables = ["model_name"] if changed else list(OUTPUT_KEYS)
-        return DiffResult(changes=changed, replaces=[], stables=stables, delete_before_replace=False)
+        retrain = [key for key in RETRAIN_KEYS if olds.get(key) != news.get(key)]
+        regate = not same_gate(olds.get("gate"), news.get("gate"))
+        # A re-gate keeps the version (or fails): every output stays, so dependants show no change.
+        stables = [k for k in OUTPUT_KEYS if not retrain or (k == "model_name" and k not in retrain)]
+        return DiffResult(
+            changes=bool(retrain) or regate, replaces=[], stables=stables, delete_before_replace=False
+        )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = train(props)
@@ -125,6 +149,7 @@ class TrainedModel(pulumi.dynamic.Resource):
     """A registered, gated model version for one fingerprint of the training inputs."""
 
     fingerprint: pulumi.Output[str]
+    gate: pulumi.Output[dict[str, float]]
     run_id: pulumi.Output[str]
     model_uri: pulumi.Output[str]
     version: pulumi.Output[str]
@@ -139,7 +164,7 @@ class TrainedModel(pulumi.dynamic.Resource):
         fingerprint: str,
         data_path: str,
         requirements_path: str,
-        params: Mapping[str, Any],
+        params: ModelParams,
         gate: Mapping[str, float],
         tracking_uri: pulumi.Input[str],
         tracking_username: pulumi.Input[str],
@@ -152,7 +177,7 @@ class TrainedModel(pulumi.dynamic.Resource):
             "fingerprint": fingerprint,
             "data_path": data_path,
             "requirements_path": requirements_path,
-            "params": dict(params),
+            "params": params.as_dict(),  # resolved: the values the fingerprint covers
             "gate": dict(gate),
             "tracking_uri": tracking_uri,
             "tracking_username": tracking_username,

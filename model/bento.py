@@ -13,7 +13,12 @@ The child process:
    name; reused when a bento of that version was built from the same run and base image;
 3. exports it as a folder (``env/docker/Dockerfile`` + ``models/``), fixes every timestamp to the MLflow
    model's creation time so the same inputs give a byte-identical folder, and checks parity between
-   the model's requirements and the image's ``env/python/requirements.txt``.
+   the model's requirements and the image's ``env/python/requirements.txt``;
+4. slims the exported Dockerfile: the RUN that installs the packages also deletes the ``tests``/``test``
+   folders of site-packages and any uv/pip cache (``slim_install_step``). It must be that same RUN: a
+   later one cannot shrink the layer the install made, and BentoML's ``Image.run`` post-commands each
+   get a RUN of their own. ``bentoml containerize`` regenerates BentoML's own Dockerfile without this
+   step; the product builds from the exported folder (infra/image.py), so its image is the slim one.
 """
 
 from __future__ import annotations
@@ -47,6 +52,19 @@ SERVICE_SOURCES: tuple[str, ...] = (
 )
 # Packages BentoML itself adds to the image requirements; not the model's, so not parity-checked.
 BENTOML_PACKAGE = "bentoml"
+
+# The install step of BentoML 1.4's Dockerfile template (templates/base_v2.j2), which must end its line.
+INSTALL_STEP = "uv --directory $INSTALL_ROOT pip install -r $BENTO_PATH/env/python/requirements.txt"
+# Appended to INSTALL_STEP in the same RUN. Only folders named tests/test go (~105 MiB of 514 in the
+# venv, measured): nothing imports them at run time, unlike numpy/testing, pandas/_testing or
+# sklearn/utils/_testing, which stay. The .pyc files stay too: with a read-only root filesystem Python
+# cannot write them at run time, and they make the cold start.
+PRUNE_STEP = (
+    " && \\\n"
+    "    find /app/.venv/lib -path '*/site-packages/*' -type d \\( -name tests -o -name test \\) "
+    "-prune -exec rm -rf {} + && \\\n"
+    "    rm -rf /root/.cache/uv /root/.cache/pip"
+)
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<version>[0-9]+)$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -173,6 +191,23 @@ def check_parity(model_requirements: Mapping[str, str], image_requirements: Mapp
             f"({len(problems)} difference(s)): " + "; ".join(problems) + ". Rebuild the bento from the "
             "model's requirements (model.bento.export_build_context) or retrain in the current environment"
         )
+
+
+def slim_install_step(dockerfile: str, source: str) -> str:
+    """``dockerfile`` with PRUNE_STEP appended to BentoML's package install RUN; idempotent.
+
+    A Dockerfile without exactly one INSTALL_STEP line is an error naming ``source``: the BentoML
+    template changed, and the image would silently keep its test folders.
+    """
+    if INSTALL_STEP + PRUNE_STEP + "\n" in dockerfile:
+        return dockerfile
+    found = dockerfile.count(INSTALL_STEP + "\n")
+    if found != 1:
+        raise BentoBuildError(
+            f"{source} has {found} lines ending in the package install step {INSTALL_STEP!r} (expected 1): "
+            "BentoML's Dockerfile template changed; update INSTALL_STEP in model/bento.py to its new step"
+        )
+    return dockerfile.replace(INSTALL_STEP + "\n", INSTALL_STEP + PRUNE_STEP + "\n")
 
 
 def normalize_tree(root: Path, timestamp: datetime) -> None:
@@ -343,6 +378,11 @@ def _build_in_this_process(
     try:
         bentoml.bentos.export_bento(bento_tag, str(staging) + "/", output_format="folder")
         exported = next(p.parent for p in staging.rglob("bento.yaml") if p.parent.parent == staging)
+        dockerfile = exported / "env/docker/Dockerfile"
+        dockerfile.write_text(
+            slim_install_step(dockerfile.read_text(encoding="utf-8"), f"{bento_tag}: env/docker/Dockerfile"),
+            encoding="utf-8",
+        )
         normalize_tree(exported, created)
         exported.rename(out_dir)
     finally:

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
+from model.params import DEFAULT_MIN_ROWS_PER_CLASS
+
 # The 30 breast-cancer features of sklearn.datasets.load_breast_cancer, snake_case, in its order.
 FEATURES: tuple[str, ...] = (
     "mean_radius",
@@ -51,7 +53,6 @@ FEATURES: tuple[str, ...] = (
 )
 TARGET = "target"  # 0 = malignant, 1 = benign
 TARGET_VALUES = frozenset({0, 1})
-DEFAULT_MIN_ROWS_PER_CLASS = 20
 _MAX_LISTED = 5  # how many offending rows/values a message quotes
 
 

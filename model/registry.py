@@ -46,6 +46,22 @@ def find_passed_version(client: MlflowClient, model_name: str, fingerprint: str)
     return VersionInfo(str(newest.version), str(newest.run_id), run_metrics(client, str(newest.run_id)))
 
 
+def find_gated_version(
+    client: MlflowClient, model_name: str, fingerprint: str
+) -> tuple[VersionInfo, bool] | None:
+    """(version, passed) with this fingerprint: the newest that passed the gate, else the newest that
+    failed it; None if no gated version has it (a version without a gate tag never finished)."""
+    quoted = model_name.replace("'", "\\'")
+    found = client.search_model_versions(f"name = '{quoted}' and tags.{FINGERPRINT_TAG} = '{fingerprint}'")
+    for decision in ("passed", "failed"):
+        gated = [mv for mv in found if mv.tags.get(GATE_TAG) == decision]
+        if gated:
+            newest = max(gated, key=lambda mv: int(mv.version))
+            run_id = str(newest.run_id)
+            return VersionInfo(str(newest.version), run_id, run_metrics(client, run_id)), decision == "passed"
+    return None
+
+
 def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> VersionInfo | None:
     """The version holding ``alias`` (with its run's metrics); None if the model or alias does not exist."""
     try:

@@ -1,7 +1,8 @@
 """Train the classifier, track it in MLflow, register it and gate it: ``train_and_register``.
 
-Order of effects: validate the data (no MLflow call before it passes) -> fingerprint -> reuse a
-version with the same fingerprint that passed the gate (no training) -> otherwise fit a
+Order of effects: validate the data (no MLflow call before it passes) -> fingerprint (over
+``model.params.fingerprint_params``, as the Pulumi program computes it) -> reuse a version with the
+same fingerprint (no training) and gate it again with the current thresholds -> otherwise fit a
 StandardScaler + LogisticRegression pipeline on a stratified split, log params, metrics, plots, the
 held-out rows and the model (skops format, signature, input example, exact pinned requirements),
 register it, and decide the gate (thresholds, and never worse than the champion by more than the
@@ -33,9 +34,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model import plots
-from model.data import DEFAULT_MIN_ROWS_PER_CLASS, FEATURES, TARGET, DataValidationError, load_dataset
+from model.data import FEATURES, TARGET, DataValidationError, load_dataset
 from model.fingerprint import MODEL_DIR, compute_fingerprint
 from model.metrics import GateFailure, GateThresholds, compute_metrics, evaluate_gate
+from model.params import DEFAULT_MIN_ROWS_PER_CLASS, ModelParams, fingerprint_params
 from model.pins import pinned_closure
 
 if TYPE_CHECKING:
@@ -63,30 +65,13 @@ HELDOUT_ARTIFACT = "heldout/heldout.csv"
 # skops is MLflow's default and loads only allow-listed types; a scaler + logistic regression
 # pipeline needs no extra trusted types, so the safe format costs nothing here.
 SERIALIZATION_FORMAT = "skops"
+GATE_PASSED_REASON = "all thresholds met"
 
 Progress = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
     print(f"[train] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """Everything that shapes the fitted model; part of the fingerprint."""
-
-    C: float = 1.0
-    max_iter: int = 1000
-    test_size: float = 0.25
-    random_state: int = 42
-
-    def __post_init__(self) -> None:
-        if not self.C > 0:
-            raise ValueError(f"ModelParams.C must be > 0, got {self.C}")
-        if self.max_iter < 1:
-            raise ValueError(f"ModelParams.max_iter must be >= 1, got {self.max_iter}")
-        if not 0 < self.test_size < 1:
-            raise ValueError(f"ModelParams.test_size must be in (0, 1), got {self.test_size}")
 
 
 @dataclass(frozen=True)
@@ -155,11 +140,6 @@ def split(frame: pd.DataFrame, params: ModelParams) -> tuple[pd.DataFrame, pd.Da
     return train, heldout
 
 
-def fingerprint_params(config: TrainConfig) -> dict[str, object]:
-    """The params that identify a training: model params plus what data rules were applied."""
-    return {**asdict(config.params), "min_rows_per_class": config.min_rows_per_class}
-
-
 def resolve_tracking(config: TrainConfig) -> tuple[str, str]:
     """(tracking URI, experiment name) from the config, else the environment, else defaults."""
     import mlflow
@@ -173,7 +153,7 @@ def train_and_register(config: TrainConfig, progress: Progress = _stderr) -> Tra
     """Validate, fingerprint, then reuse, or train + register + gate. A failed gate raises GateFailedError."""
     progress(f"validating {config.data_path}")
     frame = load_dataset(config.data_path, min_rows_per_class=config.min_rows_per_class)
-    params = fingerprint_params(config)
+    params = fingerprint_params(config.params, config.min_rows_per_class)
     fingerprint = compute_fingerprint(config.data_path, params, config.requirements_path, config.code_dir)
     progress(f"{len(frame)} rows valid; fingerprint {fingerprint[:16]}")
 
@@ -186,18 +166,25 @@ def train_and_register(config: TrainConfig, progress: Progress = _stderr) -> Tra
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     champion = registry.version_by_alias(client, config.model_name, registry.CHAMPION_ALIAS)
-    existing = registry.find_passed_version(client, config.model_name, fingerprint)
-    if existing is not None:
+    gated = registry.find_gated_version(client, config.model_name, fingerprint)
+    if gated is not None:
+        existing, passed_before = gated
+        before = "passed" if passed_before else "failed"
         progress(
-            f"version {existing.version} has this fingerprint and passed the gate: reusing it, no training"
+            f"version {existing.version} has this fingerprint (gate {before} before): "
+            "re-gating it with the current thresholds, no training"
+        )
+        result = replace(
+            _result(existing.run_id, config.model_name, existing.version, existing.metrics, fingerprint),
+            reused=True,
         )
         rival = champion if champion and champion.version != existing.version else None
-        result = _result(existing.run_id, config.model_name, existing.version, existing.metrics, fingerprint)
-        result = replace(result, reused=True)
         failures = evaluate_gate(existing.metrics, config.thresholds, rival.metrics if rival else None)
         if failures:
             raise GateFailedError(_failed(result, failures), failures)
-        client.set_registered_model_alias(config.model_name, registry.CANDIDATE_ALIAS, existing.version)
+        registry.mark_gate(
+            client, config.model_name, existing.version, passed=True, reason=GATE_PASSED_REASON
+        )
     else:
         fitted = fit_and_evaluate(frame, config.params, progress)
         mlflow.set_experiment(experiment)
@@ -263,7 +250,7 @@ def _track_register_and_gate(
         version = str(info.registered_model_version)
         client.set_model_version_tag(name, version, registry.FINGERPRINT_TAG, fingerprint)
         failures = evaluate_gate(fitted.metrics, config.thresholds, champion.metrics if champion else None)
-        reason = "; ".join(f.describe() for f in failures) or "all thresholds met"
+        reason = "; ".join(f.describe() for f in failures) or GATE_PASSED_REASON
         registry.mark_gate(client, name, version, passed=not failures, reason=reason)
         mlflow.set_tag(registry.GATE_TAG, "failed" if failures else "passed")
     return _result(run.info.run_id, name, version, fitted.metrics, fingerprint), failures

@@ -7,6 +7,7 @@ Real MLflow server, real training, real BentoML build and export (no mocks). The
 from __future__ import annotations
 
 import shutil
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from model.bento import (
     BENTOML_PACKAGE,
+    INSTALL_STEP,
+    PRUNE_STEP,
     BentoBuildError,
     BuildContext,
     ParityError,
@@ -23,6 +26,7 @@ from model.bento import (
     normalize_tree,
     parse_model_uri,
     parse_pinned_requirements,
+    slim_install_step,
     tree_digest,
 )
 from model.train import TrainConfig, TrainResult, train_and_register
@@ -100,6 +104,49 @@ def test_normalize_tree_pins_creation_times_and_mtimes(tmp_path: Path) -> None:
     assert "creation_time: '2026-01-02T03:04:05+00:00'" in (tmp_path / "bento.yaml").read_text()
     assert "  creation_time: '2026-01-02T03:04:05+00:00'" in (tmp_path / "m" / "model.yaml").read_text()
     assert {p.stat().st_mtime for p in [tmp_path, *tmp_path.rglob("*")]} == {stamp.timestamp()}
+
+
+BENTO_INSTALL_RUN = (
+    'RUN if [ -d ./src ]; \\\n    then INSTALL_ROOT="./src"; \\\n    else INSTALL_ROOT="./env/python"; \\\n'
+    f"    fi; {INSTALL_STEP}\n\n\nCOPY --chown=bentoml:bentoml . ./\n"
+)
+
+
+def test_slim_install_step_appends_the_prune_to_the_install_run_once() -> None:
+    slim = slim_install_step(BENTO_INSTALL_RUN, "Dockerfile")
+    assert f"fi; {INSTALL_STEP}{PRUNE_STEP}\n\n\nCOPY" in slim  # same RUN, not a RUN of its own
+    assert slim.count("RUN ") == 1
+    assert slim_install_step(slim, "Dockerfile") == slim  # idempotent: a reused export stays the same
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "found"),
+    [("FROM x\nRUN pip install -r requirements.txt\n", 0), (BENTO_INSTALL_RUN * 2, 2)],
+)
+def test_slim_install_step_refuses_a_template_it_does_not_know(dockerfile: str, found: int) -> None:
+    with pytest.raises(BentoBuildError, match=f"bento:1: env/docker/Dockerfile has {found} lines") as info:
+        slim_install_step(dockerfile, "bento:1: env/docker/Dockerfile")
+    assert "update INSTALL_STEP in model/bento.py" in str(info.value)
+
+
+def test_prune_step_removes_only_test_folders_and_caches(tmp_path: Path) -> None:
+    """The shell of PRUNE_STEP, run on a site-packages tree rooted in tmp_path instead of /."""
+    site = tmp_path / "app/.venv/lib/python3.11/site-packages"
+    kept = ["numpy/testing", "numpy/_core", "pandas/_testing", "sklearn/utils/_testing", "pkg/tests_util"]
+    removed = ["numpy/tests", "numpy/_core/tests/data", "pandas/tests/frame", "joblib/test", "scipy/tests"]
+    for rel in kept + removed:
+        (site / rel).mkdir(parents=True)
+        (site / rel / "__init__.py").write_text("")
+    (tmp_path / "root/.cache/uv/wheels").mkdir(parents=True)
+    (tmp_path / "app/.venv/bin/tests").mkdir(parents=True)  # outside site-packages: not touched
+    script = "true" + PRUNE_STEP.replace(" /app/", f" {tmp_path}/app/").replace(
+        " /root/", f" {tmp_path}/root/"
+    )
+    subprocess.run(["sh", "-eu", "-c", script], check=True)
+    assert [rel for rel in kept if not (site / rel / "__init__.py").is_file()] == []
+    assert [rel for rel in removed if (site / rel).exists()] == []
+    assert not (tmp_path / "root/.cache/uv").exists()
+    assert (tmp_path / "app/.venv/bin/tests").is_dir()
 
 
 def test_export_refuses_bad_arguments_before_doing_any_work(tmp_path: Path) -> None:
@@ -185,6 +232,7 @@ def test_dockerfile_uses_the_base_image_without_compilers_or_git(
     dockerfile = first.dockerfile.read_text()
     assert "FROM python:3.11-slim AS base-container" in dockerfile
     assert "build-essential" not in dockerfile and " git" not in dockerfile
+    assert f"{INSTALL_STEP}{PRUNE_STEP}\n" in dockerfile  # test folders go in the install's own layer
     assert "ENV SERVING_MODEL_TAG=$SERVING_MODEL_TAG" in dockerfile
     assert f"ARG SERVING_MODEL_TAG={MODEL_NAME}:{trained.fingerprint[:32]}" in dockerfile
 

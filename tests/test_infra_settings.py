@@ -59,6 +59,14 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
         ({"registryServer": "localhost:5001"}, "ml-delivery:registryServer", "mode: local"),
         ({"mlflowServiceType": "ClusterIP"}, "ml-delivery:trackingUri", "port-forward"),
         ({"modelParams": [1, 2]}, "ml-delivery:modelParams", "dict"),
+        ({"modelParams": {"C": -1}}, "ml-delivery:modelParams", "C must be > 0"),
+        ({"modelParams": {"max_iter": 10.5}}, "ml-delivery:modelParams", "whole number"),
+        ({"modelParams": {"learning_rate": 0.1}}, "ml-delivery:modelParams", "known ones are C, max_iter"),
+        (
+            {"imageRefOverride": "acr.azurecr.io/cancer-classifier:v1"},
+            "ml-delivery:imageRefOverride",
+            "sha256",
+        ),
     ],
 )
 def test_a_bad_value_names_the_key_the_stack_file_and_the_fix(values: dict, key: str, hint: str) -> None:
@@ -155,3 +163,19 @@ def test_validate_source_refuses_bad_outputs(change: dict, expected: str) -> Non
     with pytest.raises(PromotionError) as info:
         validate_source(outputs, "o/p/dev", "staging", GateSettings())
     assert expected in str(info.value) and "o/p/dev" in str(info.value)
+
+
+def test_model_params_are_resolved_with_defaults_and_normalised_types() -> None:
+    from model.params import ModelParams
+
+    s = settings(modelParams={"C": 2, "max_iter": 500.0})
+    assert s.training.params == ModelParams(C=2.0, max_iter=500)
+    assert s.training.params.as_dict() == {"C": 2.0, "max_iter": 500, "test_size": 0.25, "random_state": 42}
+    assert isinstance(s.training.params.C, float) and isinstance(s.training.params.max_iter, int)
+    assert settings().training.params == ModelParams()
+
+
+def test_image_ref_override_is_optional_and_kept_verbatim() -> None:
+    ref = "localhost:5001/cancer-classifier@sha256:" + "0f" * 32
+    assert settings().image_ref_override is None
+    assert settings(imageRefOverride=ref).image_ref_override == ref

@@ -15,6 +15,7 @@ from infra.promotion import PromotionError
 from infra.settings import ConfigError
 from model import container
 from model.fingerprint import compute_fingerprint
+from model.params import ModelParams, fingerprint_params
 from tools.stack_mocks import (
     DYNAMIC_TYPE,
     KUBELET_OBJECT_ID,
@@ -218,10 +219,21 @@ def test_dev_trained_model_feeds_image_feeds_deployment() -> None:
     run = stack("dev")
     config = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
     model = run.one(DYNAMIC_TYPE)
+    # The stack file sets C and max_iter only: the program resolves the defaults, as model.train does.
+    resolved = ModelParams.from_mapping(config["ml-delivery:modelParams"])
+    assert set(config["ml-delivery:modelParams"]) < set(resolved.as_dict())
+    assert model.inputs["params"] == resolved.as_dict()
     expected = compute_fingerprint(
-        ROOT / config["ml-delivery:dataPath"], config["ml-delivery:modelParams"], ROOT / "requirements.txt"
+        ROOT / config["ml-delivery:dataPath"], fingerprint_params(resolved), ROOT / "requirements.txt"
     )
     assert model.inputs["fingerprint"] == expected
+    assert model.inputs["gate"] == {
+        "min_accuracy": 0.9,
+        "min_f1": 0.9,
+        "min_roc_auc": 0.95,
+        "max_log_loss": 0.35,
+        "champion_margin": 0.01,
+    }
     assert "tracking_password" in model.secret_paths
     assert model.inputs["tracking_uri"] == "http://ml-delivery-dev-mlflow.westeurope.cloudapp.azure.com:5000"
     # the export callback ran once, with the trained model's outputs
@@ -323,3 +335,74 @@ def test_a_bad_stack_file_value_stops_the_program_with_its_key(tmp_path: Path) -
         run_stack("broken", root=tmp_path)
     errors = [e for e in error_chain(info.value) if isinstance(e, ConfigError)]
     assert errors and "Pulumi.broken.yaml" in str(errors[0]) and "'ml-delivery:acrSku'" in str(errors[0])
+
+
+ROLLBACK_REF = "mlregistry.azurecr.io/cancer-classifier@sha256:" + "ab" * 32
+LINEAGE_OUTPUTS = {"modelVersion", "metrics", "fingerprint", "modelUri", "runId", "inputFingerprint"}
+
+
+def test_dev_rollback_deploys_the_override_without_training_or_building() -> None:
+    run = run_stack("dev", config={"imageRefOverride": ROLLBACK_REF})
+    assert run.of_type(DYNAMIC_TYPE) == [] and run.exports == []
+    serving_images = [i for i in run.of_type(IMAGE) if "/cancer-classifier:" in i.inputs["imageName"]]
+    assert serving_images == []
+    serving = deployment(run, SERVING_NS)
+    assert pod(serving)["containers"][0]["image"] == ROLLBACK_REF
+    assert serving.inputs["spec"]["template"]["metadata"]["labels"]["model-version"] == "rollback"
+    assert run.outputs["imageRef"] == run.outputs["imageRefOverride"] == ROLLBACK_REF
+    assert not LINEAGE_OUTPUTS & set(run.outputs), "a rollback's model lineage is unknown"
+    assert run.outputs["registryId"] == run.one("azure-native:containerregistry:Registry").id
+    assert "imageRefOverride" not in stack("dev").outputs
+
+
+@pytest.mark.parametrize("source", [None, {"imageRef": None, "metrics": None}])
+def test_prod_rollback_deploys_the_override_whatever_the_source_model(source: dict | None) -> None:
+    outputs = None
+    if source is not None:  # a source whose model is missing or broken must not block a rollback
+        outputs = {
+            "staging": {k: v for k, v in {**source_outputs("staging"), **source}.items() if v is not None}
+        }
+    run = run_stack("prod", config={"imageRefOverride": ROLLBACK_REF}, stack_outputs=outputs)
+    assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == ROLLBACK_REF
+    assert run.outputs["imageRef"] == run.outputs["imageRefOverride"] == ROLLBACK_REF
+    assert not LINEAGE_OUTPUTS & set(run.outputs) and "promotedFrom" not in run.outputs
+    expected = source_outputs("staging")
+    [pull] = role(run, roles.ACR_PULL)  # the kubelet still pulls from the source's registry
+    assert pull.inputs["scope"] == expected["registryId"] == run.outputs["registryId"]
+    assert run.outputs["mlflowImageRef"] == expected["mlflowImageRef"]
+    assert run.of_type(DYNAMIC_TYPE) == [] and run.of_type(IMAGE) == []
+
+
+def test_promoting_from_a_rolled_back_source_is_refused_with_the_way_out() -> None:
+    rolled_back = {
+        "imageRef": ROLLBACK_REF,
+        "imageRefOverride": ROLLBACK_REF,
+        "registryId": source_outputs("dev")["registryId"],
+        "mlflowImageRef": source_outputs("dev")["mlflowImageRef"],
+    }
+    with pytest.raises(Exception) as info:
+        run_stack("staging", stack_outputs={"dev": rolled_back})
+    errors = [e for e in error_chain(info.value) if isinstance(e, PromotionError)]
+    assert errors, f"no PromotionError in {error_chain(info.value)}"
+    message = str(errors[0])
+    assert "runs a rollback" in message and ROLLBACK_REF in message
+    assert "pulumi config set imageRefOverride" in message
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "mlregistry.azurecr.io/cancer-classifier:latest",
+        "cancer-classifier@sha256:" + "ab" * 32,
+        "mlregistry.azurecr.io/cancer-classifier@sha256:" + "ab" * 31,
+    ],
+)
+def test_a_bad_image_ref_override_names_the_key_and_the_stack_file(name: str, bad: str) -> None:
+    with pytest.raises(Exception) as info:
+        run_stack(name, config={"imageRefOverride": bad})
+    errors = [e for e in error_chain(info.value) if isinstance(e, ConfigError)]
+    assert errors, f"no ConfigError in {error_chain(info.value)}"
+    message = str(errors[0])
+    assert f"Pulumi.{name}.yaml" in message and "'ml-delivery:imageRefOverride'" in message
+    assert "@sha256:<64 hex>" in message

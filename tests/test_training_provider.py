@@ -1,7 +1,8 @@
 """The TrainedModel dynamic provider, called directly, training for real against a real ``mlflow server``.
 
-Same fingerprint -> diff reports no changes and nothing trains; changed data -> diff reports a change
-and update registers a new version; a failed gate or bad params -> a clear TrainingError.
+The fingerprint the program declares is the one training logs. Same inputs -> no change, nothing
+trains; a new gate -> an update that re-gates the registered version without training; new data or
+params -> an update that trains a new version; a failed gate or bad params -> a clear TrainingError.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from infra.settings import GateSettings
-from infra.training import TrainedModelProvider, TrainingError, input_fingerprint
+from infra.training import OUTPUT_KEYS, TrainedModelProvider, TrainingError, input_fingerprint
+from model.params import ModelParams, ParamsError
 from tests.conftest import REPO_ROOT
+from tools.stack_mocks import DYNAMIC_TYPE, run_stack
 
 pytestmark = pytest.mark.servers
 
@@ -38,7 +41,12 @@ def props(mlflow_server: str, data: Path, **overrides: Any) -> dict[str, Any]:
         "model_name": f"infra-{uuid.uuid4().hex[:8]}",
     }
     base.update(overrides)
-    base["fingerprint"] = input_fingerprint(base["data_path"], base["params"], base["requirements_path"])
+    try:
+        params = ModelParams.from_mapping(base["params"])
+    except ParamsError:
+        base["fingerprint"] = "0" * 64  # the program refuses such params before; the provider must too
+    else:
+        base["fingerprint"] = input_fingerprint(base["data_path"], params, base["requirements_path"])
     return base
 
 
@@ -52,6 +60,104 @@ def data(tmp_path: Path) -> Path:
 def versions(mlflow_server: str, name: str) -> list[str]:
     client = MlflowClient(mlflow_server)
     return sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
+
+
+def runs_with(mlflow_server: str, experiment: str, fingerprint: str) -> list[str]:
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.fingerprint = '{fingerprint}'")
+    return sorted(r.info.run_id for r in found)
+
+
+def test_the_fingerprint_the_program_declares_is_the_one_training_logs(mlflow_server: str) -> None:
+    # The inputs exactly as __main__.py declares them for Pulumi.dev.yaml (which sets only some params).
+    declared = run_stack("dev").one(DYNAMIC_TYPE).inputs
+    assert set(declared["params"]) == set(ModelParams().as_dict())  # resolved, defaults filled in
+    news = {
+        **declared,
+        "tracking_uri": mlflow_server,
+        "tracking_username": "admin",
+        "tracking_password": "not-checked-by-this-server",
+        "experiment_name": "infra-provider-tests",
+        "model_name": f"infra-{uuid.uuid4().hex[:8]}",
+    }
+    outs = TrainedModelProvider().create(news).outs or {}
+    assert outs["reused"] is False  # a fresh model name: this really trained
+    assert outs["model_fingerprint"] == declared["fingerprint"] == outs["fingerprint"]
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(outs["run_id"]).data.tags["fingerprint"] == declared["fingerprint"]
+    version = client.get_model_version(news["model_name"], outs["version"])
+    assert version.tags["fingerprint"] == declared["fingerprint"]
+
+
+def test_a_gate_change_regates_without_training_and_a_param_change_trains(
+    mlflow_server: str, data: Path
+) -> None:
+    provider = TrainedModelProvider()
+    news = props(mlflow_server, data)
+    name, experiment = news["model_name"], news["experiment_name"]
+    created = provider.create(news)
+    outs = created.outs or {}
+    assert outs["gate"] == news["gate"]
+    runs = runs_with(mlflow_server, experiment, news["fingerprint"])  # other tests share the data
+    assert outs["run_id"] in runs
+
+    # The engine hands back numbers as floats: an equal gate is no change.
+    as_floats = props(
+        mlflow_server, data, model_name=name, gate={k: float(v) for k, v in news["gate"].items()}
+    )
+    assert provider.diff(created.id, outs, as_floats).changes is False
+
+    # A looser threshold: an update, every output stable, and the update re-gates version 1 without a run.
+    looser = props(mlflow_server, data, model_name=name, gate={**news["gate"], "min_accuracy": 0.8})
+    diff = provider.diff(created.id, outs, looser)
+    assert diff.changes is True and diff.replaces == [] and set(diff.stables or []) == set(OUTPUT_KEYS)
+    regated = provider.update(created.id, outs, looser).outs or {}
+    assert regated["reused"] is True and regated["gate"]["min_accuracy"] == 0.8
+    assert {k: regated[k] for k in OUTPUT_KEYS} == {k: outs[k] for k in OUTPUT_KEYS}
+    assert versions(mlflow_server, name) == ["1"]
+    assert runs_with(mlflow_server, experiment, news["fingerprint"]) == runs
+
+    # A threshold the model misses: an update that fails naming the metric, still without training.
+    strict = props(mlflow_server, data, model_name=name, gate={**news["gate"], "min_roc_auc": 0.99999})
+    assert provider.diff(created.id, regated, strict).changes is True
+    with pytest.raises(TrainingError, match="roc_auc"):
+        provider.update(created.id, regated, strict)
+    assert versions(mlflow_server, name) == ["1"]
+    assert runs_with(mlflow_server, experiment, news["fingerprint"]) == runs
+
+    # A param change is a new fingerprint: an update that trains version 2.
+    retrain = props(mlflow_server, data, model_name=name, params={**PARAMS, "C": 0.5})
+    assert retrain["fingerprint"] != news["fingerprint"]
+    diff = provider.diff(created.id, regated, retrain)
+    assert diff.changes is True and diff.stables == ["model_name"]
+    trained = provider.update(created.id, regated, retrain).outs or {}
+    assert (trained["version"], trained["reused"]) == ("2", False)
+    assert trained["model_fingerprint"] == retrain["fingerprint"]
+    assert versions(mlflow_server, name) == ["1", "2"]
+
+
+def test_a_version_that_failed_its_gate_is_regated_not_retrained(mlflow_server: str, data: Path) -> None:
+    provider = TrainedModelProvider()
+    impossible = props(mlflow_server, data, gate={**GateSettings().as_dict(), "min_accuracy": 1.0})
+    name, experiment, fingerprint = (impossible[k] for k in ("model_name", "experiment_name", "fingerprint"))
+    before = set(runs_with(mlflow_server, experiment, fingerprint))
+    with pytest.raises(TrainingError, match="accuracy"):
+        provider.create(impossible)  # the engine keeps no state: the next up creates again
+    client = MlflowClient(mlflow_server)
+    assert client.get_model_version(name, "1").tags["gate"] == "failed"
+    runs = sorted(set(runs_with(mlflow_server, experiment, fingerprint)) - before)
+    assert len(runs) == 1
+
+    fixed = props(mlflow_server, data, model_name=name)  # the gate relaxed in the stack file
+    outs = provider.create(fixed).outs or {}
+    assert (outs["version"], outs["reused"], outs["run_id"]) == ("1", True, runs[0])
+    assert versions(mlflow_server, name) == ["1"]
+    assert sorted(set(runs_with(mlflow_server, experiment, fingerprint)) - before) == runs
+    assert client.get_model_version(name, "1").tags["gate"] == "passed"
+    assert client.get_registered_model(name).aliases == {"candidate": "1"}
 
 
 def test_create_then_same_fingerprint_no_change_then_changed_data_updates(

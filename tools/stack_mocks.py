@@ -466,21 +466,26 @@ def run_stack(
     stack_outputs: dict[str, dict[str, Any]] | None = None,
     organization: str = "my-org",
     root: Path = ROOT,
+    config: Mapping[str, object] | None = None,
 ) -> StackRun:
     """Run the program for ``Pulumi.<stack>.yaml`` under mocks.
 
     ``stack_outputs`` maps a referenced stack (full ``org/project/stack`` or just ``stack``) to the
     outputs its StackReference returns; None gives every reference well-formed defaults
-    (``source_outputs``), ``{}`` gives references with no outputs at all.
+    (``source_outputs``), ``{}`` gives references with no outputs at all. ``config`` sets or
+    replaces keys of the stack file (as ``pulumi config set`` would; unqualified keys get the
+    project's namespace).
     """
     project = project_name(root)
-    config, secret_keys = load_stack_config(stack, project, root)
+    stack_config, secret_keys = load_stack_config(stack, project, root)
+    for key, value in (config or {}).items():
+        stack_config[key if ":" in key else f"{project}:{key}"] = _config_value(value)
     mocks = _Mocks(stack, preview, stack_outputs)
     monitor = _RecordingMonitor(mocks)
     exports: list[dict[str, str]] = []
 
     _reset_runtime()
-    pulumi.runtime.set_all_config(config, secret_keys)
+    pulumi.runtime.set_all_config(stack_config, secret_keys)
     pulumi.runtime.set_mocks(
         mocks, project=project, stack=stack, preview=preview, monitor=monitor, organization=organization
     )
