@@ -23,7 +23,8 @@ from typing import Any
 import pulumi
 
 from infra.registry import grant_acr_pull
-from infra.settings import DIGEST_REF_RE, GateSettings
+from infra.settings import DIGEST_REF_RE
+from model.gate import GateThresholds, evaluate_gate
 
 REQUIRED_OUTPUTS = ("imageRef", "modelVersion", "metrics", "fingerprint", "registryId")
 MLFLOW_IMAGE_OUTPUT = "mlflowImageRef"  # required unless this stack pins mlflowImage itself
@@ -47,23 +48,6 @@ class PromotedModel:
     fingerprint: str
     registry_id: str
     mlflow_image_ref: str | None
-
-
-def gate_failures(metrics: Mapping[str, float], gate: GateSettings) -> list[str]:
-    """Each failed rule of this stack's gate, in words; empty when the metrics pass."""
-    rules = (
-        ("accuracy", ">=", gate.min_accuracy),
-        ("f1", ">=", gate.min_f1),
-        ("roc_auc", ">=", gate.min_roc_auc),
-        ("log_loss", "<=", gate.max_log_loss),
-    )
-    failures = []
-    for metric, op, bound in rules:
-        value = metrics[metric]
-        ok = value >= bound if op == ">=" else value <= bound
-        if not ok:
-            failures.append(f"{metric}={value:.4f} is not {op} {bound:.4f}")
-    return failures
 
 
 def _failure(source: str, stack: str) -> Callable[[str], PromotionError]:
@@ -95,7 +79,12 @@ def validate_registry(
 
 
 def validate_source(
-    outputs: Mapping[str, Any], source: str, stack: str, gate: GateSettings, *, need_mlflow_image: bool = True
+    outputs: Mapping[str, Any],
+    source: str,
+    stack: str,
+    gate: GateThresholds,
+    *,
+    need_mlflow_image: bool = True,
 ) -> PromotedModel:
     """Check the source stack's outputs; a PromotionError names what is wrong and what to do."""
     fail = _failure(source, stack)
@@ -126,7 +115,7 @@ def validate_source(
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise fail(f"output metrics.{name} is missing or not a number ({value!r})")
         metrics[name] = float(value)
-    failures = gate_failures(metrics, gate)
+    failures = [failure.describe() for failure in evaluate_gate(metrics, gate)]
     if failures:
         raise fail(f"its model fails the {stack} gate: {'; '.join(failures)} (gate from Pulumi.{stack}.yaml)")
     return PromotedModel(
@@ -158,7 +147,7 @@ class Promotion(pulumi.ComponentResource):
         *,
         source: str,
         stack: str,
-        gate: GateSettings,
+        gate: GateThresholds,
         kubelet_object_id: pulumi.Input[str] | None,
         need_mlflow_image: bool = True,
         image_ref_override: str | None = None,

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import pulumi
 
+from model.gate import GateThresholds
 from model.params import ModelParams, ParamsError
 
 PROJECT = "ml-delivery"
@@ -44,26 +45,6 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A stack config value is missing or wrong; the message says which key, where, and the fix."""
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """Quality gate a model must pass in this stack (also applied to promoted metrics)."""
-
-    min_accuracy: float = 0.9
-    min_f1: float = 0.9
-    min_roc_auc: float = 0.95
-    max_log_loss: float = 0.35
-    champion_margin: float = 0.01
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "min_accuracy": self.min_accuracy,
-            "min_f1": self.min_f1,
-            "min_roc_auc": self.min_roc_auc,
-            "max_log_loss": self.max_log_loss,
-            "champion_margin": self.champion_margin,
-        }
 
 
 @dataclass(frozen=True)
@@ -150,7 +131,7 @@ class Settings:
     tracking: TrackingSettings
     training: TrainingSettings
     serving: ServingSettings
-    gate: GateSettings
+    gate: GateThresholds
     tags: Mapping[str, str]
     # Rollback: deploy exactly this digest instead of what the stack builds or promotes.
     image_ref_override: str | None = None
@@ -236,7 +217,7 @@ class _Reader:
         return tuple(items)
 
 
-def _gate(reader: _Reader) -> GateSettings:
+def _gate(reader: _Reader) -> GateThresholds:
     names = {
         "minAccuracy": "min_accuracy",
         "minF1": "min_f1",
@@ -255,7 +236,7 @@ def _gate(reader: _Reader) -> GateSettings:
         if value < 0 or (bounded and value > 1):
             raise reader.fail(f"gate.{key}", value, "is out of range", "Use 0..1 (maxLogLoss: >= 0).")
         values[names[key]] = float(value)
-    return GateSettings(**values)
+    return GateThresholds(**values)
 
 
 def _serving(reader: _Reader) -> ServingSettings:

@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from model.metrics import METRIC_NAMES
+from model.gate import METRIC_NAMES
 
 FINGERPRINT_TAG = "fingerprint"
 GATE_TAG = "gate"  # "passed" | "failed"

@@ -36,7 +36,8 @@ from sklearn.preprocessing import StandardScaler
 from model import plots
 from model.data import FEATURES, TARGET, DataValidationError, load_dataset
 from model.fingerprint import MODEL_DIR, compute_fingerprint
-from model.metrics import GateFailure, GateThresholds, compute_metrics, evaluate_gate
+from model.gate import GateFailure, GateThresholds, evaluate_gate
+from model.metrics import compute_metrics
 from model.params import DEFAULT_MIN_ROWS_PER_CLASS, ModelParams, fingerprint_params
 from model.pins import pinned_closure
 

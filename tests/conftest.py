@@ -1,6 +1,7 @@
-"""Shared fixtures: a real ``mlflow server`` process on a free loopback port.
+"""Shared fixtures: a real ``mlflow server`` process on a free loopback port, and one model trained in it.
 
-The server is started once per test session and stopped by its process id at the end. The process
+The server (and ``trained``, the registered model the serving tests share) is started once per test
+session and stopped by its process id at the end. The process
 helpers live in tools/processes.py (``make demo`` uses them too); they are re-exported here because
 test modules import ``free_port`` and friends from this file.
 """
@@ -9,12 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tools.processes import free_port, mlflow_server_command, running, stop_process, wait_for_http
 
-__all__ = ["REPO_ROOT", "free_port", "mlflow_server", "stop_process", "wait_for_http"]
+if TYPE_CHECKING:
+    from model.train import TrainResult
+
+__all__ = [
+    "REPO_ROOT",
+    "SERVING_MODEL_NAME",
+    "free_port",
+    "mlflow_server",
+    "stop_process",
+    "trained",
+    "wait_for_http",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,3 +48,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cwd=root,
     ):
         yield url
+
+
+SERVING_MODEL_NAME = "serving-tests-model"
+
+
+@pytest.fixture(scope="session")
+def trained(mlflow_server: str) -> TrainResult:
+    """One model trained and registered in the session's MLflow server, for the bento and service tests."""
+    from model.train import TrainConfig, train_and_register
+
+    return train_and_register(
+        TrainConfig(
+            data_path=REPO_ROOT / "data" / "train.csv",
+            tracking_uri=mlflow_server,
+            experiment_name="serving-tests",
+            model_name=SERVING_MODEL_NAME,
+        )
+    )

@@ -29,10 +29,10 @@ from model.bento import (
     slim_install_step,
     tree_digest,
 )
-from model.train import TrainConfig, TrainResult, train_and_register
-from tests.conftest import REPO_ROOT
+from model.train import TrainResult
+from tests.conftest import SERVING_MODEL_NAME
 
-MODEL_NAME = "serving-tests-model"  # shared with test_service.py: the second module reuses the version
+MODEL_NAME = SERVING_MODEL_NAME
 FINGERPRINT = "ab" * 32
 
 
@@ -160,18 +160,6 @@ def test_export_refuses_bad_arguments_before_doing_any_work(tmp_path: Path) -> N
 
 
 # ---- real MLflow + BentoML -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained(mlflow_server: str) -> TrainResult:
-    return train_and_register(
-        TrainConfig(
-            data_path=REPO_ROOT / "data" / "train.csv",
-            tracking_uri=mlflow_server,
-            experiment_name="serving-tests",
-            model_name=MODEL_NAME,
-        )
-    )
 
 
 @pytest.fixture(scope="module")

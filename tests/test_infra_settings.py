@@ -12,8 +12,9 @@ import yaml
 from infra.cluster import decode_user_kubeconfig, rewrite_kubeconfig
 from infra.network import subnet_prefixes
 from infra.promotion import PromotionError, validate_source
-from infra.settings import ConfigError, GateSettings, parse_settings
+from infra.settings import ConfigError, parse_settings
 from infra.tracking import allowed_hosts, auth_config_ini, training_tracking_uri
+from model.gate import GateThresholds
 from tools.stack_mocks import aks_user_kubeconfig, source_outputs
 
 BASE = {"mlflowAllowedCidrs": json.dumps(["203.0.113.0/24"])}
@@ -35,7 +36,7 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
     assert (s.mode, s.location, s.promote_from) == ("azure", "westeurope", None)
     assert s.cluster.kubernetes_version is None  # AKS picks its version unless pinned
     assert s.registry.sku == "Basic" and s.tracking.image is None
-    assert s.gate == GateSettings()
+    assert s.gate == GateThresholds()
     assert s.serving.service_type == "ClusterIP"
 
 
@@ -79,7 +80,7 @@ def test_a_bad_value_names_the_key_the_stack_file_and_the_fix(values: dict, key:
 def test_kubernetes_version_can_be_pinned_and_gate_overrides_apply() -> None:
     s = settings(kubernetesVersion="1.33", gate={"minAccuracy": 0.95, "maxLogLoss": 0.2})
     assert s.cluster.kubernetes_version == "1.33"
-    assert (s.gate.min_accuracy, s.gate.max_log_loss, s.gate.min_f1) == (0.95, 0.2, GateSettings().min_f1)
+    assert (s.gate.min_accuracy, s.gate.max_log_loss, s.gate.min_f1) == (0.95, 0.2, GateThresholds().min_f1)
 
 
 def test_promoting_stack_needs_no_training_route_to_mlflow() -> None:
@@ -138,7 +139,7 @@ def test_subnets_are_carved_without_overlap() -> None:
 
 def test_validate_source_accepts_well_formed_outputs() -> None:
     outputs = source_outputs("dev")
-    promoted = validate_source(outputs, "o/p/dev", "staging", GateSettings())
+    promoted = validate_source(outputs, "o/p/dev", "staging", GateThresholds())
     assert promoted.image_ref == outputs["imageRef"]
     assert promoted.registry_id == outputs["registryId"]
 
@@ -153,7 +154,7 @@ def test_validate_source_accepts_well_formed_outputs() -> None:
         ({"metrics": {"accuracy": 0.99}}, "metrics.f1 is missing"),
         (
             {"metrics": {"accuracy": 0.5, "f1": 0.99, "roc_auc": 0.99, "log_loss": 0.1}},
-            "accuracy=0.5000 is not >=",
+            "accuracy=0.5000 < 0.9000 (threshold): short by 0.4000",
         ),
         ({"mlflowImageRef": "ghcr.io/mlflow/mlflow:v3"}, "mlflowImageRef"),
     ],
@@ -161,7 +162,7 @@ def test_validate_source_accepts_well_formed_outputs() -> None:
 def test_validate_source_refuses_bad_outputs(change: dict, expected: str) -> None:
     outputs = {**source_outputs("dev"), **change}
     with pytest.raises(PromotionError) as info:
-        validate_source(outputs, "o/p/dev", "staging", GateSettings())
+        validate_source(outputs, "o/p/dev", "staging", GateThresholds())
     assert expected in str(info.value) and "o/p/dev" in str(info.value)
 
 

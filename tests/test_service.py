@@ -22,12 +22,12 @@ import requests
 from model.bento import BuildContext, export_build_context
 from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG_ENV, READINESS_PATH
 from model.data import FEATURES
-from model.train import TrainConfig, TrainResult, load_heldout, train_and_register
+from model.train import TrainResult, load_heldout
 from model.validation import RequestValidationError, RowSchema, validate_rows
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SERVING_MODEL_NAME
 from tools.processes import bentoml_serve_command, free_port, running
 
-MODEL_NAME = "serving-tests-model"  # same as test_bento.py: one training per session
+MODEL_NAME = SERVING_MODEL_NAME
 MAX_ROWS = 50
 
 # ---- the validator on its own ----------------------------------------------------------------------
@@ -99,18 +99,6 @@ def test_max_rows_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
 
 
 # ---- a real server ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained(mlflow_server: str) -> TrainResult:
-    return train_and_register(
-        TrainConfig(
-            data_path=REPO_ROOT / "data" / "train.csv",
-            tracking_uri=mlflow_server,
-            experiment_name="serving-tests",
-            model_name=MODEL_NAME,
-        )
-    )
 
 
 @pytest.fixture(scope="module")

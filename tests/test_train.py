@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from model import train as train_mod
 from model.data import FEATURES, TARGET, DataValidationError
-from model.metrics import GateThresholds, evaluate_gate
+from model.gate import GateThresholds, evaluate_gate
 from model.pins import pinned_closure
 from model.train import (
     GateFailedError,

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.settings import GateSettings
 from infra.training import OUTPUT_KEYS, TrainedModelProvider, TrainingError, input_fingerprint
+from model.gate import GateThresholds
 from model.params import ModelParams, ParamsError
 from tests.conftest import REPO_ROOT
 from tools.stack_mocks import DYNAMIC_TYPE, run_stack
@@ -33,7 +33,7 @@ def props(mlflow_server: str, data: Path, **overrides: Any) -> dict[str, Any]:
         "data_path": str(data),
         "requirements_path": str(REPO_ROOT / "requirements.txt"),
         "params": dict(PARAMS),
-        "gate": GateSettings().as_dict(),
+        "gate": GateThresholds().as_dict(),
         "tracking_uri": mlflow_server,
         "tracking_username": "admin",
         "tracking_password": "not-checked-by-this-server",
@@ -141,7 +141,7 @@ def test_a_gate_change_regates_without_training_and_a_param_change_trains(
 
 def test_a_version_that_failed_its_gate_is_regated_not_retrained(mlflow_server: str, data: Path) -> None:
     provider = TrainedModelProvider()
-    impossible = props(mlflow_server, data, gate={**GateSettings().as_dict(), "min_accuracy": 1.0})
+    impossible = props(mlflow_server, data, gate={**GateThresholds().as_dict(), "min_accuracy": 1.0})
     name, experiment, fingerprint = (impossible[k] for k in ("model_name", "experiment_name", "fingerprint"))
     before = set(runs_with(mlflow_server, experiment, fingerprint))
     with pytest.raises(TrainingError, match="accuracy"):
@@ -173,7 +173,7 @@ def test_create_then_same_fingerprint_no_change_then_changed_data_updates(
     assert outs["fingerprint"] == news["fingerprint"]
     assert len(outs["model_fingerprint"]) == 64
     assert {"accuracy", "f1", "roc_auc", "log_loss"} <= set(outs["metrics"])
-    assert outs["metrics"]["accuracy"] >= GateSettings().min_accuracy
+    assert outs["metrics"]["accuracy"] >= GateThresholds().min_accuracy
     assert MlflowClient(mlflow_server).get_run(outs["run_id"]).info.status == "FINISHED"
     assert "tracking_password" not in outs  # credentials are inputs only
 
@@ -200,7 +200,7 @@ def test_create_then_same_fingerprint_no_change_then_changed_data_updates(
 
 
 def test_a_failed_gate_is_a_clear_error_and_nothing_is_aliased(mlflow_server: str, data: Path) -> None:
-    impossible = {**GateSettings().as_dict(), "min_accuracy": 1.0, "max_log_loss": 0.0}
+    impossible = {**GateThresholds().as_dict(), "min_accuracy": 1.0, "max_log_loss": 0.0}
     news = props(mlflow_server, data, gate=impossible)
     with pytest.raises(TrainingError) as info:
         TrainedModelProvider().create(news)
