@@ -9,7 +9,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 STACKS ?= dev staging prod local
 
-.PHONY: actionlint demo test test-fast e2e lint typecheck lock manifests policy checkov-venv bench system-deps clean
+.PHONY: venv actionlint demo test test-fast e2e lint typecheck lock manifests policy checkov-venv bench system-deps clean
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -47,8 +47,9 @@ system-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600$$missing >/dev/null; \
 	fi
 
-## make test: every tier (unit, real MLflow/BentoML servers, Pulumi mocks, policy, lints, container e2e)
-test: system-deps $(STAMP) actionlint
+## make test: lint + type check, then every tier (unit, real MLflow/BentoML servers, Pulumi mocks,
+## policy, manifests, workflow lints, container e2e)
+test: system-deps $(STAMP) actionlint lint typecheck
 	$(PY) -m pytest
 
 ## make test-fast: everything but the container tier
@@ -84,6 +85,8 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --python-version $(PY_VERSION) requirements.in -o requirements.txt
 	$(UV) pip compile --quiet --python-version $(PY_VERSION) requirements-dev.in -o requirements-dev.txt
 	$(UV) pip compile --quiet --python-version $(PY_VERSION) requirements-checkov.in -o requirements-checkov.txt
+	$(UV) pip compile --quiet --python-version $(PY_VERSION) --python-platform x86_64-manylinux_2_28 \
+	  -c requirements.txt infra/mlflow_image/requirements.in -o infra/mlflow_image/requirements.txt
 
 ## make manifests: every Kubernetes object each stack declares, as YAML under manifests/<stack>/
 manifests: $(STAMP)
@@ -92,6 +95,11 @@ manifests: $(STAMP)
 ## make policy: the CrossGuard pack over every stack's resources (no Pulumi CLI needed)
 policy: $(STAMP)
 	$(PY) -m policy.evaluate $(STACKS)
+
+## make bench: image size + cold start, and serving throughput/latency, of the last e2e image (needs Docker)
+bench: $(STAMP)
+	$(PY) -m tools.bench_image --runs 3 --png docs/img/bench_image.png
+	$(PY) -m tools.bench_serving --png docs/img/bench_serving.png
 
 clean:
 	rm -rf .demo .build manifests .pytest_cache .mypy_cache .ruff_cache
