@@ -37,6 +37,33 @@ def require_digest_ref(ref: str | None, what: str) -> str:
     return ref
 
 
+def pushed_image(
+    name: str,
+    *,
+    image_name: pulumi.Input[str],
+    build: docker.DockerBuildArgsDict,
+    registry_server: pulumi.Input[str],
+    registry_username: str | None,
+    registry_password: pulumi.Input[str] | None,
+    parent: pulumi.Resource,
+) -> pulumi.Output[str]:
+    """Build ``build`` with pulumi_docker (never on preview), push it, return its digest-pinned ref."""
+    registry: Any = {"server": registry_server}
+    if registry_username is not None and registry_password is not None:
+        registry["username"] = registry_username
+        registry["password"] = pulumi.Output.secret(registry_password)
+    image = docker.Image(
+        f"{name}-image",
+        image_name=image_name,
+        build=build,
+        registry=registry,
+        build_on_preview=False,
+        skip_push=False,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    return image.repo_digest.apply(lambda ref: require_digest_ref(ref, f"image {name}"))
+
+
 @dataclass(frozen=True)
 class ContextInfo:
     """What pulumi_docker needs from an exported bento: folder, Dockerfile, tag."""
@@ -104,24 +131,14 @@ class ServingImage(pulumi.ComponentResource):
                 model_uri, model_fingerprint, tracking_uri, tracking_username, tracking_password
             ).apply(export)
         )
-        registry: Any = {"server": registry_server}
-        if registry_username is not None and registry_password is not None:
-            registry["username"] = registry_username
-            registry["password"] = pulumi.Output.secret(registry_password)
-        build: Any = {
-            "context": context.context,
-            "dockerfile": context.dockerfile,
-            "platform": platform,
-        }
-        image = docker.Image(
-            f"{name}-image",
-            image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, repository, context.tag),
-            build=build,
-            registry=registry,
-            build_on_preview=False,
-            skip_push=False,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
         self.tag = context.tag
-        self.ref = image.repo_digest.apply(lambda ref: require_digest_ref(ref, f"image {name}"))
+        self.ref = pushed_image(
+            name,
+            image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, repository, context.tag),
+            build={"context": context.context, "dockerfile": context.dockerfile, "platform": platform},
+            registry_server=registry_server,
+            registry_username=registry_username,
+            registry_password=registry_password,
+            parent=self,
+        )
         self.register_outputs({"ref": self.ref, "tag": self.tag})

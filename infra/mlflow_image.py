@@ -9,12 +9,10 @@ source stack's ``mlflowImageRef`` output (or an ``mlflowImage`` digest from conf
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pulumi
-import pulumi_docker as docker
 
-from infra.image import require_digest_ref
+from infra.image import pushed_image
 
 CONTEXT = Path("infra") / "mlflow_image"
 REPOSITORY = "mlflow-server"
@@ -45,24 +43,18 @@ class MlflowImage(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:MlflowImage", name, None, opts)
-        registry: Any = {"server": registry_server}
-        if registry_username is not None and registry_password is not None:
-            registry["username"] = registry_username
-            registry["password"] = pulumi.Output.secret(registry_password)
-        build: Any = {
-            "context": CONTEXT.as_posix(),
-            "dockerfile": (CONTEXT / "Dockerfile").as_posix(),
-            "platform": platform,
-            "args": {"BASE_IMAGE": base_image},
-        }
-        image = docker.Image(
-            f"{name}-image",
+        self.ref = pushed_image(
+            name,
             image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, REPOSITORY, mlflow_version()),
-            build=build,
-            registry=registry,
-            build_on_preview=False,
-            skip_push=False,
-            opts=pulumi.ResourceOptions(parent=self),
+            build={
+                "context": CONTEXT.as_posix(),
+                "dockerfile": (CONTEXT / "Dockerfile").as_posix(),
+                "platform": platform,
+                "args": {"BASE_IMAGE": base_image},
+            },
+            registry_server=registry_server,
+            registry_username=registry_username,
+            registry_password=registry_password,
+            parent=self,
         )
-        self.ref = image.repo_digest.apply(lambda ref: require_digest_ref(ref, "MLflow server image"))
         self.register_outputs({"ref": self.ref})
