@@ -18,7 +18,7 @@ import yaml
 from pulumi_azure_native import authorization, containerservice, resources
 
 from infra import roles
-from infra.network import Network
+from infra.network import AKS_DNS_SERVICE_IP, AKS_POD_CIDR, AKS_SERVICE_CIDR, Network
 from infra.settings import Settings
 
 SYSTEM_POOL_TAINT = "CriticalAddonsOnly=true:NoSchedule"
@@ -127,9 +127,9 @@ class AksCluster(pulumi.ComponentResource):
                 "network_plugin_mode": "overlay",
                 "network_dataplane": "cilium",
                 "network_policy": "cilium",
-                "pod_cidr": "192.168.0.0/16",
-                "service_cidr": "10.0.0.0/16",
-                "dns_service_ip": "10.0.0.10",
+                "pod_cidr": AKS_POD_CIDR,
+                "service_cidr": AKS_SERVICE_CIDR,
+                "dns_service_ip": AKS_DNS_SERVICE_IP,
                 "load_balancer_sku": "standard",
             },
             oidc_issuer_profile={"enabled": True},

@@ -12,6 +12,10 @@ import pulumi
 from pulumi_azure_native import network
 
 POSTGRES_DELEGATION = "Microsoft.DBforPostgreSQL/flexibleServers"
+# The cluster's overlay pod range and its service range (infra/cluster.py): the VNet must not overlap them.
+AKS_POD_CIDR = "192.168.0.0/16"
+AKS_SERVICE_CIDR = "10.0.0.0/16"
+AKS_DNS_SERVICE_IP = "10.0.0.10"
 
 
 def subnet_prefixes(vnet_cidr: str) -> tuple[str, str]:

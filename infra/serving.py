@@ -171,9 +171,9 @@ class ModelServing(pulumi.ComponentResource):
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata={"name": APP, "namespace": ns},
-            spec={"selector": {"match_labels": selector}, "max_unavailable": 1}
-            if s.min_replicas > 1
-            else {"selector": {"match_labels": selector}, "min_available": 1},
+            # maxUnavailable, not minAvailable: with one replica minAvailable 1 would block every
+            # node drain (and so AKS auto-upgrade); one pod at a time may always be evicted.
+            spec={"selector": {"match_labels": selector}, "max_unavailable": 1},
             opts=opts_ns,
         )
         k8s.networking.v1.NetworkPolicy(

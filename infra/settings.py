@@ -4,10 +4,16 @@ Every value has a default except the ones only a person can choose. A wrong valu
 ``ConfigError`` naming the key, the stack file and what to write instead. Parsing works on a plain
 ``get(key) -> str | None`` function so it is testable without a Pulumi runtime; ``load_settings``
 binds it to ``pulumi.Config`` and reads the secrets.
+
+``mlflowAdminPassword`` must be set before the first ``pulumi up``: MLflow's basic auth creates the
+admin only when it is missing, so changing the secret later leaves MLflow on the old password and
+training fails with 401. To rotate: change it with MLflow's auth API (``update_user_password``)
+first, then set the same value with ``pulumi config set --secret mlflowAdminPassword``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -16,6 +22,7 @@ from typing import TypeVar
 
 import pulumi
 
+from infra.network import AKS_POD_CIDR, AKS_SERVICE_CIDR, subnet_prefixes
 from model.gate import GateThresholds
 from model.params import ModelParams, ParamsError
 
@@ -31,7 +38,6 @@ KUBELOGIN_MODES = ("azurecli", "workloadidentity", "spn", "msi", "devicecode", "
 POSTGRES_TIERS = ("Burstable", "GeneralPurpose", "MemoryOptimized")
 PROMOTE_FROM_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 K8S_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
-CIDR_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}/\d{1,2}$")
 DIGEST_REF_RE = re.compile(r"^[a-z0-9][a-z0-9.\-:/_]*@sha256:[0-9a-f]{64}$")
 # <registry host[:port]>/<repository>@sha256:<64 hex>; the registry part is explicit (no Docker Hub default).
 REGISTRY_DIGEST_REF_RE = re.compile(
@@ -86,7 +92,8 @@ class TrackingSettings:
     extra_allowed_hosts: tuple[str, ...] = ()
     tracking_uri: str | None = None  # how this machine reaches MLflow; derived when unset
     admin_username: str = "admin"
-    admin_password: pulumi.Output[str] | None = None  # None: generated with pulumi_random
+    # None: generated with pulumi_random. Set before the first up; rotation: see the module docstring.
+    admin_password: pulumi.Output[str] | None = None
     experiment_name: str = "cancer-classifier"
     model_name: str = "cancer-classifier"
     postgres_sku: str = "Standard_B1ms"
@@ -207,6 +214,15 @@ class _Reader:
             raise self.fail(key, value, f"is not a {kind.__name__}", f"Write a YAML {kind.__name__}.")
         return parsed
 
+    def cidr(self, key: str, value: str, example: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """``value`` as a network; host bits set (10.20.1.0/16) is an error, not silently masked."""
+        try:
+            return ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise self.fail(
+                key, value, f"is not a CIDR network ({exc})", f"Write it like {example!r}."
+            ) from None
+
     def str_list(
         self, key: str, pattern: re.Pattern[str] | None = None, example: str = ""
     ) -> tuple[str, ...]:
@@ -301,11 +317,34 @@ def _cluster(reader: _Reader) -> ClusterSettings:
         admin_group_object_ids=reader.str_list(
             "adminGroupObjectIds", re.compile(r"^[0-9a-fA-F-]{36}$"), "00000000-0000-0000-0000-000000000000"
         ),
-        vnet_cidr=reader.matching("vnetCidr", d.vnet_cidr, CIDR_RE, "10.20.0.0/16") or d.vnet_cidr,
+        vnet_cidr=_vnet_cidr(reader, d.vnet_cidr),
         deployer_principal_type=reader.required_str(
             "deployerPrincipalType", d.deployer_principal_type, ("User", "ServicePrincipal", "Group")
         ),
     )
+
+
+def _vnet_cidr(reader: _Reader, default: str) -> str:
+    """The VNet range: an IPv4 network of /21 or more, clear of the cluster's pod and service ranges."""
+    value = reader.required_str("vnetCidr", default)
+    vnet = reader.cidr("vnetCidr", value, "10.20.0.0/16")
+    if not isinstance(vnet, ipaddress.IPv4Network):
+        raise reader.fail("vnetCidr", value, "is not IPv4", "Use a private IPv4 range such as 10.20.0.0/16.")
+    try:
+        subnet_prefixes(value)
+    except ValueError:
+        raise reader.fail(
+            "vnetCidr", value, "is smaller than /21", "Use a /21 or larger (e.g. 10.20.0.0/16)."
+        ) from None
+    for name, reserved in (("pod", AKS_POD_CIDR), ("service", AKS_SERVICE_CIDR)):
+        if vnet.overlaps(ipaddress.ip_network(reserved)):
+            raise reader.fail(
+                "vnetCidr",
+                value,
+                f"overlaps the cluster's {name} CIDR {reserved} (infra/network.py)",
+                "Pick a range outside 192.168.0.0/16 and 10.0.0.0/16, e.g. 10.20.0.0/16.",
+            )
+    return value
 
 
 def _tracking(
@@ -314,7 +353,9 @@ def _tracking(
     d = TrackingSettings()
     default_type = "NodePort" if mode == "local" else d.service_type
     service_type = reader.required_str("mlflowServiceType", default_type, SERVICE_TYPES)
-    cidrs = reader.str_list("mlflowAllowedCidrs", CIDR_RE, "203.0.113.0/24")
+    cidrs = reader.str_list("mlflowAllowedCidrs")
+    for cidr in cidrs:
+        reader.cidr("mlflowAllowedCidrs", cidr, "203.0.113.0/24")
     tracking_uri = reader.matching(
         "trackingUri", None, re.compile(r"^https?://[^\s/]+(/.*)?$"), "http://127.0.0.1:5000"
     )
@@ -379,7 +420,7 @@ def parse_settings(
     """Build and validate the settings from a config getter (raw string values, as Pulumi stores them)."""
     reader = _Reader(get, project, stack)
     mode = reader.required_str("mode", "azure", MODES)
-    promote_from = reader.matching("promoteFrom", None, PROMOTE_FROM_RE, "my-org/ml-delivery/dev")
+    promote_from = reader.matching("promoteFrom", None, PROMOTE_FROM_RE, "organization/ml-delivery/dev")
     if promote_from is not None and promote_from.split("/")[2] == stack:
         raise reader.fail(
             "promoteFrom", promote_from, "names this stack itself", "Promote from another stack, e.g. dev."

@@ -20,11 +20,14 @@ import pulumi_random as random
 
 from infra import podsecurity
 from infra.image import require_digest_ref
+from infra.network import subnet_prefixes
 from infra.settings import ConfigError, Settings
 
 NAMESPACE = "mlflow"
 APP = "mlflow"
 PORT = 5000
+POSTGRES_PORT = 5432
+HTTPS_PORT = 443
 UID = 10001  # >= 10000, no clash with host accounts (checkov CKV_K8S_40); = the image USER
 POSTGRES_ADMIN = "mlflowadmin"
 CREDENTIALS_SECRET = "mlflow-credentials"
@@ -457,15 +460,56 @@ class TrackingServer(pulumi.ComponentResource):
         )
 
     def _network_policy(self, ns_opts: pulumi.ResourceOptions) -> None:
+        spec: Any = network_policy_spec(self._settings)  # plain dicts for the SDK's TypedDicts
         k8s.networking.v1.NetworkPolicy(
             f"{self._name}-netpol",
             metadata={"name": APP, "namespace": NAMESPACE},
-            spec={
-                "pod_selector": {"match_labels": {"app": APP}},
-                "policy_types": ["Ingress"],
-                # Who may connect is decided by the Service (source ranges) and basic auth;
-                # this only closes every port but MLflow's.
-                "ingress": [{"ports": [{"protocol": "TCP", "port": PORT}]}],
-            },
+            spec=spec,
             opts=ns_opts,
         )
+
+
+def _tcp(port: int) -> dict[str, Any]:
+    return {"protocol": "TCP", "port": port}
+
+
+def network_policy_spec(settings: Settings) -> dict[str, Any]:
+    """Ingress and egress of the MLflow pod: only what the stack's exposure and stores need.
+
+    Ingress: LoadBalancer -> only from ``mlflowAllowedCidrs`` (the Service keeps client IPs with
+    externalTrafficPolicy Local); NodePort (local) -> any source, as kube-proxy SNATs node-port
+    traffic to the node's address; ClusterIP -> nothing: ``kubectl port-forward`` enters the pod's
+    network namespace through the kubelet, which network policies do not filter, and no workload
+    in the cluster calls MLflow. Egress: DNS to kube-dns; on Azure also PostgreSQL in its subnet
+    and HTTPS to anywhere, because Blob Storage and the Entra ID token endpoint are public Azure
+    addresses that change and a NetworkPolicy cannot name hosts (narrow it with a Blob private
+    endpoint and Cilium FQDN rules).
+    """
+    t = settings.tracking
+    ingress: list[dict[str, Any]]
+    if t.service_type == "LoadBalancer":
+        ingress = [{"from": [{"ip_block": {"cidr": c}} for c in t.allowed_cidrs], "ports": [_tcp(PORT)]}]
+    elif t.service_type == "NodePort":
+        ingress = [{"ports": [_tcp(PORT)]}]
+    else:
+        ingress = []
+    dns = {
+        "to": [
+            {
+                "namespace_selector": {"match_labels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "pod_selector": {"match_labels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, _tcp(53)],
+    }
+    egress: list[dict[str, Any]] = [dns]
+    if not settings.is_local:
+        postgres_subnet = subnet_prefixes(settings.cluster.vnet_cidr)[1]
+        egress.append({"to": [{"ip_block": {"cidr": postgres_subnet}}], "ports": [_tcp(POSTGRES_PORT)]})
+        egress.append({"to": [{"ip_block": {"cidr": "0.0.0.0/0"}}], "ports": [_tcp(HTTPS_PORT)]})
+    return {
+        "pod_selector": {"match_labels": {"app": APP}},
+        "policy_types": ["Ingress", "Egress"],
+        "ingress": ingress,
+        "egress": egress,
+    }

@@ -37,9 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
+from model.container import DEFAULT_BASE_IMAGE
+
 MODEL_DIR = Path(__file__).resolve().parent
 REPO_ROOT = MODEL_DIR.parent
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
 VERSION_LENGTH = 32  # hex chars of the fingerprint used as bento/model/image version (128 bits)
 BENTO_NAME = "cancer_classifier"
 SERVICE_IMPORT = "model.service:CancerClassifier"
@@ -124,11 +127,6 @@ def parse_model_uri(model_uri: str) -> tuple[str, str]:
     return match["name"], match["version"]
 
 
-def canonical_name(name: str) -> str:
-    """PEP 503 normalised package name, so that 'Scikit_Learn' and 'scikit-learn' compare equal."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def parse_pinned_requirements(text: str, source: str) -> dict[str, str]:
     """``name==version`` lines (comments and blanks skipped) -> {canonical name: version}.
 
@@ -155,7 +153,7 @@ def parse_pinned_requirements(text: str, source: str) -> dict[str, str]:
                 f"{where} is not pinned to one exact version: log the model with name==version "
                 "requirements (model.pins.pinned_closure does)"
             )
-        name = canonical_name(req.name)
+        name = canonicalize_name(req.name)
         if name in pins and pins[name] != specs[0].version:
             raise BentoBuildError(f"{where} pins {name} again with another version ({pins[name]})")
         pins[name] = specs[0].version
@@ -178,8 +176,8 @@ def image_requirements(model_pins: Mapping[str, str], serving_pins: Mapping[str,
 
 def check_parity(model_requirements: Mapping[str, str], image_requirements: Mapping[str, str]) -> None:
     """Raise ParityError listing every model package the image lacks or installs at another version."""
-    model = {canonical_name(k): v for k, v in model_requirements.items()}
-    image = {canonical_name(k): v for k, v in image_requirements.items()}
+    model = {canonicalize_name(k): v for k, v in model_requirements.items()}
+    image = {canonicalize_name(k): v for k, v in image_requirements.items()}
     problems = [
         f"{name}: model {version}, image {image.get(name, '(missing)')}"
         for name, version in sorted(model.items())
@@ -208,6 +206,40 @@ def slim_install_step(dockerfile: str, source: str) -> str:
             "BentoML's Dockerfile template changed; update INSTALL_STEP in model/bento.py to its new step"
         )
     return dockerfile.replace(INSTALL_STEP + "\n", INSTALL_STEP + PRUNE_STEP + "\n")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that export would destroy without owning it: a file, or a non-empty folder
+    that is not a previous export (no ``bento.yaml``). An empty folder or a previous export is replaced.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise BentoBuildError(
+            f"out_dir {out_dir} exists and is not a folder: pass a new or empty folder for the build context"
+        )
+    if any(out_dir.iterdir()) and not (out_dir / "bento.yaml").is_file():
+        raise BentoBuildError(
+            f"out_dir {out_dir} is not empty and is not a previous export (no bento.yaml): it would be "
+            "replaced; pass a new or empty folder, or a folder a previous export wrote"
+        )
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target`` (a sibling), replacing what is there; on failure ``target``
+    keeps its old content."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent)) / "old"
+    try:
+        if target.exists():
+            target.rename(aside)
+        try:
+            new.rename(target)
+        except OSError:
+            if aside.exists():
+                aside.rename(target)
+            raise
+    finally:
+        shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 def normalize_tree(root: Path, timestamp: datetime) -> None:
@@ -250,6 +282,8 @@ def export_build_context(
     bento_version(fingerprint)
     if not base_image.strip():
         raise BentoBuildError("base_image is empty: pass an image reference such as python:3.11-slim")
+    out = Path(out_dir).resolve()
+    check_out_dir(out)
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(REPO_ROOT)}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -264,11 +298,20 @@ def export_build_context(
         "--fingerprint",
         fingerprint,
         "--out-dir",
-        str(Path(out_dir).resolve()),
+        str(out),
         "--base-image",
         base_image,
     ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout)
+    what = f"building the bento for {model_uri} into {out}"
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BentoBuildError(
+            f"{what} took more than {timeout:g} s and was stopped; see the [bento] log above, "
+            "then retry or pass a larger timeout"
+        ) from exc
+    except OSError as exc:
+        raise BentoBuildError(f"{what} could not start {sys.executable}: {exc}") from exc
     lines = proc.stdout.strip().splitlines()
     try:
         payload = json.loads(lines[-1]) if lines else {}
@@ -277,7 +320,7 @@ def export_build_context(
     if proc.returncode != 0 or "error" in payload or "path" not in payload:
         reason = payload.get("error") or f"exit code {proc.returncode}; see the [bento] log above"
         error = ParityError if payload.get("kind") == "ParityError" else BentoBuildError
-        raise error(f"building the bento for {model_uri} failed: {reason}")
+        raise error(f"{what} failed: {reason}")
     return _context_from_json(payload)
 
 
@@ -341,7 +384,6 @@ def _build_in_this_process(
     reused = bento is not None
     if bento is None:
         wanted = image_requirements(model_pins, _serving_pins(pinned_closure))
-        check_parity(model_pins, wanted)
         progress(f"building bento {bento_tag} on {base_image} with {len(wanted) + 1} pinned packages")
         os.environ[MODEL_TAG_ENV] = model_tag  # read by model.service when the build imports it
         if "model.service" in sys.modules:
@@ -371,10 +413,11 @@ def _build_in_this_process(
         progress(notes[-1])
 
     progress(f"exporting {bento_tag} to {out_dir}")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    # Export next to out_dir and move it into place only once it is complete and passed parity:
+    # a failed export leaves the previous one untouched.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-new-", dir=out_dir.parent))
     try:
         bentoml.bentos.export_bento(bento_tag, str(staging) + "/", output_format="folder")
         exported = next(p.parent for p in staging.rglob("bento.yaml") if p.parent.parent == staging)
@@ -384,14 +427,14 @@ def _build_in_this_process(
             encoding="utf-8",
         )
         normalize_tree(exported, created)
-        exported.rename(out_dir)
+        image_pins = parse_pinned_requirements(
+            (exported / "env/python/requirements.txt").read_text(encoding="utf-8"),
+            f"bento {bento_tag}: env/python/requirements.txt",
+        )
+        check_parity(model_pins, image_pins)
+        replace_dir(exported, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    image_pins = parse_pinned_requirements(
-        (out_dir / "env/python/requirements.txt").read_text(encoding="utf-8"),
-        f"{out_dir}/env/python/requirements.txt",
-    )
-    check_parity(model_pins, image_pins)
     progress(f"parity ok: the image pins all {len(model_pins)} packages of the model's requirements")
     return BuildContext(
         path=out_dir,
@@ -455,6 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = _build_in_this_process(args.model_uri, args.fingerprint, args.out_dir, args.base_image)
     except BentoBuildError as exc:
         print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        return 1
+    except Exception as exc:  # anything else still reaches the parent as one JSON error line
+        print(f"[bento] {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "kind": "BentoBuildError"}))
         return 1
     print(json.dumps({**asdict(ctx), "path": str(ctx.path), "dockerfile": str(ctx.dockerfile)}))
     return 0

@@ -39,3 +39,7 @@ RUNTIME_ENV: dict[str, str] = {
 # when it is imported: which BentoML model to serve, and the most rows one request may carry.
 MODEL_TAG_ENV = "SERVING_MODEL_TAG"
 MAX_ROWS_ENV = "SERVING_MAX_ROWS"
+
+# The serving image's base unless a stack or test overrides it (model.service declares it, model.bento
+# builds on it). Tests build on a Debian stand-in (tools/base_image.py); users keep this one.
+DEFAULT_BASE_IMAGE = "python:3.11-slim"

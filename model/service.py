@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import bentoml
 from pydantic import AfterValidator
 
-from model.container import MAX_ROWS_ENV, MODEL_TAG_ENV, SERVICE_PORT
+from model.container import DEFAULT_BASE_IMAGE, MAX_ROWS_ENV, MODEL_TAG_ENV, SERVICE_PORT
 from model.validation import DEFAULT_MAX_ROWS, Number, RowSchema, validate_rows
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL_TAG = "cancer-classifier:latest"
 MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts the model (its constant)
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
 # BentoML's "debian" distro apt-installs build-essential and git into every image (~455 MB,
 # DESIGN.md). Naming a distro it has no package list for skips that step; every package the model
 # needs ships as a binary wheel, and the python:*-slim base already has bash and ca-certificates.

@@ -9,7 +9,9 @@ register it, and decide the gate (thresholds, and never worse than the champion 
 margin). A passed version gets the ``candidate`` alias; a failed one is tagged and never aliased.
 
 CLI: ``python -m model.train --data-path data/train.csv --model-output DIR [--json]``; progress on
-stderr, the JSON result as the last stdout line. Exit 0 passed, 1 bad data, 2 gate failed, 64 usage.
+stderr, the JSON result as the last stdout line. Exit 0 passed, 1 bad data, 2 gate failed, 3 any
+other failure (MLflow unreachable, missing lock file or package, a bad --model-output folder: the
+cause is printed, no traceback), 64 usage.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ def train_and_register(config: TrainConfig, progress: Progress = _stderr) -> Tra
     params = fingerprint_params(config.params, config.min_rows_per_class)
     fingerprint = compute_fingerprint(config.data_path, params, config.requirements_path, config.code_dir)
     progress(f"{len(frame)} rows valid; fingerprint {fingerprint[:16]}")
+    check_model_output(config.model_output)  # before any MLflow write: it would be replaced at the end
 
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -311,6 +314,17 @@ def _log_model(pipeline: Pipeline, x_test: pd.DataFrame, name: str) -> ModelInfo
     )
 
 
+def check_model_output(out: Path | None) -> None:
+    """Refuse an output folder that is not empty and not an MLflow model folder (it gets replaced)."""
+    if out is None or not out.exists():
+        return
+    if not out.is_dir() or (any(out.iterdir()) and not (out / "MLmodel").is_file()):
+        raise FileExistsError(
+            f"--model-output {out} exists, is not empty and is not an MLflow model folder; "
+            "choose an empty or new folder (it is replaced on each run)"
+        )
+
+
 def _write_model_output(out: Path | None, model_uri: str, tracking_uri: str, progress: Progress) -> None:
     """Download the registered model into ``out`` (an MLflow model folder), replacing an older one."""
     if out is None:
@@ -318,11 +332,7 @@ def _write_model_output(out: Path | None, model_uri: str, tracking_uri: str, pro
     import mlflow
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "MLmodel").is_file():
-        raise FileExistsError(
-            f"--model-output {out} exists, is not empty and is not an MLflow model folder; "
-            "choose an empty or new folder (it is replaced on each run)"
-        )
+    check_model_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -350,6 +360,14 @@ def load_heldout(run_id: str, tracking_uri: str | None = None) -> pd.DataFrame:
     return frame
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a usage error, exit 64)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -367,7 +385,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     p.add_argument("--experiment", default=None, help="default: $MLFLOW_EXPERIMENT_NAME or cancer-classifier")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI")
     p.add_argument("--requirements", type=Path, default=REPO_ROOT / "requirements.txt")
-    p.add_argument("--min-rows-per-class", type=int, default=DEFAULT_MIN_ROWS_PER_CLASS)
+    p.add_argument("--min-rows-per-class", type=_positive_int, default=DEFAULT_MIN_ROWS_PER_CLASS)
     p.add_argument("--C", type=float, default=defaults.C, dest="C")
     p.add_argument("--max-iter", type=int, default=defaults.max_iter)
     p.add_argument("--test-size", type=float, default=defaults.test_size)
@@ -394,6 +412,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     return config, bool(a.json)
 
 
+def describe_failure(exc: BaseException, config: TrainConfig) -> str:
+    """What failed (the exception and its cause chain), where (tracking URI, files) and what to do."""
+    causes: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(causes) < 4:
+        causes.append(f"{type(seen).__name__}: {str(seen).strip() or '(no message)'}")
+        seen = seen.__cause__ or seen.__context__
+    tracking = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "(MLflow default: ./mlruns)"
+    return "\n  ".join(
+        [
+            "training failed (not a data or gate problem):",
+            *causes,
+            f"tracking URI: {tracking}; data: {config.data_path}; requirements lock: "
+            f"{config.requirements_path}; model output: {config.model_output or '(none)'}",
+            "check that the MLflow server answers at that URI, the files exist and the venv has the "
+            "locked packages (make venv), then run again. Exit code 3.",
+        ]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config, as_json = parse_args(argv)
     try:
@@ -407,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         print(exc.result.to_json() if as_json else json.dumps(exc.result.gate_failures))
         return 2
+    except Exception as exc:  # everything else: print the cause, not a traceback, and exit 3
+        print(describe_failure(exc, config), file=sys.stderr)
+        return 3
     print(result.to_json() if as_json else f"{result.model_uri} ({'reused' if result.reused else 'trained'})")
     return 0
 

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pulumi.runtime import settings as pulumi_settings
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -98,11 +99,15 @@ def _collect(sink: list[str], message: str, _urn: str | None = None) -> None:
 
 @contextmanager
 def _stack_env(stack: str) -> Iterator[None]:
+    """As the analyzer runs: PULUMI_STACK set and Pulumi's runtime configured for ``stack``."""
     previous = os.environ.get("PULUMI_STACK")
+    previous_runtime = pulumi_settings.SETTINGS.stack
     os.environ["PULUMI_STACK"] = stack
+    pulumi_settings.SETTINGS.stack = stack
     try:
         yield
     finally:
+        pulumi_settings.SETTINGS.stack = previous_runtime
         if previous is None:
             os.environ.pop("PULUMI_STACK", None)
         else:

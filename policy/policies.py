@@ -19,6 +19,7 @@ from fnmatch import fnmatchcase
 from itertools import pairwise
 from typing import Any
 
+import pulumi
 from pulumi_policy import (
     EnforcementLevel,
     PolicyConfigSchema,
@@ -52,6 +53,8 @@ POSTGRES_FIREWALL_TYPE = "azure-native:dbforpostgresql:FirewallRule"
 DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 SECURE_TLS_VERSIONS = frozenset({"TLS1_2", "TLS1_3"})
 OPEN_RANGES = frozenset({"0.0.0.0/0", "::/0"})
+# pulumi.get_stack() before the runtime is configured (pulumi.runtime.settings default)
+UNCONFIGURED_STACK = "stack"
 # Words of an environment variable name (split on "_") that mark its value as a secret.
 SECRET_NAME_WORDS = frozenset(
     {"PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
@@ -387,7 +390,11 @@ def check_postgres(resource_type: str, props: Props) -> list[str]:
 
 
 def current_stack() -> str:
-    """The stack under analysis: the engine sets PULUMI_STACK for the analyzer process."""
+    """The stack under analysis: ``pulumi.get_stack()``, which the analyzer configures from the
+    engine before each analysis; else PULUMI_STACK (the runtime is not configured, e.g. in tests)."""
+    stack = pulumi.get_stack()
+    if stack and stack != UNCONFIGURED_STACK:
+        return stack
     return os.environ.get("PULUMI_STACK", "")
 
 

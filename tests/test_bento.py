@@ -21,11 +21,13 @@ from model.bento import (
     BuildContext,
     ParityError,
     bento_version,
+    check_out_dir,
     check_parity,
     export_build_context,
     normalize_tree,
     parse_model_uri,
     parse_pinned_requirements,
+    replace_dir,
     slim_install_step,
     tree_digest,
 )
@@ -159,6 +161,54 @@ def test_export_refuses_bad_arguments_before_doing_any_work(tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
+def test_export_refuses_an_out_dir_it_does_not_own_and_leaves_it_alone(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    for out in (taken, Path(".")):  # "." is the working tree: never wiped
+        with pytest.raises(BentoBuildError, match="is not empty and is not a previous export") as info:
+            export_build_context("models:/m/1", FINGERPRINT, out)
+        assert str(out.resolve()) in str(info.value)
+    assert (taken / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BentoBuildError, match="exists and is not a folder"):
+        check_out_dir(tmp_path / "file")
+    check_out_dir(tmp_path / "new")  # absent: fine
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty")  # empty: fine
+    (taken / "bento.yaml").write_text("name: x\n")
+    check_out_dir(taken)  # a previous export: replaced
+
+
+def test_replace_dir_swaps_a_folder_into_place(tmp_path: Path) -> None:
+    target, new = tmp_path / "ctx", tmp_path / ".ctx-new"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    replace_dir(new, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx"]  # no staging or aside folder left
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_replace_dir_keeps_the_old_folder_when_the_move_fails(tmp_path: Path) -> None:
+    target = tmp_path / "ctx"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(OSError):
+        replace_dir(tmp_path / "does-not-exist", target)
+    assert (target / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx"]
+
+
+def test_a_child_that_overruns_its_timeout_is_a_bento_build_error(tmp_path: Path) -> None:
+    # The child cannot finish importing BentoML in 0.01 s, on any machine: the timeout always fires.
+    with pytest.raises(BentoBuildError, match=r"models:/m/1 into .*out took more than 0.01 s") as info:
+        export_build_context("models:/m/1", FINGERPRINT, tmp_path / "out", timeout=0.01)
+    assert isinstance(info.value.__cause__, subprocess.TimeoutExpired)
+    assert not (tmp_path / "out").exists()
+
+
 # ---- real MLflow + BentoML -------------------------------------------------------------------------
 
 
@@ -286,3 +336,46 @@ def test_an_unknown_model_version_fails_with_a_clear_error(mlflow_server: str, w
             bentoml_home=work / "home-a",
         )  # fmt: skip
     assert not (work / "missing").exists()
+
+
+@pytest.mark.servers
+def test_a_child_failure_is_reported_as_one_error_naming_model_and_folder(work: Path) -> None:
+    """Not a BentoBuildError inside the child (MLflow unreachable): the parent still gets the JSON line."""
+    dead = "http://127.0.0.1:9"  # discard port: nothing answers
+    out = work / "unreachable"
+    with pytest.raises(BentoBuildError) as info:
+        export_build_context(
+            "models:/m/1", FINGERPRINT, out, tracking_uri=dead, bentoml_home=work / "home-dead",
+        )  # fmt: skip
+    message = str(info.value)
+    assert f"building the bento for models:/m/1 into {out}" in message
+    assert "see the [bento] log above" not in message, "the child's reason must reach the parent"
+    assert not out.exists()
+
+
+@pytest.mark.servers
+def test_parity_is_checked_inside_the_export_of_a_reused_bento(
+    first: BuildContext, trained: TrainResult, mlflow_server: str, work: Path, model_pins: dict[str, str]
+) -> None:
+    """Tamper the STORED bento's requirements: the next export reuses it, must refuse it, and must
+    leave the previous export in place."""
+    home = work / "home-tamper"
+    shutil.copytree(work / "home-a", home)  # models already imported: no download
+    out = work / "tamper-out"
+    good = export_build_context(
+        trained.model_uri, trained.fingerprint, out, tracking_uri=mlflow_server, bentoml_home=home,
+    )  # fmt: skip
+    before = list(tree_digest(out))
+    stored = home / "bentos" / "cancer_classifier" / good.image_tag / "env" / "python" / "requirements.txt"
+    numpy = model_pins["numpy"]
+    text = stored.read_text()
+    assert f"numpy=={numpy}\n" in text
+    stored.write_text(text.replace(f"numpy=={numpy}\n", "numpy==1.26.4\n"))
+    with pytest.raises(ParityError) as info:
+        export_build_context(
+            trained.model_uri, trained.fingerprint, out, tracking_uri=mlflow_server, bentoml_home=home,
+        )  # fmt: skip
+    assert f"numpy: model {numpy}, image 1.26.4" in str(info.value)
+    assert "1 difference(s)" in str(info.value)
+    assert list(tree_digest(out)) == before, "a failed export must leave the previous one untouched"
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith(".tamper-out")) == []

@@ -50,10 +50,26 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
         ({"servingCpuLimit": "lots"}, "ml-delivery:servingCpuLimit", "500m or 1Gi"),
         ({"gate": {"minAccuracy": 1.5}}, "ml-delivery:gate.minAccuracy", "0..1"),
         ({"gate": {"minAccurcy": 0.9}}, "ml-delivery:gate", "unknown field"),
-        ({"promoteFrom": "dev"}, "ml-delivery:promoteFrom", "my-org/ml-delivery/dev"),
+        ({"promoteFrom": "dev"}, "ml-delivery:promoteFrom", "organization/ml-delivery/dev"),
         ({"promoteFrom": "o/p/dev"}, "ml-delivery:promoteFrom", "another stack"),
         ({"mlflowAllowedCidrs": []}, "ml-delivery:mlflowAllowedCidrs", "pulumi config set"),
         ({"mlflowAllowedCidrs": ["everyone"]}, "ml-delivery:mlflowAllowedCidrs", "203.0.113.0/24"),
+        ({"mlflowAllowedCidrs": ["203.0.113.7/24"]}, "ml-delivery:mlflowAllowedCidrs", "host bits set"),
+        ({"mlflowAllowedCidrs": ["300.0.113.0/24"]}, "ml-delivery:mlflowAllowedCidrs", "not a CIDR"),
+        ({"vnetCidr": "10.20.1.0/16"}, "ml-delivery:vnetCidr", "host bits set"),
+        ({"vnetCidr": "10.20.0.0/33"}, "ml-delivery:vnetCidr", "10.20.0.0/16"),
+        ({"vnetCidr": "10.20.0.0/24"}, "ml-delivery:vnetCidr", "/21 or larger"),
+        ({"vnetCidr": "fd00:10::/48"}, "ml-delivery:vnetCidr", "IPv4"),
+        (
+            {"vnetCidr": "10.0.0.0/8"},
+            "ml-delivery:vnetCidr",
+            "overlaps the cluster's service CIDR 10.0.0.0/16",
+        ),
+        (
+            {"vnetCidr": "192.168.16.0/20"},
+            "ml-delivery:vnetCidr",
+            "overlaps the cluster's pod CIDR 192.168.0.0/16",
+        ),
         ({"mlflowImage": "ghcr.io/mlflow/mlflow:latest"}, "ml-delivery:mlflowImage", "sha256"),
         ({"kubernetesVersion": "latest"}, "ml-delivery:kubernetesVersion", "1.33"),
         ({"kubeloginMode": "password"}, "ml-delivery:kubeloginMode", "workloadidentity"),
@@ -77,6 +93,12 @@ def test_a_bad_value_names_the_key_the_stack_file_and_the_fix(values: dict, key:
     assert hint in message
 
 
+def test_cidrs_outside_the_cluster_ranges_are_accepted() -> None:
+    s = settings(vnetCidr="172.16.0.0/16", mlflowAllowedCidrs=["198.51.100.0/24", "2001:db8::/32"])
+    assert s.cluster.vnet_cidr == "172.16.0.0/16"
+    assert s.tracking.allowed_cidrs == ("198.51.100.0/24", "2001:db8::/32")
+
+
 def test_kubernetes_version_can_be_pinned_and_gate_overrides_apply() -> None:
     s = settings(kubernetesVersion="1.33", gate={"minAccuracy": 0.95, "maxLogLoss": 0.2})
     assert s.cluster.kubernetes_version == "1.33"
@@ -84,8 +106,8 @@ def test_kubernetes_version_can_be_pinned_and_gate_overrides_apply() -> None:
 
 
 def test_promoting_stack_needs_no_training_route_to_mlflow() -> None:
-    s = settings("staging", promoteFrom="my-org/ml-delivery/dev", mlflowServiceType="ClusterIP")
-    assert s.promotes and s.promote_from == "my-org/ml-delivery/dev"
+    s = settings("staging", promoteFrom="organization/ml-delivery/dev", mlflowServiceType="ClusterIP")
+    assert s.promotes and s.promote_from == "organization/ml-delivery/dev"
 
 
 def test_training_uri_follows_the_exposure() -> None:

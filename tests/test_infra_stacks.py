@@ -17,6 +17,7 @@ from model import container
 from model.fingerprint import compute_fingerprint
 from model.params import ModelParams, fingerprint_params
 from tools.stack_mocks import (
+    DEFAULT_ORGANIZATION,
     DYNAMIC_TYPE,
     KUBELET_OBJECT_ID,
     ROOT,
@@ -118,7 +119,12 @@ def test_serving_has_service_hpa_pdb_and_default_deny(name: str) -> None:
     assert (
         hpa.inputs["spec"]["scaleTargetRef"]["name"] == deployment(run, SERVING_NS).inputs["metadata"]["name"]
     )
-    assert len(in_ns("kubernetes:policy/v1:PodDisruptionBudget")) == 1
+    [pdb] = in_ns("kubernetes:policy/v1:PodDisruptionBudget")
+    # maxUnavailable 1 whatever the replica count: a drain (AKS auto-upgrade) can always evict a pod.
+    assert pdb.inputs["spec"] == {
+        "selector": {"matchLabels": deployment(run, SERVING_NS).inputs["spec"]["selector"]["matchLabels"]},
+        "maxUnavailable": 1,
+    }
     policies = {
         p.inputs["metadata"]["name"]: p.inputs["spec"]
         for p in in_ns("kubernetes:networking.k8s.io/v1:NetworkPolicy")
@@ -274,13 +280,22 @@ def test_promoting_stacks_deploy_the_source_digest_without_training_or_building(
     assert run.of_type("azure-native:containerregistry:Registry") == []
     assert run.exports == []
     ref = run.one(STACK_REFERENCE_TYPE)
-    assert ref.id == f"my-org/ml-delivery/{source}"
+    assert ref.id == f"{DEFAULT_ORGANIZATION}/ml-delivery/{source}"
     expected = source_outputs(source)
     assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == expected["imageRef"]
     [pull] = role(run, roles.ACR_PULL)
     assert pull.inputs["scope"] == expected["registryId"] and pull.inputs["principalId"] == KUBELET_OBJECT_ID
     assert run.outputs["registryId"] == expected["registryId"]  # so the next stage can promote from here
-    assert run.outputs["promotedFrom"] == f"my-org/ml-delivery/{source}"
+    assert run.outputs["promotedFrom"] == f"{DEFAULT_ORGANIZATION}/ml-delivery/{source}"
+
+
+def test_a_promote_from_outside_the_organization_finds_no_stack() -> None:
+    with pytest.raises(Exception) as info:
+        run_stack("staging", organization="another-org")
+    assert any(
+        f"{DEFAULT_ORGANIZATION}/ml-delivery/dev" in str(e) and "organization 'another-org'" in str(e)
+        for e in error_chain(info.value)
+    ), error_chain(info.value)
 
 
 @pytest.mark.parametrize(
@@ -300,10 +315,10 @@ def test_staging_refuses_a_missing_malformed_or_failing_source(change: dict, exp
         run_stack("staging", stack_outputs={"dev": outputs})
     errors = [e for e in error_chain(info.value) if isinstance(e, PromotionError)]
     assert errors, f"no PromotionError in {error_chain(info.value)}"
-    assert expected in str(errors[0]) and "my-org/ml-delivery/dev" in str(errors[0])
+    assert expected in str(errors[0]) and f"{DEFAULT_ORGANIZATION}/ml-delivery/dev" in str(errors[0])
 
 
-def test_preview_never_trains_exports_or_pushes() -> None:
+def test_first_preview_trains_nothing_exports_nothing_and_pushes_nothing() -> None:
     run = stack("dev", preview=True)
     model = run.one(DYNAMIC_TYPE)
     assert model.inputs["fingerprint"] == stack("dev").one(DYNAMIC_TYPE).inputs["fingerprint"]
@@ -316,6 +331,25 @@ def test_preview_never_trains_exports_or_pushes() -> None:
     assert not isinstance(c["image"], str), f"the image should be unknown in preview, got {c['image']}"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert stack("dev").exports, "the same program outside preview does run the export callback"
+
+
+def test_preview_of_an_existing_stack_exports_the_registered_model_and_trains_nothing() -> None:
+    """A preview of a stack that was up: the TrainedModel's prior outputs are known, so the bento is
+    exported (read from MLflow; docker needs the context digest for `--expect-no-changes`), but the
+    model's inputs are the same as in `up` (no diff, no training) and the image never builds on preview."""
+    up = stack("dev")
+    run = run_stack("dev", preview=True, existing=True)
+    model = run.one(DYNAMIC_TYPE)
+    assert model.inputs == up.one(DYNAMIC_TYPE).inputs
+    assert [e["model_uri"] for e in run.exports] == [model.outputs["model_uri"]]
+    assert run.exports == up.exports
+    [image] = [
+        i
+        for i in run.of_type(IMAGE)
+        if i.inputs["imageName"].startswith(up.outputs["registryLoginServer"] + "/cancer")
+    ]
+    assert image.inputs["buildOnPreview"] is False
+    assert image.inputs["build"]["context"] == f".build/images/{model.outputs['model_fingerprint'][:32]}"
 
 
 def test_local_stack_needs_no_azure() -> None:
@@ -406,3 +440,43 @@ def test_a_bad_image_ref_override_names_the_key_and_the_stack_file(name: str, ba
     message = str(errors[0])
     assert f"Pulumi.{name}.yaml" in message and "'ml-delivery:imageRefOverride'" in message
     assert "@sha256:<64 hex>" in message
+
+
+def mlflow_network_policy(run: StackRun) -> dict[str, Any]:
+    [policy] = [
+        p
+        for p in run.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+        if p.inputs["metadata"]["namespace"] == "mlflow"
+    ]
+    spec: dict[str, Any] = policy.inputs["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    return spec
+
+
+def egress_ports(spec: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    return {int(p["port"]): rule.get("to", []) for rule in spec["egress"] for p in rule["ports"]}
+
+
+@pytest.mark.parametrize("name", ["dev", "staging", "prod"])
+def test_mlflow_on_azure_accepts_only_its_allowed_sources_and_reaches_only_its_stores(name: str) -> None:
+    run = stack(name)
+    spec = mlflow_network_policy(run)
+    if name == "dev":  # LoadBalancer: only from mlflowAllowedCidrs, on MLflow's port
+        assert spec["ingress"] == [
+            {"from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"protocol": "TCP", "port": 5000}]}
+        ]
+    else:  # ClusterIP: nothing in the cluster calls MLflow (port-forward is not filtered)
+        assert spec.get("ingress", []) == []
+    egress = egress_ports(spec)
+    assert sorted(egress) == [53, 443, 5432]
+    dns_peer = egress[53][0]
+    assert dns_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+    [postgres_subnet] = [s for s in run.of_type("azure-native:network:Subnet") if "postgres" in s.name]
+    assert egress[5432] == [{"ipBlock": {"cidr": postgres_subnet.inputs["addressPrefix"]}}]
+    assert egress[443] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+
+
+def test_local_mlflow_stays_reachable_on_its_node_port_and_reaches_only_dns() -> None:
+    spec = mlflow_network_policy(stack("local"))
+    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 5000}]}]
+    assert sorted(egress_ports(spec)) == [53]

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from pulumi.runtime import settings as pulumi_settings
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -365,6 +366,30 @@ def test_acr_admin_user(props: dict[str, Any], count: int) -> None:
 
 # ---------------------------------------------------------------- aks-azure-rbac
 
+
+def analyzing(monkeypatch: pytest.MonkeyPatch, stack: str) -> None:
+    """The analyzer's view of ``stack``: Pulumi's runtime configured for it and PULUMI_STACK set."""
+    monkeypatch.setattr(pulumi_settings.SETTINGS, "stack", stack)
+    monkeypatch.setenv("PULUMI_STACK", stack)
+
+
+def test_the_stack_comes_from_the_pulumi_runtime_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pulumi_settings.SETTINGS, "stack", "prod")
+    monkeypatch.setenv("PULUMI_STACK", "local")
+    assert policies.current_stack() == "prod"
+    assert len(run_policy("aks-azure-rbac", policies.AKS_TYPE, {})) == 3  # not waived as "local"
+
+
+def test_the_stack_falls_back_to_pulumi_stack_when_the_runtime_is_unconfigured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pulumi_settings.SETTINGS, "stack", policies.UNCONFIGURED_STACK)
+    monkeypatch.setenv("PULUMI_STACK", "local")
+    assert policies.current_stack() == "local"
+    monkeypatch.delenv("PULUMI_STACK")
+    assert policies.current_stack() == ""
+
+
 GOOD_AKS = {
     "enableRBAC": True,
     "aadProfile": {"managed": True, "enableAzureRBAC": True},
@@ -373,12 +398,12 @@ GOOD_AKS = {
 
 
 def test_aks_compliant_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PULUMI_STACK", "prod")
+    analyzing(monkeypatch, "prod")
     assert run_policy("aks-azure-rbac", policies.AKS_TYPE, GOOD_AKS) == []
 
 
 def test_aks_with_local_accounts_and_no_azure_rbac_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PULUMI_STACK", "prod")
+    analyzing(monkeypatch, "prod")
     bad = {"enableRBAC": False, "aadProfile": {"managed": True}, "disableLocalAccounts": False}
     messages = run_policy("aks-azure-rbac", policies.AKS_TYPE, bad)
     assert [m.split(":")[1].split()[0] for m in messages] == [
@@ -389,16 +414,16 @@ def test_aks_with_local_accounts_and_no_azure_rbac_is_rejected(monkeypatch: pyte
 
 
 def test_aks_missing_properties_are_violations(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PULUMI_STACK", "dev")
+    analyzing(monkeypatch, "dev")
     messages = run_policy("aks-azure-rbac", policies.AKS_TYPE, {"dnsPrefix": "ml"})
     assert len(messages) == 3  # aadProfile.managed, aadProfile.enableAzureRBAC, disableLocalAccounts
 
 
 def test_aks_rules_are_waived_only_for_configured_local_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PULUMI_STACK", "local")
+    analyzing(monkeypatch, "local")
     assert run_policy("aks-azure-rbac", policies.AKS_TYPE, {}) == []  # default localStacks: ["local"]
     assert len(run_policy("aks-azure-rbac", policies.AKS_TYPE, {}, {"localStacks": []})) == 3
-    monkeypatch.setenv("PULUMI_STACK", "laptop")
+    analyzing(monkeypatch, "laptop")
     assert run_policy("aks-azure-rbac", policies.AKS_TYPE, {}, {"localStacks": ["laptop"]}) == []
 
 

@@ -32,7 +32,7 @@ from model.train import (
     load_heldout,
     train_and_register,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 from tests.test_data import BAD_CASES
 
 pytestmark = pytest.mark.servers
@@ -314,6 +314,53 @@ def test_cli_bad_data_exits_1_and_bad_usage_exits_64(
         train_mod.main(["--test-size", "1.5"])
     assert caught.value.code == 64
     assert "test_size must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_cli_min_rows_per_class_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-3"):
+        with pytest.raises(SystemExit) as caught:
+            train_mod.main(["--min-rows-per-class", bad])
+        assert caught.value.code == 64
+        err = capsys.readouterr().err
+        assert "--min-rows-per-class" in err and f"must be an integer >= 1, got {bad}" in err
+
+
+def test_cli_missing_lock_exits_3_naming_the_file(
+    mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-requirements.txt"
+    assert train_mod.main(cli_args(mlflow_server, "--requirements", str(missing))) == 3
+    err = capsys.readouterr().err
+    assert "training failed (not a data or gate problem)" in err
+    assert f"requirements lock {missing} does not exist" in err
+    assert "Traceback" not in err
+
+
+def test_cli_unreachable_mlflow_exits_3_naming_the_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert train_mod.main(cli_args(dead)) == 3
+    err = capsys.readouterr().err
+    assert f"tracking URI: {dead}" in err
+    assert "check that the MLflow server answers at that URI" in err
+
+
+def test_cli_non_model_output_folder_exits_3_before_anything_is_registered(
+    mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = client_for(mlflow_server)
+    before = registry_snapshot(client)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    assert train_mod.main(cli_args(mlflow_server, "--model-output", str(taken))) == 3
+    err = capsys.readouterr().err
+    assert f"--model-output {taken} exists, is not empty and is not an MLflow model folder" in err
+    assert (taken / "notes.txt").read_text() == "keep me"
+    assert registry_snapshot(client) == before
 
 
 def test_cli_subprocess_prints_json_last_and_writes_the_model(mlflow_server: str, tmp_path: Path) -> None:

@@ -320,8 +320,8 @@ def test_promotion_follows_the_stack_files_and_checks_the_approved_digest(stack:
     job = load("deploy.yml")["jobs"][stack]
     source = promote_from(stack)
     assert source is not None, f"Pulumi.{stack}.yaml sets no promoteFrom"
-    _org, project, source_stack = source.split("/")
-    assert project == PROJECT
+    org, project, source_stack = source.split("/")
+    assert (org, project) == (default_org(), PROJECT), f"Pulumi.{stack}.yaml promoteFrom {source!r}"
     assert job["env"]["SOURCE_STACK"] == source_stack
     assert DEPLOY_CHAIN.index(source_stack) == DEPLOY_CHAIN.index(stack) - 1
     assert job["env"]["EXPECTED_IMAGE"] == "${{ needs.dev.outputs.image-ref }}"
@@ -342,11 +342,39 @@ def test_the_outputs_the_workflows_read_are_exported_by_the_program() -> None:
         assert re.search(rf"[\"']{name}[\"']", program), f"the workflows read output {name!r}: export it"
 
 
-@pytest.mark.parametrize("stack", DEPLOY_CHAIN)
-def test_ci_stacks_use_the_kubelogin_mode_azure_login_serves(stack: str) -> None:
+def upped_stacks() -> list[str]:
+    """Every stack a workflow runs `pulumi up` on (the last part of the up step's stack-name)."""
+    stacks = []
+    for _wf, _name, job in all_jobs():
+        for step in steps_using(job, "pulumi/actions"):
+            if step["with"]["command"] == "up":
+                stacks.append(str(step["with"]["stack-name"]).rsplit("/", 1)[-1])
+    return stacks
+
+
+def test_the_workflows_up_exactly_the_deploy_chain() -> None:
+    assert sorted(upped_stacks()) == sorted(DEPLOY_CHAIN)
+
+
+@pytest.mark.parametrize("stack", upped_stacks())
+def test_ci_stacks_use_the_kubelogin_mode_and_principal_type_ci_logs_in_with(stack: str) -> None:
     config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     # workloadidentity needs a federated token file, which GitHub-hosted runners do not have.
     assert config.get(f"{PROJECT}:kubeloginMode", "azurecli") == "azurecli"
+    # CI runs `pulumi up` as a managed identity (azure/login OIDC); the settings default is "User",
+    # with which Azure rejects the deployer's role assignment on the cluster.
+    assert config.get(f"{PROJECT}:deployerPrincipalType") == "ServicePrincipal", (
+        f"Pulumi.{stack}.yaml: set {PROJECT}:deployerPrincipalType: ServicePrincipal (deploy.yml ups it)"
+    )
+
+
+def default_org() -> str:
+    """The Pulumi organization the workflows use when vars.PULUMI_ORG is unset."""
+    prefix = str(load("deploy.yml")["env"]["STACK_PREFIX"])
+    match = re.fullmatch(r"\$\{\{ vars\.PULUMI_ORG \|\| '([^']+)' \}\}/(\S+)", prefix)
+    assert match, f"deploy.yml STACK_PREFIX has an unexpected form: {prefix!r}"
+    assert match.group(2) == PROJECT
+    return match.group(1)
 
 
 # ---------------------------------------------------------------- the workflows' shell steps, executed

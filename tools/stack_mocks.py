@@ -11,7 +11,11 @@ The runtime is reset before each run, so stacks can be run one after another in 
 No MLflow model exists under mocks, so the bento export (``infra.image.export_context``) is replaced
 by a stand-in that records its calls (``StackRun.exports``): tests use it to prove the callback ran.
 With ``preview=True`` resources return no computed outputs (as in a first preview): callbacks that
-depend on them do not run, and nothing is trained, exported or pushed.
+depend on them do not run, and nothing is trained, exported or pushed. ``preview=True,
+existing=True`` is a preview of a stack that was already up: every resource answers with its
+(prior) outputs, so callbacks on them run, as the bento export does in a real preview.
+StackReferences resolve only inside the run's organization (default ``DEFAULT_ORGANIZATION``, the
+workflows' own default), as the Pulumi service would.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ KUBELET_OBJECT_ID = "00000000-0000-0000-0000-00000000beef"
 MOCK_METRICS = {"accuracy": 0.972, "f1": 0.978, "roc_auc": 0.995, "log_loss": 0.081}
 DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
 STACK_REFERENCE_TYPE = "pulumi:pulumi:StackReference"
+# The Pulumi organization deploy.yml uses when vars.PULUMI_ORG is unset (tests/test_workflows.py checks).
+DEFAULT_ORGANIZATION = "organization"
 
 # ARM resource types of the Azure resources the program creates (for realistic ids).
 ARM_TYPES = {
@@ -239,11 +245,19 @@ class _Mocks(pulumi.runtime.Mocks):
     """Fake provider answers, computed from the inputs so that runs are deterministic."""
 
     def __init__(
-        self, stack: str, preview: bool, stack_outputs: Mapping[str, Mapping[str, Any]] | None
+        self,
+        stack: str,
+        preview: bool,
+        stack_outputs: Mapping[str, Mapping[str, Any]] | None,
+        *,
+        organization: str = DEFAULT_ORGANIZATION,
+        existing: bool = False,
     ) -> None:
         self.stack = stack
         self.preview = preview
         self.stack_outputs = stack_outputs
+        self.organization = organization
+        self.existing = existing
         self.invokes: list[str] = []
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
@@ -265,12 +279,18 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ == STACK_REFERENCE_TYPE:
             return args.resource_id or args.name, self._stack_reference(args.resource_id or args.name)
         inputs = unwrap_secrets(dict(args.inputs))
-        if self.preview:
+        if self.preview and not self.existing:
             return None, inputs  # computed outputs are unknown in a preview of a create
         return self._fake_id(args), {**inputs, **self._computed(args.typ, args.name, inputs)}
 
     def _stack_reference(self, name: str) -> dict[str, Any]:
-        source = name.split("/")[-1]
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] != self.organization:
+            raise ValueError(
+                f"StackReference {name!r}: no such stack in organization {self.organization!r} "
+                "(promoteFrom must name the organization the stacks live in)"
+            )
+        source = parts[-1]
         if self.stack_outputs is None:
             outputs = source_outputs(source)
         else:
@@ -464,11 +484,14 @@ def run_stack(
     *,
     preview: bool = False,
     stack_outputs: dict[str, dict[str, Any]] | None = None,
-    organization: str = "my-org",
+    organization: str = DEFAULT_ORGANIZATION,
     root: Path = ROOT,
     config: Mapping[str, object] | None = None,
+    existing: bool = False,
 ) -> StackRun:
     """Run the program for ``Pulumi.<stack>.yaml`` under mocks.
+
+    ``existing`` (with ``preview``): the stack was up before, so resources' outputs are known.
 
     ``stack_outputs`` maps a referenced stack (full ``org/project/stack`` or just ``stack``) to the
     outputs its StackReference returns; None gives every reference well-formed defaults
@@ -480,7 +503,7 @@ def run_stack(
     stack_config, secret_keys = load_stack_config(stack, project, root)
     for key, value in (config or {}).items():
         stack_config[key if ":" in key else f"{project}:{key}"] = _config_value(value)
-    mocks = _Mocks(stack, preview, stack_outputs)
+    mocks = _Mocks(stack, preview, stack_outputs, organization=organization, existing=existing)
     monitor = _RecordingMonitor(mocks)
     exports: list[dict[str, str]] = []
 
