@@ -34,18 +34,6 @@ def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
     return {name: float(logged[name]) for name in METRIC_NAMES if name in logged}
 
 
-def find_passed_version(client: MlflowClient, model_name: str, fingerprint: str) -> VersionInfo | None:
-    """The newest version of ``model_name`` with this fingerprint that passed the gate, if any."""
-    quoted = model_name.replace("'", "\\'")
-    found = client.search_model_versions(
-        f"name = '{quoted}' and tags.{FINGERPRINT_TAG} = '{fingerprint}' and tags.{GATE_TAG} = 'passed'"
-    )
-    if not found:
-        return None
-    newest = max(found, key=lambda mv: int(mv.version))
-    return VersionInfo(str(newest.version), str(newest.run_id), run_metrics(client, str(newest.run_id)))
-
-
 def find_gated_version(
     client: MlflowClient, model_name: str, fingerprint: str
 ) -> tuple[VersionInfo, bool] | None:

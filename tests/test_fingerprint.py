@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -79,20 +80,57 @@ def test_moving_a_file_changes_it(inputs: dict[str, Path]) -> None:
     assert fp(inputs) != before
 
 
-def test_parts_cannot_slide_into_each_other(inputs: dict[str, Path]) -> None:
-    """Moving bytes from the end of one file to the start of the next must change the digest."""
+def test_bytes_cannot_slide_across_a_file_boundary(inputs: dict[str, Path]) -> None:
+    """Without the length prefixes, a.py holding b.py's label and bytes would hash like the two files."""
     code = inputs["code_dir"]
-    (code / "a.py").write_text("A = 1\nB")
-    (code / "sub" / "b.py").write_text(" = 2\n")
-    joined_differently = fp(inputs)
-    (code / "a.py").write_text("A = 1\n")
-    (code / "sub" / "b.py").write_text("B = 2\n")
-    assert fp(inputs) != joined_differently
+    two_files = fp(inputs)
+    (code / "sub" / "b.py").unlink()
+    (code / "a.py").write_bytes(b"A = 1\ncode:sub/b.py\0B = 2\n")
+    assert fp(inputs) != two_files
 
 
-def test_the_real_model_package_is_the_default_code_dir() -> None:
+def test_bytes_cannot_slide_from_the_data_into_the_code(inputs: dict[str, Path]) -> None:
+    """The data file absorbing the first code file's label and bytes must change the digest."""
+    code = inputs["code_dir"]
+    before = fp(inputs)
+    data = inputs["data_path"]
+    data.write_bytes(data.read_bytes() + b"code:a.py\0" + (code / "a.py").read_bytes())
+    (code / "a.py").unlink()
+    assert fp(inputs) != before
+
+
+# The format, spelled out for a tiny fixed input: each part is "<label>\0<byte length>\0<bytes>". A change
+# of format changes every fingerprint (so every stack retrains): this test makes that a deliberate act.
+TINY_EXPECTED = "e3411c39866cc7e5134c8f9fdd4289e3eb064bebc2ed9e8332fae646b9714fbf"
+
+
+def test_a_tiny_fixed_input_has_a_fixed_digest(tmp_path: Path) -> None:
+    data, reqs, code = tmp_path / "d.csv", tmp_path / "r.txt", tmp_path / "code"
+    data.write_bytes(b"x,target\n1,0\n")
+    reqs.write_bytes(b"numpy==2.0.0\n")
+    (code / "pkg").mkdir(parents=True)
+    (code / "z.py").write_bytes(b"Z = 1\n")
+    (code / "pkg" / "m.py").write_bytes(b"")
+    stream = (
+        b"data\x0013\x00x,target\n1,0\n"
+        b"code:pkg/m.py\x000\x00"
+        b"code:z.py\x006\x00Z = 1\n"
+        b'params\x0015\x00{"C":1.0,"n":2}'
+        b"requirements\x0013\x00numpy==2.0.0\n"
+    )
+    got = compute_fingerprint(data, {"n": 2, "C": 1.0}, reqs, code)
+    assert got == hashlib.sha256(stream).hexdigest()
+    assert got == TINY_EXPECTED
+
+
+def test_the_default_code_dir_is_the_model_package(tmp_path: Path) -> None:
     args = (REPO_ROOT / "data" / "train.csv", PARAMS, REPO_ROOT / "requirements.txt")
-    assert compute_fingerprint(*args) == compute_fingerprint(*args, code_dir=MODEL_DIR)
+    copy = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert MODEL_DIR == REPO_ROOT / "model"
+    assert compute_fingerprint(*args) == compute_fingerprint(*args, code_dir=copy)
+    (copy / "fingerprint.py").write_text((copy / "fingerprint.py").read_text() + "# edited\n")
+    assert compute_fingerprint(*args) != compute_fingerprint(*args, code_dir=copy)
 
 
 def test_unserialisable_or_non_finite_params_are_refused(inputs: dict[str, Path]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,22 +39,53 @@ IMAGE_ENV: dict[str, str] = {
 }
 
 
-def debian_mirror() -> str:
-    """The Debian mirror debootstrap uses: ``DEBIAN_MIRROR`` or the first ``deb`` URI apt uses here."""
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# A Debian archive (not debian-security, Ubuntu or a third-party repo): the path ends in /debian, or
+# is a snapshot.debian.org archive of it.
+_DEBIAN_ARCHIVE = re.compile(
+    r"^https?://[^/\s]+(/[^\s]*)?/debian/?$|^https?://[^/\s]+/archive/debian/\d{8}T\d{6}Z/?$"
+)
+_ONE_LINE = re.compile(r"^deb\s+(?:\[[^\]]*\]\s+)?(?P<uri>\S+)")
+
+
+def is_debian_archive(uri: str) -> bool:
+    """Whether ``uri`` is a Debian package archive debootstrap can fetch bookworm from."""
+    return bool(_DEBIAN_ARCHIVE.match(uri))
+
+
+def mirror_in_sources(text: str) -> str | None:
+    """The first Debian archive URI of an apt sources file (one-line ``deb [opts] URI suite ...`` or
+    deb822 ``Types: deb`` / ``URIs:`` stanzas); None when it names none. Pure."""
+    for line in text.splitlines():
+        match = _ONE_LINE.match(line.strip())
+        if match and is_debian_archive(match["uri"]):
+            return match["uri"]
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not line.lstrip().startswith("#") and not line[:1].isspace():
+                fields[key.strip().lower()] = value.strip()
+        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+            continue
+        for uri in fields.get("uris", "").split():
+            if is_debian_archive(uri):
+                return uri
+    return None
+
+
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror debootstrap uses: ``DEBIAN_MIRROR``, else the first Debian archive apt uses
+    here (sources.list, then sources.list.d/*), else deb.debian.org."""
     if os.environ.get("DEBIAN_MIRROR"):
         return os.environ["DEBIAN_MIRROR"]
-    for source in sorted(Path("/etc/apt").glob("sources.list*")) + sorted(
-        Path("/etc/apt/sources.list.d").glob("*")
-    ):
-        if not source.is_file():
-            continue
-        for line in source.read_text().splitlines():
-            words = line.split()
-            if line.startswith("URIs:") and len(words) > 1 and "security" not in words[1]:
-                return words[1]
-            if words[:1] == ["deb"] and len(words) > 1 and "security" not in words[1]:
-                return words[-3] if words[1].startswith("[") else words[1]
-    return "http://deb.debian.org/debian"
+    sources = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
+    for source in sources:
+        if source.is_file() and source.suffix in (".list", ".sources"):
+            found = mirror_in_sources(source.read_text(errors="replace"))
+            if found:
+                return found
+    return DEFAULT_MIRROR
 
 
 def standin_tag(ca_bundle: bytes) -> str:

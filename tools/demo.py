@@ -75,14 +75,22 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(data_path: Path, demo_dir: Path, keep_running: bool) -> int:
+def run(
+    data_path: Path,
+    demo_dir: Path,
+    keep_running: bool,
+    *,
+    mlflow_port: int | None = None,
+    serve_port: int | None = None,
+) -> int:
+    """The five steps; ``None`` ports mean 5000 / 3000 when free, else any free loopback port."""
     from model.bento import export_build_context
     from model.container import MODEL_TAG_ENV, READINESS_PATH
     from model.train import DataValidationError, GateFailedError, TrainConfig, train_and_register
 
     mlflow_dir, logs = demo_dir / "mlflow", demo_dir / "logs"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
-    port = port_or_free(PREFERRED_MLFLOW_PORT)
+    port = mlflow_port or port_or_free(PREFERRED_MLFLOW_PORT)
     tracking = f"http://127.0.0.1:{port}"
     # The stack stops every server it started, by pid, on success, error or Ctrl-C (SIGTERM too).
     with ExitStack() as servers:
@@ -120,7 +128,7 @@ def run(data_path: Path, demo_dir: Path, keep_running: bool) -> int:
             else f"built bento {ctx.bento_tag} with {len(ctx.requirements)} pinned packages"
         )
 
-        serve_port = port_or_free(PREFERRED_SERVE_PORT)
+        serve_port = serve_port or port_or_free(PREFERRED_SERVE_PORT)
         endpoint = f"http://127.0.0.1:{serve_port}"
         env = {
             MODEL_TAG_ENV: ctx.model_tag,  # as the image's Dockerfile sets it
@@ -183,10 +191,19 @@ def print_summary(
     metrics = ", ".join(f"{name}={value:.4f}" for name, value in sorted(result.metrics.items()))
     say(f"held-out metrics of run {result.run_id}: {metrics}")
     say(f"MLflow UI: {tracking}/#/models/{result.model_name}/versions/{result.version}")
-    say(f"  (after the demo: .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_dir / 'mlflow.db'})")
+    say(f"  (after the demo: {mlflow_ui_command(mlflow_dir)})")
     say(f"served at {endpoint}: POST /predict, /predict_proba; GET /readyz, /metrics")
     say(f"build context: {ctx.path}")
     say(f"  docker build -f {ctx.dockerfile} -t {ctx.image_name}:{ctx.image_tag} {ctx.path}")
+
+
+def mlflow_ui_command(mlflow_dir: Path) -> str:
+    """The ``mlflow ui`` line that reopens the demo's store, artifacts included (same folders as the
+    demo's server: runs log to mlflow-artifacts:/, which only the artifacts destination resolves)."""
+    return (
+        f".venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_dir / 'mlflow.db'} "
+        f"--artifacts-destination {mlflow_dir / 'artifacts'}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

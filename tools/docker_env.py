@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from tools.processes import free_port, stop_process, wait_for_http
 
 Progress = Callable[[str], None]
 
@@ -127,18 +128,12 @@ def _wait_until(ready: Callable[[], bool], what: str, timeout: float, proc: subp
 
 
 def _stop(proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
-    """SIGTERM the process group we started, SIGKILL it if it is still there after ``timeout``."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        raise HarnessError(
-            f"{what} (pid {proc.pid}) ignored SIGTERM for {timeout:.0f}s and was killed"
-        ) from None
+    """Stop a server we started (``stop_process``); one that had to be killed is a warning, not an
+    error: this runs in fixtures' ``finally`` blocks, where raising would hide the real failure."""
+    if stop_process(proc, timeout=timeout):
+        warnings.warn(
+            f"{what} (pid {proc.pid}) ignored SIGTERM for {timeout:.0f}s and was killed", stacklevel=2
+        )
 
 
 @contextmanager
@@ -179,13 +174,6 @@ def docker_engine(state_dir: Path, progress: Progress = quiet) -> Iterator[Docke
         _stop(proc, "dockerd")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Registry:
     """An image registry on loopback: push to ``f"{address}/name:tag"``."""
@@ -207,13 +195,6 @@ def _registry_config(root: Path, address: str) -> str:
     )
 
 
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @contextmanager
 def local_registry(state_dir: Path, progress: Progress = quiet) -> Iterator[Registry]:
     """Debian's ``docker-registry`` on 127.0.0.1:<free port> for the block, stopped by pid after."""
@@ -231,7 +212,10 @@ def local_registry(state_dir: Path, progress: Progress = quiet) -> Iterator[Regi
             [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_until(lambda: _answers(f"http://{address}/v2/"), f"docker-registry (log: {log_path})", 60, proc)
+        try:
+            wait_for_http(f"http://{address}/v2/", timeout=60, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise HarnessError(f"docker-registry (log: {log_path}): {exc}") from exc
         yield Registry(address=address, pid=proc.pid)
     finally:
         _stop(proc, "docker-registry", timeout=20)

@@ -7,6 +7,7 @@ server binds 127.0.0.1, runs in its own process group, logs to a file, and is st
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,16 +43,19 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate a process group we started, by id; kill it if it ignores SIGTERM."""
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> bool:
+    """Terminate a process group we started, by id; kill it if it ignores SIGTERM for ``timeout``
+    seconds. True when it had to be killed (callers may warn), False when it stopped or had already."""
     if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, 15)
+        return False
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait(timeout=10)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        return True
+    return False
 
 
 def mlflow_server_command(root: Path, port: int) -> list[str]:

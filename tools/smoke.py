@@ -21,7 +21,6 @@ import argparse
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import requests
 
 from model.container import READINESS_PATH
 from model.data import FEATURES, TARGET
+from tools.processes import free_port
 
 LABELS = frozenset({0, 1})
 
@@ -193,13 +193,6 @@ def run_smoke(
     rejected = requests.post(f"{base_url}/predict", json={"rows": [bad_row]}, timeout=60)
     check_rejection(rejected.status_code, rejected.text, missing)
     log(f"a row without {missing!r} got {rejected.status_code} naming it")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

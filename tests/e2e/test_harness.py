@@ -7,16 +7,15 @@ import importlib.util
 import io
 import itertools
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from model.container import RUN_AS_USER, RUNTIME_ENV, SERVICE_PORT, WRITABLE_PATHS
-from tools.base_image import standin_tag
+from tools.base_image import DEFAULT_MIRROR, debian_mirror, mirror_in_sources, standin_tag
 from tools.bench_image import parse_size
 from tools.container_run import kubernetes_run_args, proxy_build_args
 from tools.image_diff import config_without_times, layer_entries
-
-pytestmark = pytest.mark.e2e
 
 
 def test_standin_tag_is_stable_and_follows_the_ca_bundle() -> None:
@@ -88,3 +87,54 @@ def test_config_comparison_drops_only_build_times() -> None:
 )
 def test_parse_size_reads_docker_history_sizes(text: str, mb: float) -> None:
     assert parse_size(text) == pytest.approx(mb)
+
+
+@pytest.mark.parametrize(
+    ("text", "mirror"),
+    [
+        ("deb http://ftp.de.debian.org/debian bookworm main\n", "http://ftp.de.debian.org/debian"),
+        (  # the [...] options block is skipped; "main" is not a URI
+            "deb [arch=amd64 signed-by=/etc/k.gpg] http://mirror.example/debian/ bookworm main contrib\n",
+            "http://mirror.example/debian/",
+        ),
+        (  # third-party, security and Ubuntu repositories come first but are skipped
+            "deb [signed-by=/k.gpg] https://deb.nodesource.com/node_20.x nodistro main\n"
+            "deb http://security.debian.org/debian-security bookworm-security main\n"
+            "deb http://archive.ubuntu.com/ubuntu jammy main\n"
+            "# deb http://commented.example/debian bookworm main\n"
+            "deb-src http://src.example/debian bookworm main\n"
+            "deb https://snapshot.debian.org/archive/debian/20250520T000000Z bookworm main\n",
+            "https://snapshot.debian.org/archive/debian/20250520T000000Z",
+        ),
+        (  # deb822, as /etc/apt/sources.list.d/debian.sources on these machines
+            "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n"
+            "URIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+            "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n",
+            "http://deb.debian.org/debian",
+        ),
+        (  # deb822: a disabled stanza and a deb-src-only stanza are skipped
+            "Types: deb\nEnabled: no\nURIs: http://off.example/debian\n\n"
+            "Types: deb-src\nURIs: http://src.example/debian\n\n"
+            "Types: deb deb-src\nURIs: http://archive.ubuntu.com/ubuntu http://on.example/debian\n",
+            "http://on.example/debian",
+        ),
+        ("deb http://archive.ubuntu.com/ubuntu jammy main universe\n", None),
+        ("", None),
+    ],
+)
+def test_mirror_in_sources_takes_only_a_debian_archive(text: str, mirror: str | None) -> None:
+    assert mirror_in_sources(text) == mirror
+
+
+def test_debian_mirror_falls_back_to_deb_debian_org(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEBIAN_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text("deb http://archive.ubuntu.com/ubuntu jammy main\n")
+    (tmp_path / "sources.list.d" / "third.list").write_text(
+        "deb https://deb.nodesource.com/node_20.x x main\n"
+    )
+    assert debian_mirror(tmp_path) == DEFAULT_MIRROR == "http://deb.debian.org/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").write_text("Types: deb\nURIs: http://m.example/debian\n")
+    assert debian_mirror(tmp_path) == "http://m.example/debian"
+    monkeypatch.setenv("DEBIAN_MIRROR", "http://chosen.example/debian")
+    assert debian_mirror(tmp_path) == "http://chosen.example/debian"
