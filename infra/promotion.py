@@ -24,6 +24,7 @@ import pulumi
 
 from infra.registry import grant_acr_pull
 from infra.settings import DIGEST_REF_RE
+from model.fingerprint import FINGERPRINT_RE
 from model.gate import GateThresholds, evaluate_gate
 
 REQUIRED_OUTPUTS = ("imageRef", "modelVersion", "metrics", "fingerprint", "registryId")
@@ -33,7 +34,6 @@ REGISTRY_ID_RE = re.compile(
     r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerRegistry/registries/[^/]+$",
     re.IGNORECASE,
 )
-FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class PromotionError(ValueError):

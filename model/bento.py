@@ -40,6 +40,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from model.container import DEFAULT_BASE_IMAGE
+from model.fingerprint import FINGERPRINT_RE
 
 MODEL_DIR = Path(__file__).resolve().parent
 REPO_ROOT = MODEL_DIR.parent
@@ -70,7 +71,6 @@ PRUNE_STEP = (
 )
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<version>[0-9]+)$")
-_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _CREATION_TIME = re.compile(r"^(\s*creation_time:\s*).*$", re.MULTILINE)
 
 Progress = Callable[[str], None]
@@ -108,7 +108,7 @@ class BuildContext:
 
 def bento_version(fingerprint: str) -> str:
     """The bento / BentoML model / image version for a training fingerprint (a valid BentoML tag)."""
-    if not _FINGERPRINT.match(fingerprint):
+    if not FINGERPRINT_RE.match(fingerprint):
         raise BentoBuildError(
             f"fingerprint {fingerprint!r} is not a sha256 hex digest (64 lowercase hex chars): "
             "pass TrainResult.fingerprint from model.train"

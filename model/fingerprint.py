@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent
+# What compute_fingerprint returns: a lowercase sha256 hex digest.
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def canonical_json(params: Mapping[str, object]) -> str:

@@ -59,18 +59,22 @@ def code_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+def fresh_config(mlflow_server: str, code_snapshot: Path) -> TrainConfig:
+    """Good data and params, a model and experiment name of its own, the frozen code snapshot."""
+    return TrainConfig(
+        data_path=DATA,
+        params=GOOD,
+        model_name=unique("clf"),
+        experiment_name=unique("exp"),
+        tracking_uri=mlflow_server,
+        code_dir=code_snapshot,
+    )
+
+
 @pytest.fixture
 def make_config(mlflow_server: str, code_snapshot: Path) -> Callable[..., TrainConfig]:
     def make(**overrides: object) -> TrainConfig:
-        base = TrainConfig(
-            data_path=DATA,
-            params=GOOD,
-            model_name=unique("clf"),
-            experiment_name=unique("exp"),
-            tracking_uri=mlflow_server,
-            code_dir=code_snapshot,
-        )
-        return replace(base, **overrides)  # type: ignore[arg-type]
+        return replace(fresh_config(mlflow_server, code_snapshot), **overrides)  # type: ignore[arg-type]
 
     return make
 
@@ -78,14 +82,8 @@ def make_config(mlflow_server: str, code_snapshot: Path) -> Callable[..., TrainC
 @pytest.fixture(scope="module")
 def trained(mlflow_server: str, code_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """One real training shared by the read-only assertions below."""
-    config = TrainConfig(
-        data_path=DATA,
-        params=GOOD,
-        model_name=unique("clf"),
-        experiment_name=unique("exp"),
-        tracking_uri=mlflow_server,
-        code_dir=code_snapshot,
-        model_output=tmp_path_factory.mktemp("out") / "model",
+    config = replace(
+        fresh_config(mlflow_server, code_snapshot), model_output=tmp_path_factory.mktemp("out") / "model"
     )
     return config, train_and_register(config)
 
