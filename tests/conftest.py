@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tools.processes import free_port, mlflow_server_command, running, stop_process, wait_for_http
+from tools.processes import free_port, running_mlflow_server, stop_process, wait_for_http
 
 if TYPE_CHECKING:
     from model.train import TrainResult
@@ -36,17 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real MLflow tracking server (SQLite backend, local artifact folder)."""
     root = tmp_path_factory.mktemp("mlflow")
-    url = f"http://127.0.0.1:{(port := free_port())}"
-    with running(
-        mlflow_server_command(root, port),
-        ready_url=f"{url}/health",
-        log_path=root / "server.log",
-        timeout=120,
-        # MLflow 3.17 otherwise forks ~6 huey job consumers (GenAI jobs, unused here), each importing
-        # mlflow: most of the startup CPU on a 2-core machine.
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        cwd=root,
-    ):
+    with running_mlflow_server(root, free_port(), log_path=root / "server.log", timeout=120) as url:
         yield url
 
 

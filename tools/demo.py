@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from tools.processes import bentoml_serve_command, free_port, mlflow_server_command, running
+from tools.processes import bentoml_serve_command, free_port, running, running_mlflow_server
 
 if TYPE_CHECKING:
     from model.bento import BuildContext
@@ -96,11 +96,8 @@ def run(
     with ExitStack() as servers:
         with Step(1, f"starting mlflow server on {tracking} (store {mlflow_dir}, log {logs / 'mlflow.log'})"):
             servers.enter_context(
-                running(
-                    mlflow_server_command(mlflow_dir, port), ready_url=f"{tracking}/health",
-                    log_path=logs / "mlflow.log", timeout=180, cwd=mlflow_dir,
-                )
-            )  # fmt: skip
+                running_mlflow_server(mlflow_dir, port, log_path=logs / "mlflow.log", timeout=180)
+            )
             servers.callback(say, "stopping mlflow server")
 
         with Step(2, f"training on {data_path} (model.train)"):

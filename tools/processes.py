@@ -69,6 +69,26 @@ def mlflow_server_command(root: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+# MLflow 3.17 otherwise forks ~6 huey job consumers (GenAI jobs, unused here), each importing mlflow:
+# most of the server's startup CPU on a 2-core machine.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+@contextmanager
+def running_mlflow_server(root: Path, port: int, *, log_path: Path, timeout: float) -> Iterator[str]:
+    """A real ``mlflow server`` (``mlflow_server_command``) until the block exits; yields its URL."""
+    url = f"http://{LOOPBACK}:{port}"
+    with running(
+        mlflow_server_command(root, port),
+        ready_url=f"{url}/health",
+        log_path=log_path,
+        timeout=timeout,
+        env=MLFLOW_SERVER_ENV,
+        cwd=root,
+    ):
+        yield url
+
+
 def bentoml_serve_command(bento: str | Path, port: int) -> list[str]:
     """``bentoml serve`` of a bento (a tag, or an exported folder as a Path) on loopback."""
     # A relative folder would be taken for a module name: pass folders absolute.
