@@ -871,3 +871,41 @@ def test_no_manual_registry_login_anywhere() -> None:
     for name, text in texts.items():
         for login in ("acr login", "docker login", "--expose-token"):
             assert login not in text, f"{name}: {login!r}: the program obtains its own registry credential"
+
+
+# ---------------------------------------------------------------- the operations guide says how it works now
+
+
+def test_the_operations_guide_covers_the_delivery_flow() -> None:
+    ops = readme_section("Operations")
+    for must in (
+        "make mlflow-ui STACK=dev",
+        "kubectl port-forward -n mlflow svc/mlflow 5000",
+        "imports that digest into its own registry",
+        "imageRefOverride",
+        "protectStatefulResources",
+        "deployerPrincipals",
+        "docs/design.md",
+        *(f"`{alias}`" for alias in ("candidate", "staging", "production", "champion")),
+        *(f"record-{stack}" for stack in PROMOTED),
+        "fetch-azure-tokens.sh",
+    ):
+        assert must in ops, f"README.md, Operations: say {must!r}"
+    for role in (
+        "AcrPull",
+        "AcrPush",
+        "Network Contributor",
+        "Storage Blob Data Contributor",
+        "Azure Kubernetes Service RBAC Cluster Admin",
+    ):
+        assert role in ops, f"README.md, Operations: the deploy identity's grantable roles lack {role}"
+    for gone in ("mlflowAllowedCidrs", "Reaching dev's MLflow from CI", "LoadBalancer"):
+        assert gone not in ops, f"README.md, Operations still says {gone!r}: MLflow is ClusterIP only"
+
+
+def test_the_design_document_is_in_the_repository_and_linked() -> None:
+    design = REPO_ROOT / "docs" / "design.md"
+    assert design.is_file()
+    assert "(docs/design.md)" in (REPO_ROOT / "README.md").read_text()
+    text = design.read_text()
+    assert "DESIGN.md" not in text and "/work/" not in text, "cite nothing outside the repository"
