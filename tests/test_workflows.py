@@ -368,11 +368,20 @@ def test_ci_stacks_use_the_kubelogin_mode_and_principal_type_ci_logs_in_with(sta
     config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     # workloadidentity needs a federated token file, which GitHub-hosted runners do not have.
     assert config.get(f"{PROJECT}:kubeloginMode", "azurecli") == "azurecli"
-    # CI runs `pulumi up` as a managed identity (azure/login OIDC); the settings default is "User",
-    # with which Azure rejects the deployer's role assignment on the cluster.
-    assert config.get(f"{PROJECT}:deployerPrincipalType") == "ServicePrincipal", (
-        f"Pulumi.{stack}.yaml: set {PROJECT}:deployerPrincipalType: ServicePrincipal (deploy.yml ups it)"
-    )
+    # CI runs `pulumi up` as a managed identity (azure/login OIDC): the principals granted cluster
+    # admin (from config, never from the caller) must include a ServicePrincipal, or Azure rejects
+    # the role assignment for the identity that actually runs the up.
+    principals = config.get(f"{PROJECT}:deployerPrincipals")
+    if principals is not None:
+        types = {str(p.get("principalType")) for p in principals}
+        assert "ServicePrincipal" in types, (
+            f"Pulumi.{stack}.yaml: list deploy.yml's identity in {PROJECT}:deployerPrincipals "
+            "with principalType: ServicePrincipal"
+        )
+    else:  # the key before deployerPrincipals
+        assert config.get(f"{PROJECT}:deployerPrincipalType") == "ServicePrincipal", (
+            f"Pulumi.{stack}.yaml: set {PROJECT}:deployerPrincipalType: ServicePrincipal (deploy.yml ups it)"
+        )
 
 
 def default_org() -> str:
