@@ -836,14 +836,28 @@ def test_the_token_window_check_flags_steps_that_outlive_the_tokens(
     assert any(named in problem for problem in token_window_problems({"steps": steps}))
 
 
-def test_the_token_fetch_covers_state_aks_and_arm() -> None:
+def fetched_resources() -> list[str]:
+    """The ``--resource`` values fetch-azure-tokens.sh asks az for, exactly as written."""
     script = (SCRIPTS / "fetch-azure-tokens.sh").read_text()
-    for resource in (
-        "https://storage.azure.com/",
-        "6dae42f8-4368-4678-94ff-3960e28e3630",
-        "https://management.azure.com/",
-    ):
-        assert resource in script
+    loop = re.search(r"for resource in (.*?); do", script, re.S)
+    assert loop, "fetch-azure-tokens.sh: no 'for resource in ...; do' loop"
+    words = loop.group(1).replace("\\\n", " ").split()
+    app = re.search(r"aks_server_app_id=(\S+)", script)
+    return [app.group(1) if w == '"$aks_server_app_id"' and app else w for w in words]
+
+
+def test_the_token_fetch_covers_each_caller_with_the_resource_it_asks_for() -> None:
+    # MSAL's cache matches scopes exactly: each entry must be spelled as its caller asks az for it.
+    # azidentity's AzureCLICredential strips "/.default" (storage, Key Vault: no trailing slash);
+    # kubelogin azurecli asks for the AKS server app id; az itself uses the classic ARM audience.
+    assert sorted(fetched_resources()) == sorted(
+        [
+            "https://storage.azure.com",
+            "https://vault.azure.net",
+            "6dae42f8-4368-4678-94ff-3960e28e3630",
+            "https://management.core.windows.net/",
+        ]
+    )
 
 
 @pytest.mark.parametrize(("wf", "name", "job"), all_jobs(), ids=[f"{w}:{n}" for w, n, _ in all_jobs()])
