@@ -65,12 +65,15 @@ class ServiceAddress(NamedTuple):
         match = _SERVICE_RE.match(text.strip())
         if match is None or not 0 < int(match.group(5)) < 65536:
             raise ValueError(
-                f"{text!r} is not a Service address: write <namespace>/<service>:<port>, e.g. mlflow/mlflow:5000"
+                f"{text!r} is not a Service address: "
+                "write <namespace>/<service>:<port>, e.g. mlflow/mlflow:5000"
             )
         return cls(match.group(1), match.group(3), int(match.group(5)))
 
 
-def port_forward_command(kubectl: str, kubeconfig: Path, service: ServiceAddress, local_port: int) -> list[str]:
+def port_forward_command(
+    kubectl: str, kubeconfig: Path, service: ServiceAddress, local_port: int
+) -> list[str]:
     """The kubectl invocation (flags as ``kubectl port-forward --help`` documents them)."""
     return [
         kubectl,
@@ -165,3 +168,19 @@ def _wait_ready(
                 f"`kubectl -n {service.namespace} get pods`."
             )
         time.sleep(0.5)
+
+
+@contextmanager
+def tracking_endpoint(*, tracking_uri: str = "", service: str = "", kubeconfig: str = "") -> Iterator[str]:
+    """Where MLflow answers for the block: a tunnel to ``service`` when set, else ``tracking_uri`` as is.
+
+    Azure stacks pass ``service`` (``<namespace>/<service>:<port>``) and the cluster's kubeconfig; a
+    local stack passes its node-port URL.
+    """
+    if service:
+        with service_tunnel(kubeconfig, ServiceAddress.parse(service)) as url:
+            yield url
+    elif tracking_uri:
+        yield tracking_uri.rstrip("/")
+    else:
+        raise TunnelError("no route to MLflow: neither a Service to tunnel to nor a tracking URI was given")

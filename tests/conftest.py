@@ -104,7 +104,9 @@ def fake_kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKubectl
     bin_dir = tmp_path / "fake-bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "kubectl"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO_ROOT / "tests" / "fakes" / "kubectl.py"}" "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{REPO_ROOT / "tests" / "fakes" / "kubectl.py"}" "$@"\n'
+    )
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.delenv("KUBECTL", raising=False)

@@ -50,24 +50,31 @@ def test_the_tunnel_reaches_mlflow_through_kubectl_and_closes_after(
 
 def test_missing_kubectl_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
-    with pytest.raises(TunnelError, match="kubectl .* is not on PATH.*az aks install-cli"):
-        with service_tunnel(FAKE_KUBECONFIG, MLFLOW):
-            pass
+    with (
+        pytest.raises(TunnelError, match=r"kubectl .* is not on PATH.*az aks install-cli"),
+        service_tunnel(FAKE_KUBECONFIG, MLFLOW),
+    ):
+        pass
 
 
 def test_an_rbac_refusal_says_which_right_is_missing(mlflow_server: str, fake_kubectl: FakeKubectl) -> None:
     fake_kubectl.serve("mlflow/mlflow:5000", mlflow_server)
     fake_kubectl.mode("forbidden")
-    with pytest.raises(TunnelRefused, match="refused the port-forward.*pods/portforward.*'mlflow'"):
-        with service_tunnel(FAKE_KUBECONFIG, MLFLOW, timeout=60):
-            pass
+    with (
+        pytest.raises(TunnelRefused, match=r"refused the port-forward.*pods/portforward.*'mlflow'"),
+        service_tunnel(FAKE_KUBECONFIG, MLFLOW, timeout=60),
+    ):
+        pass
 
 
 def test_an_unknown_service_reports_kubectls_error(mlflow_server: str, fake_kubectl: FakeKubectl) -> None:
     fake_kubectl.serve("mlflow/mlflow:5000", mlflow_server)
-    with pytest.raises(TunnelError, match='exited with 1.*services "other" not found') as info:
-        with service_tunnel(FAKE_KUBECONFIG, ServiceAddress("mlflow", "other", 5000), timeout=60):
-            pass
+    other = ServiceAddress("mlflow", "other", 5000)
+    with (
+        pytest.raises(TunnelError, match=r'exited with 1.*services "other" not found') as info,
+        service_tunnel(FAKE_KUBECONFIG, other, timeout=60),
+    ):
+        pass
     assert not isinstance(info.value, TunnelRefused)
 
 
@@ -76,15 +83,16 @@ def test_a_forward_that_never_answers_fails_in_bounded_time(
 ) -> None:
     fake_kubectl.serve("mlflow/mlflow:5000", mlflow_server)
     fake_kubectl.mode("hang")
-    with pytest.raises(TunnelError, match="did not answer .*/health within 3s"):
-        with service_tunnel(FAKE_KUBECONFIG, MLFLOW, timeout=3):
-            pass
+    with (
+        pytest.raises(TunnelError, match=r"did not answer .*/health within 3s"),
+        service_tunnel(FAKE_KUBECONFIG, MLFLOW, timeout=3),
+    ):
+        pass
 
 
 def test_an_empty_kubeconfig_is_refused_before_kubectl_runs(fake_kubectl: FakeKubectl) -> None:
-    with pytest.raises(TunnelError, match="no kubeconfig"):
-        with service_tunnel("", MLFLOW):
-            pass
+    with pytest.raises(TunnelError, match="no kubeconfig"), service_tunnel("", MLFLOW):
+        pass
     assert fake_kubectl.calls() == []
 
 

@@ -14,6 +14,7 @@ else fails with kubectl's own wording and exit 1. Environment:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -54,7 +55,7 @@ def parse(argv: list[str]) -> dict[str, str]:
             positional.append(arg)
         i += 1
     if not positional or positional[0] != "port-forward":
-        fail(f"error: unknown command {positional[:1]!r} for \"kubectl\" (this stand-in only port-forwards)")
+        fail(f'error: unknown command {positional[:1]!r} for "kubectl" (this stand-in only port-forwards)')
     if len(positional) != 3:
         fail("error: TYPE/NAME and list of ports are required for port-forward")
     opts["target"], opts["ports"] = positional[1], positional[2]
@@ -67,13 +68,14 @@ def check(opts: dict[str, str]) -> tuple[str, str, int, int]:
         fail("error: no kubeconfig given (this stand-in needs --kubeconfig)")
     try:
         mode = stat.S_IMODE(os.stat(config).st_mode)
-        text = open(config).read()
+        with open(config) as handle:
+            text = handle.read()
     except OSError as exc:
         fail(f"error: stat {config}: {exc.strerror}")
     if mode & 0o077:
         fail(f"error: kubeconfig {config} is readable by others (mode {mode:o})")
     if "kind: Config" not in text or "clusters:" not in text:
-        fail(f"error: loading config file \"{config}\": not a kubeconfig")
+        fail(f'error: loading config file "{config}": not a kubeconfig')
     address = opts.get("--address", "localhost")
     for item in address.split(","):
         if item != "localhost":
@@ -83,7 +85,7 @@ def check(opts: dict[str, str]) -> tuple[str, str, int, int]:
                 fail(f"error: {item} is not a valid IP")
     timeout = opts.get("--pod-running-timeout", "1m0s")
     if not DURATION_RE.match(timeout) and timeout != "1m0s":
-        fail(f"error: invalid argument \"{timeout}\" for \"--pod-running-timeout\" flag")
+        fail(f'error: invalid argument "{timeout}" for "--pod-running-timeout" flag')
     kind, _, name = opts["target"].partition("/")
     if kind not in ("service", "svc", "services") or not name:
         fail(f"error: this stand-in forwards Services only, got {opts['target']!r}")
@@ -102,10 +104,8 @@ def pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for sock in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def main() -> None:
