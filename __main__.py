@@ -188,6 +188,8 @@ def main() -> None:
     for key, value in parts.items():
         pulumi.export(key, value)
     pulumi.export("mlflowUrl", tracking.url)
+    pulumi.export("mlflowService", tracking.service)  # <namespace>/<service>:<port>, for the tunnel
+    pulumi.export("mlflowModelName", settings.tracking.model_name)
     pulumi.export("mlflowAdminUsername", tracking.admin_username)
     pulumi.export("mlflowAdminPassword", tracking.admin_password)
     pulumi.export("kubeconfig", cluster.kubeconfig)
