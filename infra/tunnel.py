@@ -116,8 +116,10 @@ def service_tunnel(
     *,
     ready_path: str = "/health",
     timeout: float = DEFAULT_READY_TIMEOUT,
+    local_port: int | None = None,
 ) -> Iterator[str]:
-    """Forward a free 127.0.0.1 port to ``service`` until the block exits; yield the local base URL."""
+    """Forward a 127.0.0.1 port (``local_port``, else a free one) to ``service`` until the block exits;
+    yield the local base URL."""
     if not kubeconfig.strip():
         raise TunnelError(f"no kubeconfig to reach {service}: pass the stack output 'kubeconfig'")
     kubectl = _kubectl()
@@ -127,7 +129,7 @@ def service_tunnel(
         with os.fdopen(fd, "w") as handle:
             handle.write(kubeconfig)
         log_path = Path(folder) / "kubectl.log"
-        port = free_port()
+        port = local_port or free_port()
         url = f"http://{LOOPBACK}:{port}"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(

@@ -114,3 +114,27 @@ def test_the_stand_in_rejects_what_kubectl_rejects(
     config.chmod(0o600)
     done = subprocess.run(["kubectl", "--kubeconfig", str(config), *argv], capture_output=True, text=True)
     assert done.returncode == 1 and error in done.stderr
+
+
+def test_the_ui_tool_opens_the_tunnel_from_stack_outputs(
+    mlflow_server: str, fake_kubectl: FakeKubectl
+) -> None:
+    from tools.mlflow_ui import serve_ui
+
+    fake_kubectl.serve("mlflow/mlflow:5000", mlflow_server)
+    lines: list[str] = []
+    seen: list[int] = []
+
+    def wait() -> None:
+        url = lines[0].split(": ", 1)[1].split()[0]
+        seen.append(requests.get(f"{url}/health", timeout=10).status_code)
+
+    outputs = {
+        "kubeconfig": FAKE_KUBECONFIG,
+        "mlflowService": "mlflow/mlflow:5000",
+        "mlflowAdminUsername": "admin",
+    }
+    serve_ui(outputs, stack="dev", port=None, wait=wait, log=lines.append)
+    assert seen == [200] and "'admin'" in lines[0] and "mlflowAdminPassword" in lines[1]
+    with pytest.raises(ValueError, match="no 'kubeconfig' output"):
+        serve_ui({}, stack="dev", port=None, wait=wait, log=lines.append)
