@@ -137,7 +137,7 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TrainedModelProvider(ResourceProvider):
-    """create/update train or re-gate; diff decides which; delete keeps MLflow's history."""
+    """create/update train or re-gate; diff decides which; delete leaves MLflow's versions alone."""
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         retrain = [key for key in RETRAIN_KEYS if olds.get(key) != news.get(key)]
@@ -156,7 +156,9 @@ class TrainedModelProvider(ResourceProvider):
         return UpdateResult(outs=train(news))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        # Registered versions are the audit trail of what was served; destroying a stack keeps them.
+        # Registered versions are the audit trail of what was served, so delete leaves them in MLflow.
+        # They outlive `pulumi destroy` only because the stack's PostgreSQL server and storage account
+        # are protected (protectStatefulResources, infra/tracking_stores.py).
         return None
 
 
