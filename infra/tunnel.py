@@ -103,8 +103,9 @@ def _failure(service: ServiceAddress, returncode: int, output: str) -> TunnelErr
     if any(marker in output.lower() for marker in _REFUSED_MARKERS):
         return TunnelRefused(
             f"the API server refused the port-forward to {service}: {detail}. The identity running this "
-            f"needs a role allowing pods/portforward in namespace {service.namespace!r} (e.g. AKS RBAC "
-            "Writer or Cluster Admin on the cluster); check `az account show` and the kubeconfig."
+            f"needs a role allowing pods/portforward create in namespace {service.namespace!r} (the "
+            "deployer's Azure Kubernetes Service RBAC Cluster Admin does; AKS RBAC Reader does not); "
+            "check `az account show` and the kubeconfig."
         )
     return TunnelError(f"kubectl port-forward to {service} exited with {returncode}: {detail}")
 
