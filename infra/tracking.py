@@ -395,14 +395,17 @@ class TrackingServer(pulumi.ComponentResource):
             ],
             "volumes": volumes,
         }
+        template_metadata: Any = {"labels": pod_labels}
         if init_containers:
             pod_spec["init_containers"] = init_containers
+            # The webhook projects the identity token into every container; the db-role step needs none.
+            template_metadata["annotations"] = {"azure.workload.identity/skip-containers": "db-role"}
         spec: Any = {
             "replicas": 1,
             # one writer: SQLite on an RWO volume locally; a single auth bootstrap on Azure
             "strategy": {"type": "Recreate"},
             "selector": {"match_labels": labels},
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+            "template": {"metadata": template_metadata, "spec": pod_spec},
         }
         return k8s.apps.v1.Deployment(
             f"{self._name}-deployment",

@@ -39,7 +39,9 @@ def test_the_pod_runs_the_shipped_script_in_order() -> None:
     [deployment] = [
         d for d in run.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "mlflow"
     ]
-    init = deployment.inputs["spec"]["template"]["spec"]["initContainers"]
+    template = deployment.inputs["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"azure.workload.identity/skip-containers": "db-role"}
+    init = template["spec"]["initContainers"]
     assert [(c["name"], c["args"]) for c in init] == [("db-role", ["db-role"]), ("wait-blob", ["wait-blob"])]
     assert all(c["command"] == ["python", "/opt/mlflow-prepare/mlflow_prepare.py"] for c in init)
     assert all(c["securityContext"]["readOnlyRootFilesystem"] is True for c in init)
