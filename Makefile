@@ -9,7 +9,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 STACKS ?= dev staging prod local
 
-.PHONY: venv actionlint demo test test-fast e2e lint typecheck lock manifests policy checkov-venv bench system-deps clean
+.PHONY: venv actionlint demo test test-fast e2e lint typecheck lock manifests policy checkov-venv bench system-deps clean mlflow-ui
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -95,6 +95,12 @@ manifests: $(STAMP)
 ## make policy: the CrossGuard pack over every stack's resources (no Pulumi CLI needed)
 policy: $(STAMP)
 	$(PY) -m policy.evaluate $(STACKS)
+
+## make mlflow-ui STACK=dev: the stack's MLflow UI on 127.0.0.1 through a port-forward over the AKS API
+## server (your `az login` identity and AKS RBAC), until Ctrl-C. MLFLOW_UI_PORT picks the local port.
+STACK ?= dev
+mlflow-ui: $(STAMP)
+	$(PY) -m tools.mlflow_ui --stack $(STACK) $(if $(MLFLOW_UI_PORT),--port $(MLFLOW_UI_PORT))
 
 ## make bench: image size + cold start, and serving throughput/latency, of the last e2e image (needs Docker)
 bench: $(STAMP)

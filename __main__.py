@@ -53,6 +53,7 @@ def tracking_server(
         resource_group_name=cluster.resource_group_name,
         vnet_id=cluster.network.vnet_id,
         postgres_subnet_id=cluster.network.postgres_subnet_id,
+        endpoint_subnet_id=cluster.network.node_subnet_id,
         oidc_issuer_url=cluster.oidc_issuer_url,
     )
 
@@ -135,6 +136,8 @@ def train_and_build(
         experiment_name=settings.tracking.experiment_name,
         model_name=settings.tracking.model_name,
         tracking_uri=tracking.training_uri,
+        tracking_service=tracking.training_service,
+        kubeconfig=cluster.kubeconfig,
         tracking_username=tracking.admin_username,
         tracking_password=tracking.admin_password,
         opts=pulumi.ResourceOptions(depends_on=[tracking]),  # MLflow must be up before training
@@ -146,6 +149,8 @@ def train_and_build(
         repository=REPOSITORY,
         base_image=settings.serving.base_image,
         tracking_uri=tracking.training_uri,
+        tracking_service=tracking.training_service,
+        kubeconfig=cluster.kubeconfig,
         tracking_username=tracking.admin_username,
         tracking_password=tracking.admin_password,
         **push.kwargs(),
@@ -183,6 +188,8 @@ def main() -> None:
     for key, value in parts.items():
         pulumi.export(key, value)
     pulumi.export("mlflowUrl", tracking.url)
+    pulumi.export("mlflowService", tracking.service)  # <namespace>/<service>:<port>, for the tunnel
+    pulumi.export("mlflowModelName", settings.tracking.model_name)
     pulumi.export("mlflowAdminUsername", tracking.admin_username)
     pulumi.export("mlflowAdminPassword", tracking.admin_password)
     pulumi.export("kubeconfig", cluster.kubeconfig)

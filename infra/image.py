@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pulumi
 import pulumi_docker as docker
 
 from infra.settings import DIGEST_REF_RE
 from infra.training import tracking_env
+from infra.tunnel import TunnelRefused, tracking_endpoint  # noqa: F401 (swapped by the mocks)
 
 BUILD_ROOT = Path(".build") / "images"
 
@@ -107,6 +108,8 @@ class ServingImage(pulumi.ComponentResource):
         registry_server: pulumi.Input[str],
         repository: str,
         tracking_uri: pulumi.Input[str],
+        tracking_service: pulumi.Input[str],
+        kubeconfig: pulumi.Input[str],
         tracking_username: pulumi.Input[str],
         tracking_password: pulumi.Input[str],
         base_image: str,
@@ -118,17 +121,37 @@ class ServingImage(pulumi.ComponentResource):
         super().__init__("ml-delivery:infra:ServingImage", name, None, opts)
 
         def export(args: list[str]) -> ContextInfo:
-            uri, fingerprint, tracking, user, password = args
-            with tracking_env(user, password):
-                # looked up at call time: the mock harness swaps in a stand-in (no MLflow model there)
-                return globals()["export_context"](
-                    uri, fingerprint, tracking_uri=tracking, base_image=base_image
+            uri, fingerprint, tracking, service, kubeconfig, user, password = args
+            # looked up at call time: the mock harness swaps in stand-ins (no cluster, no MLflow model)
+            endpoint, exporter = globals()["tracking_endpoint"], globals()["export_context"]
+            try:
+                with (
+                    endpoint(tracking_uri=tracking, service=service, kubeconfig=kubeconfig) as reached,
+                    tracking_env(user, password),
+                ):
+                    return cast(
+                        ContextInfo, exporter(uri, fingerprint, tracking_uri=reached, base_image=base_image)
+                    )
+            except TunnelRefused as exc:
+                if not pulumi.runtime.is_dry_run():
+                    raise
+                # A PR preview's read-only identity may not port-forward: show the image as unknown.
+                pulumi.log.warn(
+                    f"preview: not exporting the bento for {uri} (the image shows as unknown): {exc}",
+                    resource=self,
                 )
+                return cast(ContextInfo, pulumi.UNKNOWN)
 
-        # The password only authenticates the export; nothing in the context is secret.
+        # The password and kubeconfig only authenticate the export; nothing in the context is secret.
         context = pulumi.Output.unsecret(
             pulumi.Output.all(
-                model_uri, model_fingerprint, tracking_uri, tracking_username, tracking_password
+                model_uri,
+                model_fingerprint,
+                tracking_uri,
+                tracking_service,
+                kubeconfig,
+                tracking_username,
+                tracking_password,
             ).apply(export)
         )
         self.tag = context.tag

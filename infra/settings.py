@@ -86,11 +86,10 @@ class RegistrySettings:
 @dataclass(frozen=True)
 class TrackingSettings:
     image: str | None = None  # digest-pinned override; None: built from infra/mlflow_image (or promoted)
-    service_type: str = "LoadBalancer"
-    allowed_cidrs: tuple[str, ...] = ()
-    dns_label: str | None = None
+    # Azure: ClusterIP only (reached through infra/tunnel.py); local: NodePort on a laptop cluster.
+    service_type: str = "ClusterIP"
     extra_allowed_hosts: tuple[str, ...] = ()
-    tracking_uri: str | None = None  # how this machine reaches MLflow; derived when unset
+    tracking_uri: str | None = None  # local only: how this machine reaches MLflow; derived when unset
     admin_username: str = "admin"
     # None: generated with pulumi_random. Set before the first up; rotation: see the module docstring.
     admin_password: pulumi.Output[str] | None = None
@@ -100,6 +99,8 @@ class TrackingSettings:
     postgres_tier: str = "Burstable"
     postgres_version: str = "16"
     postgres_storage_gb: int = 32
+    postgres_backup_retention_days: int = 14  # Azure allows 7..35
+    blob_soft_delete_days: int = 14  # deleted/overwritten artifacts and the container itself
     node_port: int = 30500
 
 
@@ -142,6 +143,8 @@ class Settings:
     tags: Mapping[str, str]
     # Rollback: deploy exactly this digest instead of what the stack builds or promotes.
     image_ref_override: str | None = None
+    # `protect` on stateful Azure resources (PostgreSQL, storage, registry): destroy cannot delete them.
+    protect_stateful: bool = True
 
     @property
     def is_local(self) -> bool:
@@ -187,6 +190,14 @@ class _Reader:
         if value is not None and not pattern.match(value):
             raise self.fail(key, value, "has the wrong format", f"Write it like {example!r}.")
         return value
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false"):
+            raise self.fail(key, value, "is not a boolean", "Set true or false.")
+        return value.lower() == "true"
 
     def int_(self, key: str, default: int, low: int, high: int) -> int:
         value = self.raw(key)
@@ -347,46 +358,55 @@ def _vnet_cidr(reader: _Reader, default: str) -> str:
     return value
 
 
+# Keys an older version of this program read, and what replaced them (a stale key is an error).
+RETIRED_TRACKING_KEYS = {
+    "mlflowAllowedCidrs": "MLflow is never public in an Azure stack (ClusterIP only)",
+    "mlflowDnsLabel": "MLflow is never public in an Azure stack (ClusterIP only)",
+}
+TUNNEL_HINT = (
+    "The deploying machine reaches MLflow through a port-forward over the AKS API server "
+    "(infra/tunnel.py); people use `make mlflow-ui STACK=<stack>`."
+)
+
+
 def _tracking(
     reader: _Reader, mode: str, trains: bool, admin_password: pulumi.Output[str] | None
 ) -> TrackingSettings:
     d = TrackingSettings()
-    default_type = "NodePort" if mode == "local" else d.service_type
-    service_type = reader.required_str("mlflowServiceType", default_type, SERVICE_TYPES)
-    cidrs = reader.str_list("mlflowAllowedCidrs")
-    for cidr in cidrs:
-        reader.cidr("mlflowAllowedCidrs", cidr, "203.0.113.0/24")
+    for key, why in RETIRED_TRACKING_KEYS.items():
+        if reader.raw(key) is not None:
+            raise reader.fail(
+                key,
+                reader.raw(key),
+                f"is no longer read: {why}",
+                f"{TUNNEL_HINT} Remove it: `pulumi config rm {key}`.",
+            )
+    local = mode == "local"
+    service_type = reader.required_str(
+        "mlflowServiceType",
+        "NodePort" if local else d.service_type,
+        ("ClusterIP", "NodePort") if local else ("ClusterIP",),
+    )
     tracking_uri = reader.matching(
         "trackingUri", None, re.compile(r"^https?://[^\s/]+(/.*)?$"), "http://127.0.0.1:5000"
     )
-    if service_type == "LoadBalancer" and not cidrs:
+    if tracking_uri is not None and not local:
         raise reader.fail(
-            "mlflowAllowedCidrs",
-            [],
-            "is empty while mlflowServiceType is LoadBalancer",
-            "List the CIDRs allowed to reach MLflow (your CI runners / VPN egress), "
-            "e.g. `pulumi config set --path 'mlflowAllowedCidrs[0]' 203.0.113.0/24`.",
+            "trackingUri", tracking_uri, "is only for mode: local", f"{TUNNEL_HINT} Remove the key."
         )
-    if trains and service_type == "ClusterIP" and tracking_uri is None:
+    if trains and local and service_type == "ClusterIP" and tracking_uri is None:
         raise reader.fail(
             "trackingUri",
             None,
             "is unset while mlflowServiceType is ClusterIP",
             "Training runs on the deploying machine and must reach MLflow: set trackingUri "
-            "(e.g. a kubectl port-forward URL) or use mlflowServiceType LoadBalancer/NodePort.",
+            "(e.g. a kubectl port-forward URL) or use mlflowServiceType NodePort.",
         )
     return TrackingSettings(
         image=reader.matching(
             "mlflowImage", None, DIGEST_REF_RE, "registry.example.com/mlflow@sha256:<64 hex>"
         ),
         service_type=service_type,
-        allowed_cidrs=cidrs,
-        dns_label=reader.matching(
-            "mlflowDnsLabel",
-            f"{reader.project}-{reader.stack}-mlflow",
-            DNS_LABEL_RE,
-            "ml-delivery-dev-mlflow",
-        ),
         extra_allowed_hosts=reader.str_list(
             "mlflowAllowedHosts", re.compile(r"^[A-Za-z0-9*.:\-\[\]]+$"), "mlflow.example.com"
         ),
@@ -405,6 +425,10 @@ def _tracking(
         postgres_tier=reader.required_str("postgresTier", d.postgres_tier, POSTGRES_TIERS),
         postgres_version=reader.required_str("postgresVersion", d.postgres_version, ("14", "15", "16", "17")),
         postgres_storage_gb=reader.int_("postgresStorageGb", d.postgres_storage_gb, 32, 16384),
+        postgres_backup_retention_days=reader.int_(
+            "postgresBackupRetentionDays", d.postgres_backup_retention_days, 7, 35
+        ),
+        blob_soft_delete_days=reader.int_("blobSoftDeleteDays", d.blob_soft_delete_days, 1, 365),
         node_port=reader.int_("mlflowNodePort", d.node_port, 30000, 32767),
     )
 
@@ -493,6 +517,7 @@ def parse_settings(
             REGISTRY_DIGEST_REF_RE,
             "myregistry.azurecr.io/cancer-classifier@sha256:<64 hex> (an earlier imageRef output)",
         ),
+        protect_stateful=reader.bool_("protectStatefulResources", mode != "local"),
     )
 
 

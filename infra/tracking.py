@@ -1,17 +1,21 @@
-"""The MLflow tracking server of a stack, with authentication on and no secret in plain sight.
+"""The MLflow tracking server's Kubernetes workload, with authentication on and no secret in plain sight.
 
-Azure: PostgreSQL Flexible Server (private, in a delegated subnet; generated password) as the
-backend and auth store; a Storage Account (no public blob access, TLS 1.2, no shared keys) with a
-Blob container for artifacts, reached through workload identity (user-assigned identity + federated
-credential for the ``mlflow`` ServiceAccount + Storage Blob Data Contributor on the container).
-Local: SQLite and artifacts on a PersistentVolumeClaim.
-Both: a hardened Deployment running ``mlflow server --app-name basic-auth`` whose credentials come
-from a Kubernetes Secret built from Pulumi secrets, a Service and a NetworkPolicy.
+One MLflow exists: dev's, the registry of record (staging and prod build none). Its stores are in
+infra/tracking_stores.py on Azure; locally SQLite and artifacts on a PersistentVolumeClaim. Here: a
+hardened Deployment running ``mlflow server --app-name basic-auth`` (credentials from a Kubernetes
+Secret built from Pulumi secrets), its Service, its NetworkPolicy, and on Azure two init containers
+(infra/mlflow_prepare.py): the database role MLflow logs in as (the only place the PostgreSQL admin
+secret is mounted) and a bounded wait until the workload identity can reach the artifact container.
+
+Exposure: on Azure the Service is ClusterIP, never public. The deploying machine and people reach it
+through ``kubectl port-forward`` over the AKS API server (infra/tunnel.py, ``make mlflow-ui``),
+authorized by their Entra identity and AKS RBAC. Locally a NodePort on the laptop cluster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pulumi
@@ -22,6 +26,15 @@ from infra import podsecurity
 from infra.image import require_digest_ref
 from infra.network import subnet_prefixes
 from infra.settings import ConfigError, Settings
+from infra.tracking_stores import (
+    APP_ROLE,
+    DATABASES,
+    POSTGRES_ADMIN,
+    AzureTrackingStores,
+    IdentityBinding,
+    secret,
+)
+from infra.tunnel import ServiceAddress
 
 NAMESPACE = "mlflow"
 APP = "mlflow"
@@ -29,38 +42,33 @@ PORT = 5000
 POSTGRES_PORT = 5432
 HTTPS_PORT = 443
 UID = 10001  # >= 10000, no clash with host accounts (checkov CKV_K8S_40); = the image USER
-POSTGRES_ADMIN = "mlflowadmin"
 CREDENTIALS_SECRET = "mlflow-credentials"
+DB_ADMIN_SECRET = "mlflow-db-admin"  # mounted by the db-role init container only
+PREPARE_CONFIG = "mlflow-prepare"
+PREPARE_DIR = "/opt/mlflow-prepare"
+PREPARE_SCRIPT = Path(__file__).with_name("mlflow_prepare.py")
+ROLLOUT_TIMEOUT = "20m"  # the wait-blob init step tolerates up to 15 min of identity/role propagation
 AUTH_CONFIG_DIR = "/etc/mlflow-auth"
 AUTH_CONFIG_FILE = "basic_auth.ini"
 LOCAL_DATA_DIR = "/mlflow"
 IN_CLUSTER_HOST = f"{APP}.{NAMESPACE}.svc.cluster.local"
 IN_CLUSTER_URL = f"http://{IN_CLUSTER_HOST}:{PORT}"
+SERVICE = ServiceAddress(NAMESPACE, APP, PORT)
 
 
-def secret(value: pulumi.Output[str]) -> pulumi.Output[str]:
-    """``value`` marked secret (typed: mypy cannot infer Output.secret's type from an Output)."""
-    return cast(pulumi.Output[str], pulumi.Output.secret(value))
+def training_route(settings: Settings) -> tuple[str, str]:
+    """(tracking URI, Service to tunnel to) by which the deploying machine reaches this stack's MLflow.
 
-
-def public_hostname(settings: Settings) -> str | None:
-    """The LoadBalancer's Azure DNS name (known before the IP), or None when not exposed that way."""
+    Azure: no URI, the tunnel to ``mlflow/mlflow:5000`` (infra/tunnel.py). Local: the node port on
+    127.0.0.1 (or ``trackingUri``), no tunnel.
+    """
     t = settings.tracking
-    if settings.is_local or t.service_type != "LoadBalancer" or not t.dns_label:
-        return None
-    return f"{t.dns_label}.{settings.location}.cloudapp.azure.com"
-
-
-def training_tracking_uri(settings: Settings) -> str:
-    """How the deploying machine (where TrainedModel trains) reaches this stack's MLflow."""
-    t = settings.tracking
+    if not settings.is_local:
+        return "", str(SERVICE)
     if t.tracking_uri:
-        return t.tracking_uri.rstrip("/")
-    host = public_hostname(settings)
-    if host:
-        return f"http://{host}:{PORT}"
-    if settings.is_local and t.service_type == "NodePort":
-        return f"http://127.0.0.1:{t.node_port}"
+        return t.tracking_uri.rstrip("/"), ""
+    if t.service_type == "NodePort":
+        return f"http://127.0.0.1:{t.node_port}", ""
     raise ConfigError(
         f"Pulumi.{settings.stack}.yaml: config key '{settings.project}:trackingUri' is unset and "
         f"mlflowServiceType {t.service_type} gives this machine no route to MLflow. Set trackingUri "
@@ -69,12 +77,12 @@ def training_tracking_uri(settings: Settings) -> str:
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
-    """Host headers MLflow accepts (it binds 0.0.0.0, so it must be told; patterns allowed)."""
+    """Host headers MLflow accepts (it binds 0.0.0.0, so it must be told; patterns allowed).
+
+    The tunnel and ``make mlflow-ui`` arrive as 127.0.0.1:<local port>.
+    """
     hosts = [f"{IN_CLUSTER_HOST}:{PORT}", IN_CLUSTER_HOST, f"{APP}.{NAMESPACE}:{PORT}", f"{APP}:{PORT}"]
     hosts += ["localhost:*", "127.0.0.1:*"]
-    public = public_hostname(settings)
-    if public:
-        hosts += [f"{public}:{PORT}", public]
     if settings.tracking.tracking_uri:
         hosts.append(settings.tracking.tracking_uri.split("://", 1)[1].split("/", 1)[0])
     hosts += list(settings.tracking.extra_allowed_hosts)
@@ -114,15 +122,17 @@ class _Stores:
     backend_uri: pulumi.Output[str]
     auth_db_uri: pulumi.Output[str]
     artifacts_destination: pulumi.Input[str]
-    workload_identity_client_id: pulumi.Output[str] | None
-    data_claim: pulumi.Resource | None
+    data_claim: pulumi.Resource | None = None
+    azure: AzureTrackingStores | None = None
 
 
 class TrackingServer(pulumi.ComponentResource):
-    """MLflow server with its stores; exposes in-cluster and training URLs and the admin login."""
+    """MLflow with its stores; exposes the in-cluster URL, the Service, the training route, the login."""
 
     url: pulumi.Output[str]
+    service: pulumi.Output[str]
     training_uri: pulumi.Output[str]
+    training_service: pulumi.Output[str]
     admin_username: pulumi.Output[str]
     admin_password: pulumi.Output[str]
 
@@ -136,6 +146,7 @@ class TrackingServer(pulumi.ComponentResource):
         resource_group_name: pulumi.Input[str] | None = None,
         vnet_id: pulumi.Input[str] | None = None,
         postgres_subnet_id: pulumi.Input[str] | None = None,
+        endpoint_subnet_id: pulumi.Input[str] | None = None,
         oidc_issuer_url: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -163,21 +174,32 @@ class TrackingServer(pulumi.ComponentResource):
         if settings.is_local:
             stores = self._local_stores(ns_opts)
         else:
-            if (
-                resource_group_name is None
-                or vnet_id is None
-                or postgres_subnet_id is None
-                or oidc_issuer_url is None
-            ):
+            given = (resource_group_name, vnet_id, postgres_subnet_id, endpoint_subnet_id, oidc_issuer_url)
+            if any(value is None for value in given):
                 raise ValueError(
-                    "TrackingServer on Azure needs the resource group, VNet, subnet and OIDC issuer"
+                    "TrackingServer on Azure needs the resource group, VNet, PostgreSQL and endpoint "
+                    "subnets and the OIDC issuer"
                 )
-            stores = self._azure_stores(resource_group_name, vnet_id, postgres_subnet_id, oidc_issuer_url)
+            azure = AzureTrackingStores(
+                name,
+                settings,
+                resource_group_name=cast(pulumi.Input[str], resource_group_name),
+                vnet_id=cast(pulumi.Input[str], vnet_id),
+                postgres_subnet_id=cast(pulumi.Input[str], postgres_subnet_id),
+                endpoint_subnet_id=cast(pulumi.Input[str], endpoint_subnet_id),
+                oidc_issuer_url=cast(pulumi.Input[str], oidc_issuer_url),
+                binding=IdentityBinding(NAMESPACE, APP),
+                opts=child,
+            )
+            stores = _Stores(
+                backend_uri=azure.database_uri(DATABASES[0]),
+                auth_db_uri=azure.database_uri(DATABASES[1]),
+                artifacts_destination=azure.artifacts_destination,
+                azure=azure,
+            )
 
         sa_annotations = (
-            {"azure.workload.identity/client-id": stores.workload_identity_client_id}
-            if stores.workload_identity_client_id is not None
-            else {}
+            {"azure.workload.identity/client-id": stores.azure.client_id} if stores.azure is not None else {}
         )
         account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
@@ -198,20 +220,24 @@ class TrackingServer(pulumi.ComponentResource):
             },
             opts=ns_opts,
         )
-        deployment = self._deployment(image, stores, account, credentials, ns_opts)
+        depends: list[pulumi.Resource] = [credentials]
+        if stores.azure is not None:
+            depends += self._prepare_objects(stores.azure, ns_opts)
+        deployment = self._deployment(image, stores, account, depends, ns_opts)
         service = self._service(ns_opts)
         self._network_policy(ns_opts)
 
         self.url = pulumi.Output.from_input(IN_CLUSTER_URL)
+        self.service = pulumi.Output.from_input(str(SERVICE))
         # Only a training stack needs a route from this machine to MLflow.
-        self.training_uri = pulumi.Output.from_input(
-            "" if settings.promotes else training_tracking_uri(settings)
-        )
+        uri, tunnel_to = ("", "") if settings.promotes else training_route(settings)
+        self.training_uri = pulumi.Output.from_input(uri)
+        self.training_service = pulumi.Output.from_input(tunnel_to)
         self.admin_username = pulumi.Output.from_input(settings.tracking.admin_username)
         self.admin_password = pulumi.Output.secret(admin_password)
         self.ready = pulumi.Output.all(deployment.id, service.id).apply(lambda _: True)
         self.register_outputs(
-            {"url": self.url, "trainingUri": self.training_uri, "adminPassword": self.admin_password}
+            {"url": self.url, "service": self.service, "adminPassword": self.admin_password}
         )
 
     def _local_stores(self, ns_opts: pulumi.ResourceOptions) -> _Stores:
@@ -225,144 +251,88 @@ class TrackingServer(pulumi.ComponentResource):
             backend_uri=pulumi.Output.secret(f"sqlite:///{LOCAL_DATA_DIR}/mlflow.db"),
             auth_db_uri=pulumi.Output.secret(f"sqlite:///{LOCAL_DATA_DIR}/auth.db"),
             artifacts_destination=f"{LOCAL_DATA_DIR}/artifacts",
-            workload_identity_client_id=None,
             data_claim=claim,
         )
 
-    def _azure_stores(
-        self,
-        resource_group_name: pulumi.Input[str],
-        vnet_id: pulumi.Input[str],
-        postgres_subnet_id: pulumi.Input[str],
-        oidc_issuer_url: pulumi.Input[str],
-    ) -> _Stores:
-        from pulumi_azure_native import dbforpostgresql, managedidentity, privatedns, storage
-
-        from infra import roles
-
-        name, s = self._name, self._settings
-        child = pulumi.ResourceOptions(parent=self)
-        tags = dict(s.tags)
-        db_password = random.RandomPassword(f"{name}-postgres-password", length=40, special=False, opts=child)
-        zone = privatedns.PrivateZone(
-            f"{name}-pg-dns",
-            resource_group_name=resource_group_name,
-            location="global",
-            private_zone_name=f"{s.project}-{s.stack}.private.postgres.database.azure.com",
-            tags=tags,
-            opts=child,
+    def _prepare_objects(
+        self, azure: AzureTrackingStores, ns_opts: pulumi.ResourceOptions
+    ) -> list[pulumi.Resource]:
+        """The init steps' script and the PostgreSQL admin Secret (mounted by the db-role step only)."""
+        script = k8s.core.v1.ConfigMap(
+            f"{self._name}-prepare",
+            metadata={"name": PREPARE_CONFIG, "namespace": NAMESPACE},
+            data={PREPARE_SCRIPT.name: PREPARE_SCRIPT.read_text()},
+            opts=ns_opts,
         )
-        link = privatedns.VirtualNetworkLink(
-            f"{name}-pg-dns-link",
-            resource_group_name=resource_group_name,
-            private_zone_name=zone.name,
-            location="global",
-            virtual_network={"id": vnet_id},
-            registration_enabled=False,
-            opts=child,
-        )
-        server = dbforpostgresql.Server(
-            f"{name}-pg",
-            resource_group_name=resource_group_name,
-            location=s.location,
-            version=s.tracking.postgres_version,
-            sku={"name": s.tracking.postgres_sku, "tier": s.tracking.postgres_tier},
-            storage={"storage_size_gb": s.tracking.postgres_storage_gb},
-            administrator_login=POSTGRES_ADMIN,
-            administrator_login_password=secret(db_password.result),
-            network={
-                "public_network_access": "Disabled",
-                "delegated_subnet_resource_id": postgres_subnet_id,
-                "private_dns_zone_arm_resource_id": zone.id,
+        admin = k8s.core.v1.Secret(
+            f"{self._name}-db-admin",
+            metadata={"name": DB_ADMIN_SECRET, "namespace": NAMESPACE},
+            type="Opaque",
+            string_data={
+                "admin-user": POSTGRES_ADMIN,
+                "admin-password": azure.admin_password,
+                "app-password": azure.app_password,
             },
-            backup={"backup_retention_days": 7, "geo_redundant_backup": "Disabled"},
-            tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[link]),
+            opts=ns_opts,
         )
-        for db in ("mlflow", "mlflow_auth"):
-            dbforpostgresql.Database(
-                f"{name}-db-{db}",
-                resource_group_name=resource_group_name,
-                server_name=server.name,
-                database_name=db,
-                charset="UTF8",
-                opts=child,
-            )
+        # The pod must not start before its grants exist: the first artifact write needs them.
+        return [script, admin, *azure.ready]
 
-        def pg_uri(database: str) -> pulumi.Output[str]:
-            return pulumi.Output.secret(
-                pulumi.Output.format(
-                    "postgresql://{0}:{1}@{2}:5432/{3}?sslmode=require",
-                    POSTGRES_ADMIN, db_password.result, server.fully_qualified_domain_name, database,
-                )
-            )  # fmt: skip
-
-        account = storage.StorageAccount(
-            "mlflowart",  # alphanumeric only; Pulumi adds a random suffix
-            resource_group_name=resource_group_name,
-            location=s.location,
-            kind="StorageV2",
-            sku={"name": "Standard_LRS"},
-            allow_blob_public_access=False,
-            allow_shared_key_access=False,
-            enable_https_traffic_only=True,
-            minimum_tls_version="TLS1_2",
-            tags=tags,
-            opts=child,
-        )
-        container = storage.BlobContainer(
-            f"{name}-artifacts",
-            resource_group_name=resource_group_name,
-            account_name=account.name,
-            container_name="mlflow-artifacts",
-            public_access=storage.PublicAccess.NONE,
-            opts=child,
-        )
-        identity = managedidentity.UserAssignedIdentity(
-            f"{name}-identity",
-            resource_group_name=resource_group_name,
-            location=s.location,
-            tags=tags,
-            opts=child,
-        )
-        managedidentity.FederatedIdentityCredential(
-            f"{name}-federated",
-            resource_group_name=resource_group_name,
-            resource_name_=identity.name,
-            issuer=oidc_issuer_url,
-            subject=f"system:serviceaccount:{NAMESPACE}:{APP}",
-            audiences=["api://AzureADTokenExchange"],
-            opts=child,
-        )
-        roles.grant(
-            f"{name}-blob-contributor",
-            role_guid=roles.STORAGE_BLOB_DATA_CONTRIBUTOR,
-            principal_id=identity.principal_id,
-            scope=container.id,
-            parent=self,
-        )
-        return _Stores(
-            backend_uri=pg_uri("mlflow"),
-            auth_db_uri=pg_uri("mlflow_auth"),
-            artifacts_destination=pulumi.Output.format(
-                "wasbs://{0}@{1}.blob.core.windows.net/", container.name, account.name
-            ),
-            workload_identity_client_id=identity.client_id,
-            data_claim=None,
-        )
+    def _init_containers(self, image: pulumi.Output[str], azure: AzureTrackingStores) -> list[Any]:
+        """db-role (admin secret), then wait-blob (workload identity), both from the MLflow image."""
+        base = {
+            "image": image,
+            "image_pull_policy": "IfNotPresent",
+            "command": ["python", f"{PREPARE_DIR}/{PREPARE_SCRIPT.name}"],
+            "security_context": podsecurity.container_security_context(),
+            "resources": {
+                "requests": {"cpu": "50m", "memory": "128Mi"},
+                "limits": {"cpu": "500m", "memory": "256Mi"},
+            },
+            "volume_mounts": [
+                {"name": "prepare", "mount_path": PREPARE_DIR, "read_only": True},
+                {"name": "tmp", "mount_path": "/tmp"},
+            ],
+        }
+        return [
+            {
+                **base,
+                "name": "db-role",
+                "args": ["db-role"],
+                "env": [
+                    {"name": "PGHOST", "value": azure.postgres_host},
+                    podsecurity.secret_env("PGADMIN_USER", DB_ADMIN_SECRET, "admin-user"),
+                    podsecurity.secret_env("PGADMIN_PASSWORD", DB_ADMIN_SECRET, "admin-password"),
+                    podsecurity.secret_env("PREPARE_ROLE_PASSWORD", DB_ADMIN_SECRET, "app-password"),
+                    {"name": "PREPARE_ROLE", "value": APP_ROLE},
+                    {"name": "PREPARE_DATABASES", "value": ",".join(DATABASES)},
+                    {"name": "HOME", "value": "/tmp"},
+                ],
+            },
+            {
+                **base,
+                "name": "wait-blob",
+                "args": ["wait-blob"],
+                "env": [
+                    {"name": "PREPARE_CONTAINER_URL", "value": azure.container_url},
+                    {"name": "PREPARE_TIMEOUT_SECONDS", "value": "900"},
+                    {"name": "HOME", "value": "/tmp"},
+                ],
+            },
+        ]
 
     def _deployment(
         self,
         image: pulumi.Input[str],
         stores: _Stores,
         account: k8s.core.v1.ServiceAccount,
-        credentials: k8s.core.v1.Secret,
+        depends: list[pulumi.Resource],
         ns_opts: pulumi.ResourceOptions,
     ) -> k8s.apps.v1.Deployment:
         s = self._settings
         labels = {"app": APP}
         pod_labels = dict(labels)
-        if stores.workload_identity_client_id is not None:
+        if stores.azure is not None:
             pod_labels["azure.workload.identity/use"] = "true"
         volumes, mounts = podsecurity.empty_dir_volumes(("/tmp",))
         volumes.append(
@@ -375,11 +345,17 @@ class TrackingServer(pulumi.ComponentResource):
             }
         )
         mounts.append({"name": "auth-config", "mount_path": AUTH_CONFIG_DIR, "read_only": True})
-        depends: list[pulumi.Resource] = [credentials]
         if stores.data_claim is not None:
-            depends.append(stores.data_claim)
+            depends = [*depends, stores.data_claim]
             volumes.append({"name": "data", "persistent_volume_claim": {"claim_name": "mlflow-data"}})
             mounts.append({"name": "data", "mount_path": LOCAL_DATA_DIR})
+        pinned = pulumi.Output.from_input(image).apply(
+            lambda ref: require_digest_ref(ref, "MLflow Deployment image")
+        )
+        init_containers: list[Any] = []
+        if stores.azure is not None:
+            volumes.append({"name": "prepare", "config_map": {"name": PREPARE_CONFIG}})
+            init_containers = self._init_containers(pinned, stores.azure)
         env = [
             podsecurity.secret_env("MLFLOW_BACKEND_STORE_URI", CREDENTIALS_SECRET, "backend-store-uri"),
             podsecurity.secret_env("MLFLOW_AUTH_ADMIN_USERNAME", CREDENTIALS_SECRET, "admin-username"),
@@ -390,71 +366,76 @@ class TrackingServer(pulumi.ComponentResource):
         ]
         probe = {"http_get": {"path": "/health", "port": PORT}}
         metadata: Any = {"name": APP, "namespace": NAMESPACE, "labels": labels}
+        pod_spec: Any = {
+            "service_account_name": account.metadata.apply(lambda m: m.name),
+            # workload identity projects its own token; the Kubernetes API token is not needed
+            "automount_service_account_token": False,
+            "security_context": podsecurity.pod_security_context(UID, UID),
+            "containers": [
+                {
+                    "name": APP,
+                    "image": pinned,
+                    "image_pull_policy": "IfNotPresent",
+                    "command": ["mlflow"],
+                    "args": pulumi.Output.from_input(stores.artifacts_destination).apply(
+                        lambda dest: server_args(s, dest)
+                    ),
+                    "ports": [{"name": "http", "container_port": PORT}],
+                    "env": env,
+                    "volume_mounts": mounts,
+                    "security_context": podsecurity.container_security_context(),
+                    "resources": {
+                        "requests": {"cpu": "250m", "memory": "512Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                    "startup_probe": {**probe, "period_seconds": 5, "failure_threshold": 60},
+                    "readiness_probe": {**probe, "period_seconds": 10},
+                    "liveness_probe": {**probe, "period_seconds": 20, "failure_threshold": 3},
+                }
+            ],
+            "volumes": volumes,
+        }
+        template_metadata: Any = {"labels": pod_labels}
+        if init_containers:
+            pod_spec["init_containers"] = init_containers
+            # The webhook projects the identity token into every container; the db-role step needs none.
+            template_metadata["annotations"] = {"azure.workload.identity/skip-containers": "db-role"}
         spec: Any = {
             "replicas": 1,
             # one writer: SQLite on an RWO volume locally; a single auth bootstrap on Azure
             "strategy": {"type": "Recreate"},
             "selector": {"match_labels": labels},
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "service_account_name": account.metadata.apply(lambda m: m.name),
-                    "automount_service_account_token": False,
-                    "security_context": podsecurity.pod_security_context(UID, UID),
-                    "containers": [
-                        {
-                            "name": APP,
-                            "image": pulumi.Output.from_input(image).apply(
-                                lambda ref: require_digest_ref(ref, "MLflow Deployment image")
-                            ),
-                            "image_pull_policy": "IfNotPresent",
-                            "command": ["mlflow"],
-                            "args": pulumi.Output.from_input(stores.artifacts_destination).apply(
-                                lambda dest: server_args(s, dest)
-                            ),
-                            "ports": [{"name": "http", "container_port": PORT}],
-                            "env": env,
-                            "volume_mounts": mounts,
-                            "security_context": podsecurity.container_security_context(),
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "512Mi"},
-                                "limits": {"cpu": "1", "memory": "1Gi"},
-                            },
-                            "startup_probe": {**probe, "period_seconds": 5, "failure_threshold": 60},
-                            "readiness_probe": {**probe, "period_seconds": 10},
-                            "liveness_probe": {**probe, "period_seconds": 20, "failure_threshold": 3},
-                        }
-                    ],
-                    "volumes": volumes,
-                },
-            },
+            "template": {"metadata": template_metadata, "spec": pod_spec},
         }
         return k8s.apps.v1.Deployment(
             f"{self._name}-deployment",
             metadata=metadata,
             spec=spec,
-            opts=pulumi.ResourceOptions.merge(ns_opts, pulumi.ResourceOptions(depends_on=depends)),
+            opts=pulumi.ResourceOptions.merge(
+                ns_opts,
+                pulumi.ResourceOptions(
+                    depends_on=depends,
+                    custom_timeouts=pulumi.CustomTimeouts(create=ROLLOUT_TIMEOUT, update=ROLLOUT_TIMEOUT),
+                ),
+            ),
         )
 
     def _service(self, ns_opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
         t = self._settings.tracking
-        annotations: dict[str, str] = {}
+        if not self._settings.is_local and t.service_type != "ClusterIP":
+            raise ConfigError(
+                f"MLflow on Azure is ClusterIP only, not {t.service_type}"
+            )  # settings refuse it first
         spec: Any = {
             "type": t.service_type,
             "selector": {"app": APP},
             "ports": [{"name": "http", "port": PORT, "target_port": PORT}],
         }
-        if t.service_type == "LoadBalancer":
-            spec["load_balancer_source_ranges"] = list(t.allowed_cidrs)
-            spec["external_traffic_policy"] = "Local"
-            if t.dns_label and not self._settings.is_local:
-                annotations["service.beta.kubernetes.io/azure-dns-label-name"] = t.dns_label
         if t.service_type == "NodePort":
             spec["ports"][0]["node_port"] = t.node_port
-        metadata: Any = {"name": APP, "namespace": NAMESPACE, "annotations": annotations}
         return k8s.core.v1.Service(
             f"{self._name}-service",
-            metadata=metadata,
+            metadata={"name": APP, "namespace": NAMESPACE},
             spec=spec,
             opts=ns_opts,
         )
@@ -476,23 +457,15 @@ def _tcp(port: int) -> dict[str, Any]:
 def network_policy_spec(settings: Settings) -> dict[str, Any]:
     """Ingress and egress of the MLflow pod: only what the stack's exposure and stores need.
 
-    Ingress: LoadBalancer -> only from ``mlflowAllowedCidrs`` (the Service keeps client IPs with
-    externalTrafficPolicy Local); NodePort (local) -> any source, as kube-proxy SNATs node-port
-    traffic to the node's address; ClusterIP -> nothing: ``kubectl port-forward`` enters the pod's
-    network namespace through the kubelet, which network policies do not filter, and no workload
-    in the cluster calls MLflow. Egress: DNS to kube-dns; on Azure also PostgreSQL in its subnet
-    and HTTPS to anywhere, because Blob Storage and the Entra ID token endpoint are public Azure
-    addresses that change and a NetworkPolicy cannot name hosts (narrow it with a Blob private
-    endpoint and Cilium FQDN rules).
+    Ingress: NodePort (local) -> any source, as kube-proxy SNATs node-port traffic to the node's
+    address; ClusterIP (every Azure stack) -> nothing: ``kubectl port-forward`` enters the pod's
+    network namespace through the kubelet, which network policies do not filter, and no workload in
+    the cluster calls MLflow. Egress: DNS to kube-dns; on Azure also PostgreSQL in its subnet, and
+    HTTPS to anywhere for the Entra ID token endpoint (a public address that changes; a
+    NetworkPolicy cannot name hosts). Blob Storage is a private endpoint in the node subnet.
     """
     t = settings.tracking
-    ingress: list[dict[str, Any]]
-    if t.service_type == "LoadBalancer":
-        ingress = [{"from": [{"ip_block": {"cidr": c}} for c in t.allowed_cidrs], "ports": [_tcp(PORT)]}]
-    elif t.service_type == "NodePort":
-        ingress = [{"ports": [_tcp(PORT)]}]
-    else:
-        ingress = []
+    ingress: list[dict[str, Any]] = [{"ports": [_tcp(PORT)]}] if t.service_type == "NodePort" else []
     dns = {
         "to": [
             {

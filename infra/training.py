@@ -7,8 +7,11 @@ provider checks it). ``diff``: a new fingerprint or model name is an update that
 alone is an update that re-gates the registered version without training (``train_and_register``
 reuses a version with the same fingerprint and gates it again); anything else is no change.
 Preview never calls create/update, so preview never trains. A failed gate fails the update and
-nothing downstream is built. Outputs: run id, model URI, version, metrics, the model fingerprint
-(the bento version), and the gate it passed.
+nothing downstream is built. create/update reach MLflow through ``infra.tunnel.tracking_endpoint``:
+on Azure a port-forward over the AKS API server (``tracking_service`` + the secret ``kubeconfig``),
+opened for the training call and closed after; locally the node-port ``tracking_uri``. How MLflow is
+reached never takes part in diff: a new kubeconfig alone changes nothing. Outputs: run id, model
+URI, version, metrics, the model fingerprint (the bento version), and the gate it passed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +101,22 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
         tracking_uri=props["tracking_uri"],
         requirements_path=Path(props["requirements_path"]),
     )
-    with tracking_env(props.get("tracking_username"), props.get("tracking_password")):
-        try:
-            result = train_and_register(config)
-        except GateFailedError as exc:
-            raise TrainingError(f"TrainedModel: {exc}. Nothing was built or deployed.") from exc
+    from infra.tunnel import TunnelError, tracking_endpoint
+
+    try:
+        with (
+            tracking_endpoint(
+                tracking_uri=props.get("tracking_uri") or "",
+                service=props.get("tracking_service") or "",
+                kubeconfig=props.get("kubeconfig") or "",
+            ) as uri,
+            tracking_env(props.get("tracking_username"), props.get("tracking_password")),
+        ):
+            result = train_and_register(replace(config, tracking_uri=uri))
+    except GateFailedError as exc:
+        raise TrainingError(f"TrainedModel: {exc}. Nothing was built or deployed.") from exc
+    except TunnelError as exc:
+        raise TrainingError(f"TrainedModel: cannot reach MLflow to train: {exc}") from exc
     if result.fingerprint != props["fingerprint"]:
         raise TrainingError(
             f"TrainedModel: training logged fingerprint {result.fingerprint} but the program computed "
@@ -122,7 +137,7 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TrainedModelProvider(ResourceProvider):
-    """create/update train or re-gate; diff decides which; delete keeps MLflow's history."""
+    """create/update train or re-gate; diff decides which; delete leaves MLflow's versions alone."""
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         retrain = [key for key in RETRAIN_KEYS if olds.get(key) != news.get(key)]
@@ -141,7 +156,9 @@ class TrainedModelProvider(ResourceProvider):
         return UpdateResult(outs=train(news))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        # Registered versions are the audit trail of what was served; destroying a stack keeps them.
+        # Registered versions are the audit trail of what was served, so delete leaves them in MLflow.
+        # They outlive `pulumi destroy` only because the stack's PostgreSQL server and storage account
+        # are protected (protectStatefulResources, infra/tracking_stores.py).
         return None
 
 
@@ -167,6 +184,8 @@ class TrainedModel(pulumi.dynamic.Resource):
         params: ModelParams,
         gate: Mapping[str, float],
         tracking_uri: pulumi.Input[str],
+        tracking_service: pulumi.Input[str],
+        kubeconfig: pulumi.Input[str],
         tracking_username: pulumi.Input[str],
         tracking_password: pulumi.Input[str],
         experiment_name: str,
@@ -179,7 +198,9 @@ class TrainedModel(pulumi.dynamic.Resource):
             "requirements_path": requirements_path,
             "params": params.as_dict(),  # resolved: the values the fingerprint covers
             "gate": dict(gate),
-            "tracking_uri": tracking_uri,
+            "tracking_uri": tracking_uri,  # local: the node-port URL; Azure: "" (tunnel)
+            "tracking_service": tracking_service,  # Azure: <namespace>/<service>:<port>; local: ""
+            "kubeconfig": pulumi.Output.secret(kubeconfig),
             "tracking_username": tracking_username,
             "tracking_password": pulumi.Output.secret(tracking_password),
             "experiment_name": experiment_name,
@@ -192,6 +213,6 @@ class TrainedModel(pulumi.dynamic.Resource):
             name,
             props,
             pulumi.ResourceOptions.merge(
-                opts, pulumi.ResourceOptions(additional_secret_outputs=["tracking_password"])
+                opts, pulumi.ResourceOptions(additional_secret_outputs=["tracking_password", "kubeconfig"])
             ),
         )

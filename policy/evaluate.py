@@ -42,6 +42,7 @@ class Subject:
     type: str
     name: str
     props: Mapping[str, Any]
+    protect: bool = False  # ResourceOptions.protect, which the engine passes in the options
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ def evaluate(
                     unknown_checking_proxy(dict(subject.props)),
                     f"urn:pulumi:{stack}::ml-delivery::{subject.type}::{subject.name}",
                     subject.name,
-                    PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None),
+                    PolicyResourceOptions(
+                        subject.protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None
+                    ),
                     None,
                     entry,
                 )
@@ -151,7 +154,7 @@ def evaluate(
 
 def subjects_of(stack_run: Any) -> list[Subject]:
     """The resources a ``tools.stack_mocks.StackRun`` recorded, as policy subjects."""
-    return [Subject(r.type, r.name, r.inputs) for r in stack_run.resources]
+    return [Subject(r.type, r.name, r.inputs, getattr(r, "protect", False)) for r in stack_run.resources]
 
 
 def main(argv: list[str] | None = None) -> int:

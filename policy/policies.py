@@ -386,6 +386,49 @@ def check_postgres(resource_type: str, props: Props) -> list[str]:
     return []
 
 
+# ---------------------------------------------------------------- deployability: MLflow, stateful data
+
+
+def _stack_in(stack: str, config: Config, key: str, default: Sequence[str]) -> bool:
+    return bool(stack) and stack in {str(name) for name in _items(config.get(key, list(default)))}
+
+
+def check_mlflow_not_exposed(props: Props, config: Config, stack: str) -> list[str]:
+    """An Azure stack's MLflow Service is ClusterIP: reached only by port-forward over the API server."""
+    if _stack_in(stack, config, "localStacks", ["local"]):
+        return []
+    name = _get(props, "metadata", "name") or ""
+    namespace = _get(props, "metadata", "namespace") or ""
+    patterns = [str(entry) for entry in _items(config.get("mlflowServices", ["mlflow/mlflow"]))]
+    if not any(fnmatchcase(f"{namespace}/{name}", p) for p in patterns):
+        return []
+    kind = _get(props, "spec", "type") or "ClusterIP"
+    if kind in ("LoadBalancer", "NodePort"):
+        return [
+            f"MLflow Service '{namespace}/{name}': spec.type is {kind}, which reaches it from outside the "
+            "cluster. Use ClusterIP; the deploying machine and people reach MLflow with `kubectl "
+            "port-forward` over the AKS API server (infra/tunnel.py, `make mlflow-ui`)."
+        ]
+    return []
+
+
+STATEFUL_TYPES = ("azure-native:dbforpostgresql:Server", "azure-native:storage:StorageAccount", ACR_TYPE)
+
+
+def check_stateful_protected(resource_type: str, protected: bool, config: Config, stack: str) -> list[str]:
+    """In the listed stacks, the resources holding data cannot be deleted by `pulumi destroy`.
+
+    pulumi-policy exposes ``protect`` in ``ResourceValidationArgs.opts`` (not ``retainOnDelete``), so
+    ``protect`` is what this rule can see and what the program sets.
+    """
+    if protected or not _stack_in(stack, config, "protectedStacks", ["staging", "prod"]):
+        return []
+    return [
+        f"{resource_type} holds data but is not protected in stack '{stack}': `pulumi destroy` would "
+        "delete it. Set ResourceOptions(protect=True) (stack config protectStatefulResources: true)."
+    ]
+
+
 # ---------------------------------------------------------------- edges: config, stack, policies
 
 
@@ -463,6 +506,33 @@ AKS_SCHEMA = PolicyConfigSchema(
     }
 )
 
+MLFLOW_EXPOSURE_SCHEMA = PolicyConfigSchema(
+    properties={
+        "mlflowServices": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["mlflow/mlflow"],
+            "description": "MLflow Services as 'namespace/name' (shell-style wildcards allowed).",
+        },
+        "localStacks": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["local"],
+            "description": "Stacks (laptop clusters) where MLflow may be a NodePort.",
+        },
+    }
+)
+PROTECTION_SCHEMA = PolicyConfigSchema(
+    properties={
+        "protectedStacks": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["staging", "prod"],
+            "description": "Stacks whose PostgreSQL servers, storage accounts and registries are protected.",
+        }
+    }
+)
+
 POLICIES: list[ResourceValidationPolicy] = [
     _policy(
         "images-pinned-by-digest",
@@ -532,5 +602,21 @@ POLICIES: list[ResourceValidationPolicy] = [
         (POSTGRES_SERVER_TYPE, POSTGRES_FIREWALL_TYPE),
         lambda args, _cfg: check_postgres(args.resource_type, args.props),
         severity=Severity.CRITICAL,
+    ),
+    _policy(
+        "mlflow-not-exposed",
+        "In an Azure stack the MLflow Service is ClusterIP, never LoadBalancer or NodePort.",
+        (SERVICE_TYPE,),
+        lambda args, cfg: check_mlflow_not_exposed(args.props, cfg, current_stack()),
+        schema=MLFLOW_EXPOSURE_SCHEMA,
+    ),
+    _policy(
+        "stateful-resources-protected",
+        "PostgreSQL servers, storage accounts and container registries are protected in staging and prod.",
+        STATEFUL_TYPES,
+        lambda args, cfg: check_stateful_protected(
+            args.resource_type, bool(args.opts.protect), cfg, current_stack()
+        ),
+        schema=PROTECTION_SCHEMA,
     ),
 ]

@@ -8,6 +8,7 @@ test modules import ``free_port`` and friends from this file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,3 +57,60 @@ def trained(mlflow_server: str) -> TrainResult:
             model_name=SERVING_MODEL_NAME,
         )
     )
+
+
+FAKE_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: aks
+  cluster: {server: "https://aks.example.invalid:443"}
+contexts:
+- name: aks
+  context: {cluster: aks, user: deployer}
+current-context: aks
+users:
+- name: deployer
+  user: {token: not-a-real-token}
+"""
+
+
+class FakeKubectl:
+    """Controls the stand-in kubectl (tests/fakes/kubectl.py) that the tunnel finds on PATH."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, log: Path) -> None:
+        self._monkeypatch = monkeypatch
+        self.log = log
+
+    def serve(self, service: str, url: str) -> None:
+        """Make ``service`` (``ns/name:port``) forward to the server at ``url`` (http://host:port)."""
+        self._monkeypatch.setenv("FAKE_KUBECTL_SERVICES", f"{service}={url.split('://', 1)[1]}")
+
+    def mode(self, mode: str) -> None:
+        self._monkeypatch.setenv("FAKE_KUBECTL_MODE", mode)
+
+    def calls(self) -> list[list[str]]:
+        import json
+
+        if not self.log.exists():
+            return []
+        return [json.loads(line)["argv"] for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def fake_kubectl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKubectl:
+    """A ``kubectl`` on PATH that validates port-forward arguments and forwards to a real server."""
+    import sys
+
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "kubectl"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{REPO_ROOT / "tests" / "fakes" / "kubectl.py"}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("KUBECTL", raising=False)
+    log = tmp_path / "kubectl-calls.jsonl"
+    monkeypatch.setenv("FAKE_KUBECTL_LOG", str(log))
+    monkeypatch.delenv("FAKE_KUBECTL_MODE", raising=False)
+    return FakeKubectl(monkeypatch, log)

@@ -13,11 +13,11 @@ from infra.cluster import decode_user_kubeconfig, rewrite_kubeconfig
 from infra.network import subnet_prefixes
 from infra.promotion import PromotionError, validate_source
 from infra.settings import ConfigError, parse_settings
-from infra.tracking import allowed_hosts, auth_config_ini, training_tracking_uri
+from infra.tracking import allowed_hosts, auth_config_ini, training_route
 from model.gate import GateThresholds
 from tools.stack_mocks import aks_user_kubeconfig, source_outputs
 
-BASE = {"mlflowAllowedCidrs": json.dumps(["203.0.113.0/24"])}
+BASE: dict[str, str] = {}
 
 
 def settings(stack: str = "dev", **values: object):
@@ -52,10 +52,15 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
         ({"gate": {"minAccurcy": 0.9}}, "ml-delivery:gate", "unknown field"),
         ({"promoteFrom": "dev"}, "ml-delivery:promoteFrom", "organization/ml-delivery/dev"),
         ({"promoteFrom": "o/p/dev"}, "ml-delivery:promoteFrom", "another stack"),
-        ({"mlflowAllowedCidrs": []}, "ml-delivery:mlflowAllowedCidrs", "pulumi config set"),
-        ({"mlflowAllowedCidrs": ["everyone"]}, "ml-delivery:mlflowAllowedCidrs", "203.0.113.0/24"),
-        ({"mlflowAllowedCidrs": ["203.0.113.7/24"]}, "ml-delivery:mlflowAllowedCidrs", "host bits set"),
-        ({"mlflowAllowedCidrs": ["300.0.113.0/24"]}, "ml-delivery:mlflowAllowedCidrs", "not a CIDR"),
+        # MLflow is never public in an Azure stack: the old exposure keys say what replaced them.
+        ({"mlflowAllowedCidrs": ["203.0.113.0/24"]}, "ml-delivery:mlflowAllowedCidrs", "make mlflow-ui"),
+        ({"mlflowDnsLabel": "ml-delivery-dev-mlflow"}, "ml-delivery:mlflowDnsLabel", "config rm"),
+        ({"mlflowServiceType": "LoadBalancer"}, "ml-delivery:mlflowServiceType", "Use one of: ClusterIP."),
+        ({"mlflowServiceType": "NodePort"}, "ml-delivery:mlflowServiceType", "Use one of: ClusterIP."),
+        ({"trackingUri": "http://127.0.0.1:5000"}, "ml-delivery:trackingUri", "only for mode: local"),
+        ({"protectStatefulResources": "yes"}, "ml-delivery:protectStatefulResources", "true or false"),
+        ({"postgresBackupRetentionDays": 3}, "ml-delivery:postgresBackupRetentionDays", "7..35"),
+        ({"blobSoftDeleteDays": 0}, "ml-delivery:blobSoftDeleteDays", "1..365"),
         ({"vnetCidr": "10.20.1.0/16"}, "ml-delivery:vnetCidr", "host bits set"),
         ({"vnetCidr": "10.20.0.0/33"}, "ml-delivery:vnetCidr", "10.20.0.0/16"),
         ({"vnetCidr": "10.20.0.0/24"}, "ml-delivery:vnetCidr", "/21 or larger"),
@@ -74,7 +79,6 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
         ({"kubernetesVersion": "latest"}, "ml-delivery:kubernetesVersion", "1.33"),
         ({"kubeloginMode": "password"}, "ml-delivery:kubeloginMode", "workloadidentity"),
         ({"registryServer": "localhost:5001"}, "ml-delivery:registryServer", "mode: local"),
-        ({"mlflowServiceType": "ClusterIP"}, "ml-delivery:trackingUri", "port-forward"),
         ({"modelParams": [1, 2]}, "ml-delivery:modelParams", "dict"),
         ({"modelParams": {"C": -1}}, "ml-delivery:modelParams", "C must be > 0"),
         ({"modelParams": {"max_iter": 10.5}}, "ml-delivery:modelParams", "whole number"),
@@ -94,9 +98,25 @@ def test_a_bad_value_names_the_key_the_stack_file_and_the_fix(values: dict, key:
 
 
 def test_cidrs_outside_the_cluster_ranges_are_accepted() -> None:
-    s = settings(vnetCidr="172.16.0.0/16", mlflowAllowedCidrs=["198.51.100.0/24", "2001:db8::/32"])
+    s = settings(vnetCidr="172.16.0.0/16")
     assert s.cluster.vnet_cidr == "172.16.0.0/16"
-    assert s.tracking.allowed_cidrs == ("198.51.100.0/24", "2001:db8::/32")
+
+
+def test_stateful_resources_are_protected_by_default_on_azure_only() -> None:
+    assert settings().protect_stateful and settings("prod").protect_stateful
+    assert not settings(protectStatefulResources="false").protect_stateful
+    assert not settings("local", mode="local").protect_stateful
+    t = settings().tracking
+    assert (t.service_type, t.postgres_backup_retention_days, t.blob_soft_delete_days) == (
+        "ClusterIP",
+        14,
+        14,
+    )
+
+
+def test_a_local_clusterip_mlflow_needs_a_tracking_uri() -> None:
+    message = config_error("local", mode="local", mlflowServiceType="ClusterIP")
+    assert "'ml-delivery:trackingUri'" in message and "port-forward" in message
 
 
 def test_kubernetes_version_can_be_pinned_and_gate_overrides_apply() -> None:
@@ -110,22 +130,21 @@ def test_promoting_stack_needs_no_training_route_to_mlflow() -> None:
     assert s.promotes and s.promote_from == "organization/ml-delivery/dev"
 
 
-def test_training_uri_follows_the_exposure() -> None:
-    assert (
-        training_tracking_uri(settings())
-        == "http://ml-delivery-dev-mlflow.westeurope.cloudapp.azure.com:5000"
-    )
+def test_azure_trains_through_the_tunnel_and_local_through_its_node_port() -> None:
+    assert training_route(settings()) == ("", "mlflow/mlflow:5000")
     local = settings("local", mode="local")
-    assert training_tracking_uri(local) == "http://127.0.0.1:30500"
-    forwarded = settings(mlflowServiceType="ClusterIP", trackingUri="http://127.0.0.1:5000/")
-    assert training_tracking_uri(forwarded) == "http://127.0.0.1:5000"
+    assert training_route(local) == ("http://127.0.0.1:30500", "")
+    forwarded = settings(
+        "local", mode="local", mlflowServiceType="ClusterIP", trackingUri="http://127.0.0.1:5000/"
+    )
+    assert training_route(forwarded) == ("http://127.0.0.1:5000", "")
     assert "127.0.0.1:5000" in allowed_hosts(forwarded)
 
 
-def test_allowed_hosts_cover_in_cluster_and_public_names() -> None:
+def test_allowed_hosts_cover_in_cluster_and_tunnel_names_and_nothing_public() -> None:
     hosts = allowed_hosts(settings(mlflowAllowedHosts=["mlflow.example.com"]))
-    assert "mlflow.mlflow.svc.cluster.local:5000" in hosts
-    assert "ml-delivery-dev-mlflow.westeurope.cloudapp.azure.com:5000" in hosts
+    assert "mlflow.mlflow.svc.cluster.local:5000" in hosts and "127.0.0.1:*" in hosts
+    assert not any("cloudapp.azure.com" in h for h in hosts)
     assert hosts[-1] == "mlflow.example.com" and len(hosts) == len(set(hosts))
 
 

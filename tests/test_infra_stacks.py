@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from functools import cache
 from pathlib import Path
@@ -202,6 +203,70 @@ def test_dev_tracking_uses_private_postgres_keyless_blob_and_workload_identity()
     assert args[args.index("--artifacts-destination") + 1].startswith("wasbs://mlflow-artifacts@")
 
 
+def test_dev_mlflow_storage_is_private_recoverable_and_protected() -> None:
+    run = stack("dev")
+    account = run.one("azure-native:storage:StorageAccount")
+    assert account.inputs["publicNetworkAccess"] == "Disabled"
+    server = run.one("azure-native:dbforpostgresql:Server")
+    assert account.protect and server.protect  # `pulumi destroy -s dev` stops before deleting them
+    assert server.inputs["backup"]["backupRetentionDays"] == 14
+    blob_service = run.one("azure-native:storage:BlobServiceProperties").inputs
+    assert blob_service["blobServicesName"] == "default" and blob_service["isVersioningEnabled"] is True
+    for policy in ("deleteRetentionPolicy", "containerDeleteRetentionPolicy"):
+        assert blob_service[policy] == {"enabled": True, "days": 14}
+    endpoint = run.one("azure-native:network:PrivateEndpoint")
+    [connection] = endpoint.inputs["privateLinkServiceConnections"]
+    assert connection["groupIds"] == ["blob"] and connection["privateLinkServiceId"] == account.id
+    nodes = next(s for s in run.of_type("azure-native:network:Subnet") if "postgres" not in s.name)
+    assert endpoint.inputs["subnet"] == {"id": nodes.id}
+    zones = {z.inputs["privateZoneName"]: z for z in run.of_type("azure-native:privatedns:PrivateZone")}
+    blob_zone = zones["privatelink.blob.core.windows.net"]
+    group = run.one("azure-native:network:PrivateDnsZoneGroup").inputs
+    assert group["privateDnsZoneConfigs"] == [{"name": "blob", "privateDnsZoneId": blob_zone.id}]
+    links = [lk.inputs["privateZoneName"] for lk in run.of_type("azure-native:privatedns:VirtualNetworkLink")]
+    assert blob_zone.outputs.get("name", blob_zone.inputs["privateZoneName"]) in links
+
+
+def test_unprotected_when_the_stack_says_so() -> None:
+    run = run_stack("dev", config={"protectStatefulResources": False})
+    assert not run.one("azure-native:storage:StorageAccount").protect
+    assert not run.one("azure-native:dbforpostgresql:Server").protect
+
+
+def test_mlflow_logs_in_as_its_own_role_and_only_an_init_step_sees_the_admin_secret() -> None:
+    run = stack("dev")
+    spec = pod(deployment(run, "mlflow"))
+    [server] = spec["containers"]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in server["env"] if "valueFrom" in e}
+    assert refs == {"mlflow-credentials"}
+    assert "mlflow-db-admin" not in json.dumps(server)
+    init = {c["name"]: c for c in spec["initContainers"]}
+    assert list(init) == ["db-role", "wait-blob"]
+    assert init["db-role"]["image"] == server["image"]
+    admin_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in init["db-role"]["env"] if "valueFrom" in e}
+    assert admin_refs == {"mlflow-db-admin"}
+    assert "mlflow-db-admin" not in json.dumps(init["wait-blob"])
+    credentials = next(
+        r
+        for r in run.of_type("kubernetes:core/v1:Secret")
+        if r.inputs["metadata"]["name"] == "mlflow-credentials"
+    )
+    backend = credentials.inputs["stringData"]["backend-store-uri"]
+    assert backend.startswith("postgresql://mlflow_app:") and "mlflowadmin" not in backend
+
+
+def test_the_mlflow_pod_waits_for_its_grants() -> None:
+    run = stack("dev")
+    mlflow = deployment(run, "mlflow")
+    needed = [
+        *role(run, roles.STORAGE_BLOB_DATA_CONTRIBUTOR),
+        run.one("azure-native:managedidentity:FederatedIdentityCredential"),
+        run.one("azure-native:network:PrivateDnsZoneGroup"),
+        *run.of_type("azure-native:dbforpostgresql:Database"),
+    ]
+    assert {r.urn for r in needed} <= set(mlflow.depends_on)
+
+
 @pytest.mark.parametrize("name", ["dev", "staging", "prod", "local"])
 def test_mlflow_server_has_auth_on_and_secrets_only_by_reference(name: str) -> None:
     run = stack(name)
@@ -216,7 +281,11 @@ def test_mlflow_server_has_auth_on_and_secrets_only_by_reference(name: str) -> N
             "value" not in env[key] and env[key]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-credentials"
         )
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    secret = run.one("kubernetes:core/v1:Secret")
+    secret = next(
+        r
+        for r in run.of_type("kubernetes:core/v1:Secret")
+        if r.inputs["metadata"]["name"] == "mlflow-credentials"
+    )
     assert "stringData" in secret.secret_paths  # built from Pulumi secrets, stored encrypted in state
     assert {"mlflowAdminPassword", "kubeconfig"} <= run.secret_outputs
 
@@ -241,13 +310,15 @@ def test_dev_trained_model_feeds_image_feeds_deployment() -> None:
         "champion_margin": 0.01,
     }
     assert "tracking_password" in model.secret_paths
-    assert model.inputs["tracking_uri"] == "http://ml-delivery-dev-mlflow.westeurope.cloudapp.azure.com:5000"
-    # the export callback ran once, with the trained model's outputs
+    # MLflow is reached through the tunnel: no URL, the Service, and the kubeconfig as a secret
+    assert (model.inputs["tracking_uri"], model.inputs["tracking_service"]) == ("", "mlflow/mlflow:5000")
+    assert "kubeconfig" in model.secret_paths and model.inputs["kubeconfig"] == run.outputs["kubeconfig"]
+    # the export callback ran once, with the trained model's outputs, through the tunnel
     assert run.exports == [
         {
             "model_uri": model.outputs["model_uri"],
             "fingerprint": model.outputs["model_fingerprint"],
-            "tracking_uri": model.inputs["tracking_uri"],
+            "tracking_uri": "tunnel://mlflow/mlflow:5000",
             "base_image": "python:3.11-slim",
         }
     ]
@@ -316,6 +387,33 @@ def test_staging_refuses_a_missing_malformed_or_failing_source(change: dict, exp
     errors = [e for e in error_chain(info.value) if isinstance(e, PromotionError)]
     assert errors, f"no PromotionError in {error_chain(info.value)}"
     assert expected in str(errors[0]) and f"{DEFAULT_ORGANIZATION}/ml-delivery/dev" in str(errors[0])
+
+
+def refusing_tunnel(**_: str) -> Any:
+    from infra.tunnel import TunnelRefused
+
+    raise TunnelRefused("the API server refused the port-forward to mlflow/mlflow:5000: forbidden")
+
+
+def test_a_preview_whose_identity_may_not_port_forward_skips_the_export_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PR preview under the read-only identity: the bento is not exported, the image shows as unknown."""
+    import tools.stack_mocks
+
+    monkeypatch.setattr(tools.stack_mocks, "_stand_in_tunnel", refusing_tunnel)
+    run = run_stack("dev", preview=True, existing=True)
+    assert run.exports == []
+    assert "imageRef" in run.unknown_outputs
+    assert run.one(DYNAMIC_TYPE).outputs["model_uri"]  # the model itself is known (existing stack)
+
+
+def test_an_up_whose_identity_may_not_port_forward_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.stack_mocks
+
+    monkeypatch.setattr(tools.stack_mocks, "_stand_in_tunnel", refusing_tunnel)
+    with pytest.raises(Exception, match="refused the port-forward"):
+        run_stack("dev")
 
 
 def test_first_preview_trains_nothing_exports_nothing_and_pushes_nothing() -> None:
@@ -461,12 +559,12 @@ def egress_ports(spec: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
 def test_mlflow_on_azure_accepts_only_its_allowed_sources_and_reaches_only_its_stores(name: str) -> None:
     run = stack(name)
     spec = mlflow_network_policy(run)
-    if name == "dev":  # LoadBalancer: only from mlflowAllowedCidrs, on MLflow's port
-        assert spec["ingress"] == [
-            {"from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"protocol": "TCP", "port": 5000}]}
-        ]
-    else:  # ClusterIP: nothing in the cluster calls MLflow (port-forward is not filtered)
-        assert spec.get("ingress", []) == []
+    # ClusterIP: nothing in the cluster calls MLflow (port-forward is not filtered)
+    assert spec.get("ingress", []) == []
+    service = next(
+        s for s in run.of_type("kubernetes:core/v1:Service") if s.inputs["metadata"]["namespace"] == "mlflow"
+    )
+    assert service.inputs["spec"]["type"] == "ClusterIP" and not service.inputs["metadata"].get("annotations")
     egress = egress_ports(spec)
     assert sorted(egress) == [53, 443, 5432]
     dns_peer = egress[53][0]

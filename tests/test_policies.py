@@ -505,3 +505,81 @@ def test_postgres_firewall_rules_are_rejected() -> None:
 )
 def test_is_secret_name(name: str, secret: bool) -> None:
     assert policies.is_secret_name(name) is secret
+
+
+# ---------------------------------------------------------------- mlflow-not-exposed
+
+
+def mlflow_service(
+    service_type: str | None, namespace: str = "mlflow", name: str = "mlflow"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": {"app": "mlflow"}, "ports": [{"port": 5000}]}
+    if service_type is not None:
+        spec["type"] = service_type
+    return {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+@pytest.mark.parametrize("service_type", ["LoadBalancer", "NodePort"])
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_an_azure_stack_mlflow_service_reachable_from_outside_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, stack: str, service_type: str
+) -> None:
+    analyzing(monkeypatch, stack)
+    [message] = run_policy("mlflow-not-exposed", policies.SERVICE_TYPE, mlflow_service(service_type))
+    assert f"spec.type is {service_type}" in message and "ClusterIP" in message and "port-forward" in message
+
+
+@pytest.mark.parametrize("service_type", [None, "ClusterIP"])
+def test_a_clusterip_mlflow_service_passes(monkeypatch: pytest.MonkeyPatch, service_type: str | None) -> None:
+    analyzing(monkeypatch, "dev")
+    assert run_policy("mlflow-not-exposed", policies.SERVICE_TYPE, mlflow_service(service_type)) == []
+
+
+def test_the_mlflow_rule_spares_local_stacks_and_other_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    analyzing(monkeypatch, "local")
+    assert run_policy("mlflow-not-exposed", policies.SERVICE_TYPE, mlflow_service("NodePort")) == []
+    analyzing(monkeypatch, "dev")
+    other = mlflow_service("NodePort", namespace="model-serving", name="model-server")
+    assert run_policy("mlflow-not-exposed", policies.SERVICE_TYPE, other) == []
+    moved = {"mlflowServices": ["tracking/*"]}
+    found = run_policy(
+        "mlflow-not-exposed", policies.SERVICE_TYPE, mlflow_service("LoadBalancer", "tracking", "x"), moved
+    )
+    assert len(found) == 1
+
+
+# ---------------------------------------------------------------- stateful-resources-protected
+
+
+def run_with_protect(resource_type: str, protect: bool) -> list[str]:
+    """The protection rule as the analyzer runs it: ``protect`` arrives in ResourceValidationArgs.opts."""
+    found: list[str] = []
+    args = ResourceValidationArgs(
+        resource_type,
+        unknown_checking_proxy({}),
+        f"urn:pulumi:prod::ml-delivery::{resource_type}::r",
+        "r",
+        PolicyResourceOptions(protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None),
+        None,
+        None,
+    )
+    BY_NAME["stateful-resources-protected"].validate(args, lambda message, _urn=None: found.append(message))
+    return found
+
+
+@pytest.mark.parametrize("resource_type", policies.STATEFUL_TYPES)
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_stateful_resources_must_be_protected_in_staging_and_prod(
+    monkeypatch: pytest.MonkeyPatch, stack: str, resource_type: str
+) -> None:
+    analyzing(monkeypatch, stack)
+    [message] = run_with_protect(resource_type, protect=False)
+    assert resource_type in message and "protect=True" in message and stack in message
+    assert run_with_protect(resource_type, protect=True) == []
+
+
+def test_protection_is_not_required_elsewhere_or_of_other_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    analyzing(monkeypatch, "local")
+    assert run_with_protect(policies.STATEFUL_TYPES[0], protect=False) == []
+    analyzing(monkeypatch, "prod")
+    assert run_with_protect("azure-native:storage:BlobContainer", protect=False) == []

@@ -9,8 +9,10 @@ evaluator behind `make policy` (policy/evaluate.py) must report the same violati
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -37,15 +39,17 @@ def stack_subjects(stack: str) -> tuple[Subject, ...]:
     return tuple(subjects_of(run_stack(stack)))
 
 
-@pytest.fixture(scope="module")
-def pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
-    """The real policy pack process, serving the analyzer protocol on a loopback port."""
+@contextlib.contextmanager
+def running_pack(stack: str = "dev") -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+    """The real policy pack process, serving the analyzer protocol on a loopback port; the engine
+    starts the analyzer with PULUMI_STACK set to the stack under analysis."""
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:0", str(REPO_ROOT / "policy")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
         cwd=REPO_ROOT / "policy",
+        env={**os.environ, "PULUMI_STACK": stack},
     )
     try:
         assert proc.stdout is not None
@@ -57,6 +61,12 @@ def pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
             yield analyzer_pb2_grpc.AnalyzerStub(channel)
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+    with running_pack("dev") as stub:
+        yield stub
 
 
 def configure(stub: analyzer_pb2_grpc.AnalyzerStub, config: Mapping[str, Mapping[str, Any]]) -> None:
@@ -84,6 +94,7 @@ def analyze(stub: analyzer_pb2_grpc.AnalyzerStub, stack: str, subject: Subject) 
         properties=properties,
         urn=f"urn:pulumi:{stack}::{PROJECT}::{subject.type}::{subject.name}",
         name=subject.name,
+        options=analyzer_pb2.AnalyzerResourceOptions(protect=subject.protect),
     )
     response = stub.Analyze(request)
     return [(d.policyName, d.enforcementLevel, d.message) for d in response.diagnostics]
@@ -122,17 +133,18 @@ def test_pack_blocks_a_non_compliant_resource(pack: analyzer_pb2_grpc.AnalyzerSt
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_stack_has_no_mandatory_violation(stack: str, pack: analyzer_pb2_grpc.AnalyzerStub) -> None:
+def test_stack_has_no_mandatory_violation(stack: str) -> None:
     subjects = stack_subjects(stack)
     assert subjects, f"{stack}: the mocks recorded no resource"
     config = load_pack_config(stack_config_path(stack))
-    configure(pack, config)
-    over_grpc = sorted(
-        (policy, s.name, message)
-        for s in subjects
-        for policy, level, message in analyze(pack, stack, s)
-        if level == MANDATORY
-    )
+    with running_pack(stack) as pack:
+        configure(pack, config)
+        over_grpc = sorted(
+            (policy, s.name, message)
+            for s in subjects
+            for policy, level, message in analyze(pack, stack, s)
+            if level == MANDATORY
+        )
     assert not over_grpc, f"{stack}: mandatory violations:\n" + "\n".join(
         f"  [{p}] {n}: {m.splitlines()[-1]}" for p, n, m in over_grpc
     )

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from infra.training import OUTPUT_KEYS, TrainedModelProvider, TrainingError, input_fingerprint
 from model.gate import GateThresholds
 from model.params import ModelParams, ParamsError
-from tests.conftest import REPO_ROOT
+from tests.conftest import FAKE_KUBECONFIG, REPO_ROOT, FakeKubectl
 from tools.stack_mocks import DYNAMIC_TYPE, run_stack
 
 pytestmark = pytest.mark.servers
@@ -35,6 +35,8 @@ def props(mlflow_server: str, data: Path, **overrides: Any) -> dict[str, Any]:
         "params": dict(PARAMS),
         "gate": GateThresholds().as_dict(),
         "tracking_uri": mlflow_server,
+        "tracking_service": "",
+        "kubeconfig": "",
         "tracking_username": "admin",
         "tracking_password": "not-checked-by-this-server",
         "experiment_name": "infra-provider-tests",
@@ -71,19 +73,26 @@ def runs_with(mlflow_server: str, experiment: str, fingerprint: str) -> list[str
     return sorted(r.info.run_id for r in found)
 
 
-def test_the_fingerprint_the_program_declares_is_the_one_training_logs(mlflow_server: str) -> None:
-    # The inputs exactly as __main__.py declares them for Pulumi.dev.yaml (which sets only some params).
+def test_the_fingerprint_the_program_declares_is_the_one_training_logs(
+    mlflow_server: str, fake_kubectl: FakeKubectl
+) -> None:
+    # The inputs exactly as __main__.py declares them for Pulumi.dev.yaml (which sets only some params),
+    # MLflow reached as on Azure: through a port-forward to mlflow/mlflow:5000 (here a stand-in kubectl).
     declared = run_stack("dev").one(DYNAMIC_TYPE).inputs
     assert set(declared["params"]) == set(ModelParams().as_dict())  # resolved, defaults filled in
+    assert (declared["tracking_uri"], declared["tracking_service"]) == ("", "mlflow/mlflow:5000")
+    fake_kubectl.serve(declared["tracking_service"], mlflow_server)
     news = {
         **declared,
-        "tracking_uri": mlflow_server,
+        "kubeconfig": FAKE_KUBECONFIG,
         "tracking_username": "admin",
         "tracking_password": "not-checked-by-this-server",
         "experiment_name": "infra-provider-tests",
         "model_name": f"infra-{uuid.uuid4().hex[:8]}",
     }
     outs = TrainedModelProvider().create(news).outs or {}
+    assert len(fake_kubectl.calls()) == 1  # one tunnel for the training call
+    assert "kubeconfig" not in outs and "tracking_password" not in outs  # secrets stay inputs
     assert outs["reused"] is False  # a fresh model name: this really trained
     assert outs["model_fingerprint"] == declared["fingerprint"] == outs["fingerprint"]
     client = MlflowClient(mlflow_server)
@@ -218,3 +227,29 @@ def test_bad_model_params_name_the_stack_key(mlflow_server: str, data: Path) -> 
     news = props(mlflow_server, data, params={"learning_rate": 0.1})
     with pytest.raises(TrainingError, match="modelParams"):
         TrainedModelProvider().create(news)
+
+
+def test_how_mlflow_is_reached_takes_no_part_in_diff(mlflow_server: str, data: Path) -> None:
+    """A rotated kubeconfig or another route to MLflow alone must not train or re-gate."""
+    provider = TrainedModelProvider()
+    news = props(mlflow_server, data)
+    outs = provider.create(news).outs or {}
+    moved = {**news, "tracking_uri": "", "tracking_service": "mlflow/mlflow:5000", "kubeconfig": "rotated"}
+    assert provider.diff("id", outs, moved).changes is False
+
+
+def test_a_refused_tunnel_is_a_training_error_naming_the_missing_right(
+    mlflow_server: str, data: Path, fake_kubectl: FakeKubectl
+) -> None:
+    fake_kubectl.serve("mlflow/mlflow:5000", mlflow_server)
+    fake_kubectl.mode("forbidden")
+    news = props(
+        mlflow_server,
+        data,
+        tracking_uri="",
+        tracking_service="mlflow/mlflow:5000",
+        kubeconfig=FAKE_KUBECONFIG,
+    )
+    with pytest.raises(TrainingError, match=r"cannot reach MLflow to train.*pods/portforward"):
+        TrainedModelProvider().create(news)
+    assert versions(mlflow_server, news["model_name"]) == []

@@ -156,6 +156,8 @@ class Resource:
     custom: bool
     depends_on: tuple[str, ...] = ()
     secret_paths: tuple[str, ...] = ()  # dotted paths of inputs that were Pulumi secrets
+    protect: bool = False  # ResourceOptions.protect as the engine received it
+    retain_on_delete: bool = False
 
     @property
     def type_(self) -> str:
@@ -279,8 +281,8 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ == STACK_REFERENCE_TYPE:
             return args.resource_id or args.name, self._stack_reference(args.resource_id or args.name)
         inputs = unwrap_secrets(dict(args.inputs))
-        if self.preview and not self.existing:
-            return None, inputs  # computed outputs are unknown in a preview of a create
+        if self.preview and (not self.existing or pulumi.output.contains_unknowns(inputs)):
+            return None, inputs  # computed outputs are unknown in a preview of a create or of unknown inputs
         return self._fake_id(args), {**inputs, **self._computed(args.typ, args.name, inputs)}
 
     def _stack_reference(self, name: str) -> dict[str, Any]:
@@ -346,7 +348,7 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "docker:index/image:Image":
             image_name = str(inputs.get("imageName", name))
             repo = image_name.rsplit(":", 1)[0] if ":" in image_name.rsplit("/", 1)[-1] else image_name
-            build = json.dumps(inputs.get("build"), sort_keys=True)
+            build = json.dumps(inputs.get("build"), sort_keys=True, default=str)  # unknowns in preview
             return {"repoDigest": f"{repo}@sha256:{_digest(image_name, build)}"}
         if typ == "random:index/randomPassword:RandomPassword":
             return {
@@ -395,6 +397,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 "provider": request.provider or None,
                 "custom": bool(request.custom),
                 "depends_on": tuple(request.dependencies),
+                "protect": bool(request.protect),
+                "retain_on_delete": bool(request.retainOnDelete),
                 **self._inputs(request.object),
             }
         return response
@@ -438,11 +442,21 @@ def _stand_in_export(calls: list[dict[str, str]]) -> Any:
 
 
 @contextlib.contextmanager
+def _stand_in_tunnel(*, tracking_uri: str = "", service: str = "", kubeconfig: str = "") -> Iterator[str]:
+    """Replaces infra.image.tracking_endpoint: no cluster here; a tunnel shows as tunnel://<service>."""
+    if service and not kubeconfig:
+        raise AssertionError(f"tunnel to {service} without a kubeconfig")
+    yield f"tunnel://{service}" if service else tracking_uri
+
+
+@contextlib.contextmanager
 def _program_environment(root: Path, exports: list[dict[str, str]]) -> Iterator[None]:
     """cwd = project root (the program's relative paths), the stand-in exporter, no leaked PULUMI_* env."""
     import infra.image
 
     cwd, saved_export = Path.cwd(), infra.image.export_context
+    saved_tunnel = infra.image.tracking_endpoint
+    infra.image.tracking_endpoint = lambda **kw: _stand_in_tunnel(**kw)  # late-bound: tests may patch it
     saved_env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PULUMI_CONFIG")}
     os.chdir(root)
     infra.image.export_context = _stand_in_export(exports)
@@ -450,6 +464,7 @@ def _program_environment(root: Path, exports: list[dict[str, str]]) -> Iterator[
         yield
     finally:
         infra.image.export_context = saved_export
+        infra.image.tracking_endpoint = saved_tunnel
         os.chdir(cwd)
         os.environ.update(saved_env)
 
@@ -549,6 +564,8 @@ def run_stack(
                 custom=reg["custom"],
                 depends_on=reg["depends_on"],
                 secret_paths=reg["secret_paths"],
+                protect=reg.get("protect", False),
+                retain_on_delete=reg.get("retain_on_delete", False),
             )
         )
     return StackRun(
