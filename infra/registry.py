@@ -1,10 +1,11 @@
-"""The container registry the serving image is pushed to, and who may pull from it.
+"""The container registry this stack's images live in, and who may push to and pull from it.
 
-``Registry``: an Azure Container Registry with the admin user disabled. Pushing needs no stored
-secret: the deployer runs ``az acr login --name <registry>`` first (CI: after azure/login with
-OIDC), and pulumi_docker uses the Docker credential store. ``LocalRegistry``: an existing registry
-(``registryServer``, e.g. localhost:5001 for kind). ``grant_acr_pull`` gives a kubelet identity
-AcrPull on a registry (this stack's or a promotion source's).
+``Registry``: an Azure Container Registry with the admin user disabled, one per Azure stack (staging
+and prod import promoted digests into their own). The cluster's kubelet gets AcrPull on it only;
+the deployers from config (``deployerPrincipals``) get AcrPush. Pushes authenticate with a
+short-lived token the program obtains after those grants exist (``infra.acr_token``): no
+``az acr login``, no stored secret. ``LocalRegistry``: an existing registry (``registryServer``,
+e.g. localhost:5001 for kind) with optional ``registryUsername``/``registryPassword``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pulumi
 from pulumi_azure_native import containerregistry
 
 from infra import roles
+from infra.acr_token import PushCredentials, push_credentials
 from infra.settings import Settings
 
 
@@ -34,6 +36,9 @@ class Registry(pulumi.ComponentResource):
 
     registry_id: pulumi.Output[str]
     login_server: pulumi.Output[str]
+    pull_grant: pulumi.Resource
+    push_grants: list[pulumi.Resource]
+    credentials: PushCredentials | None
 
     def __init__(
         self,
@@ -42,6 +47,7 @@ class Registry(pulumi.ComponentResource):
         *,
         resource_group_name: pulumi.Input[str],
         kubelet_object_id: pulumi.Input[str],
+        push_repositories: tuple[str, ...] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:Registry", name, None, opts)
@@ -56,8 +62,24 @@ class Registry(pulumi.ComponentResource):
             tags=dict(settings.tags),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        grant_acr_pull(
+        self.pull_grant = grant_acr_pull(
             f"{name}-kubelet-acrpull", kubelet_object_id=kubelet_object_id, registry_id=acr.id, parent=self
+        )
+        self.push_grants = [
+            roles.grant(
+                f"{name}-deployer-{i}-acrpush",
+                role_guid=roles.ACR_PUSH,
+                principal_id=principal.object_id,
+                scope=acr.id,
+                parent=self,
+                principal_type=principal.principal_type,
+            )
+            for i, principal in enumerate(settings.cluster.deployers)
+        ]
+        self.credentials = (
+            push_credentials(acr.login_server, push_repositories, grants=self.push_grants, parent=self)
+            if push_repositories
+            else None
         )
         self.registry_id = acr.id
         self.login_server = acr.login_server
@@ -69,10 +91,17 @@ class LocalRegistry(pulumi.ComponentResource):
 
     registry_id: pulumi.Output[str]
     login_server: pulumi.Output[str]
+    credentials: PushCredentials | None
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ml-delivery:infra:LocalRegistry", name, None, opts)
         server = settings.registry.server or "localhost:5001"
         self.registry_id = pulumi.Output.from_input(server)
         self.login_server = pulumi.Output.from_input(server)
+        r = settings.registry
+        self.credentials = (
+            PushCredentials(r.username, pulumi.Output.secret(r.password))
+            if r.username is not None and r.password is not None
+            else None
+        )
         self.register_outputs({"registryId": self.registry_id, "loginServer": self.login_server})
