@@ -17,7 +17,8 @@ from infra.tracking import allowed_hosts, auth_config_ini, training_tracking_uri
 from model.gate import GateThresholds
 from tools.stack_mocks import aks_user_kubeconfig, source_outputs
 
-BASE = {"mlflowAllowedCidrs": json.dumps(["203.0.113.0/24"])}
+DEPLOYER = {"objectId": "11111111-2222-3333-4444-555555555555", "principalType": "ServicePrincipal"}
+BASE = {"mlflowAllowedCidrs": json.dumps(["203.0.113.0/24"]), "deployerPrincipals": json.dumps([DEPLOYER])}
 
 
 def settings(stack: str = "dev", **values: object):

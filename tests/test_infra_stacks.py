@@ -50,6 +50,17 @@ def pod(resource: Resource) -> dict[str, Any]:
     return resource.inputs["spec"]["template"]["spec"]
 
 
+def trained_model(run: StackRun) -> Resource:
+    """The TrainedModel (the other dynamic resources are ClusterAccess and ImportedImage)."""
+    [model] = [r for r in run.of_type(DYNAMIC_TYPE) if "model_name" in r.inputs]
+    return model
+
+
+def dynamic(run: StackRun, key: str) -> list[Resource]:
+    """The dynamic resources that have input ``key`` (grant_ids: ClusterAccess; source_ref: ImportedImage)."""
+    return [r for r in run.of_type(DYNAMIC_TYPE) if key in r.inputs]
+
+
 def role(run: StackRun, guid: str) -> list[Resource]:
     return [r for r in run.of_type(ROLE) if r.inputs["roleDefinitionId"].endswith(f"/roleDefinitions/{guid}")]
 
@@ -150,13 +161,31 @@ def test_aks_posture(name: str) -> None:
     assert aks["networkProfile"]["networkPolicy"] == "cilium"
     assert "kubernetesVersion" not in aks
     assert aks["autoUpgradeProfile"]["upgradeChannel"] == "stable"
-    system, user = aks["agentPoolProfiles"]
+    [system] = aks["agentPoolProfiles"]  # the user pool is its own AgentPool
     assert system["mode"] == "System" and system["nodeTaints"] == ["CriticalAddonsOnly=true:NoSchedule"]
-    assert (
-        user["mode"] == "User" and user["enableAutoScaling"] is True and user["minCount"] <= user["maxCount"]
-    )
+    user = run.one("azure-native:containerservice:AgentPool").inputs
+    assert user["agentPoolName"] == "user" and user["resourceName"] == aks_name(run)
+    assert user["mode"] == "User" and user["enableAutoScaling"] is True and user["minCount"] <= user["maxCount"]
+    assert user["vnetSubnetID"] == system["vnetSubnetID"]
+    windows = run.of_type("azure-native:containerservice:MaintenanceConfiguration")
+    assert sorted(w.inputs["configName"] for w in windows) == [
+        "aksManagedAutoUpgradeSchedule",
+        "aksManagedNodeOSUpgradeSchedule",
+    ]
+    for window in windows:
+        mw = window.inputs["maintenanceWindow"]
+        assert mw["schedule"]["weekly"]["intervalWeeks"] == 1 and mw["durationHours"] >= 4
+    prod = name == "prod"
+    assert aks["sku"] == {"name": "Base", "tier": "Standard" if prod else "Free"}
+    zones = ["1", "2", "3"] if prod else None
+    assert system.get("availabilityZones") == zones and user.get("availabilityZones") == zones
+    assert "apiServerAccessProfile" not in aks  # public API server, Entra-authenticated (no config set)
     [admin] = role(run, roles.AKS_RBAC_CLUSTER_ADMIN)
     assert admin.inputs["scope"] == run.one("azure-native:containerservice:ManagedCluster").id
+
+
+def aks_name(run: StackRun) -> str:
+    return str(run.one("azure-native:containerservice:ManagedCluster").outputs["name"])
 
 
 def test_dev_registry_has_admin_off_and_kubelet_acrpull() -> None:
@@ -202,7 +231,7 @@ def test_dev_tracking_uses_private_postgres_keyless_blob_and_workload_identity()
     assert args[args.index("--artifacts-destination") + 1].startswith("wasbs://mlflow-artifacts@")
 
 
-@pytest.mark.parametrize("name", ["dev", "staging", "prod", "local"])
+@pytest.mark.parametrize("name", ["dev", "local"])
 def test_mlflow_server_has_auth_on_and_secrets_only_by_reference(name: str) -> None:
     run = stack(name)
     mlflow = deployment(run, "mlflow")
@@ -224,7 +253,7 @@ def test_mlflow_server_has_auth_on_and_secrets_only_by_reference(name: str) -> N
 def test_dev_trained_model_feeds_image_feeds_deployment() -> None:
     run = stack("dev")
     config = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
-    model = run.one(DYNAMIC_TYPE)
+    model = trained_model(run)
     # The stack file sets C and max_iter only: the program resolves the defaults, as model.train does.
     resolved = ModelParams.from_mapping(config["ml-delivery:modelParams"])
     assert set(config["ml-delivery:modelParams"]) < set(resolved.as_dict())
@@ -276,17 +305,32 @@ def test_promoting_stacks_deploy_the_source_digest_without_training_or_building(
     name: str, source: str
 ) -> None:
     run = stack(name)
-    assert run.of_type(DYNAMIC_TYPE) == [] and run.of_type(IMAGE) == []
-    assert run.of_type("azure-native:containerregistry:Registry") == []
-    assert run.exports == []
+    assert run.of_type(IMAGE) == [] and run.exports == [] and run.exchanges == []
+    assert not [r for r in run.of_type(DYNAMIC_TYPE) if "model_name" in r.inputs]  # no training
     ref = run.one(STACK_REFERENCE_TYPE)
     assert ref.id == f"{DEFAULT_ORGANIZATION}/ml-delivery/{source}"
     expected = source_outputs(source)
-    assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == expected["imageRef"]
+    # its own registry: the kubelet pulls from it only, and the source digest is imported into it
+    acr = run.one("azure-native:containerregistry:Registry")
+    assert acr.inputs["adminUserEnabled"] is False
     [pull] = role(run, roles.ACR_PULL)
-    assert pull.inputs["scope"] == expected["registryId"] and pull.inputs["principalId"] == KUBELET_OBJECT_ID
-    assert run.outputs["registryId"] == expected["registryId"]  # so the next stage can promote from here
+    assert pull.inputs["scope"] == acr.id and pull.inputs["principalId"] == KUBELET_OBJECT_ID
+    [imported] = dynamic(run, "source_ref")
+    assert imported.inputs["source_ref"] == expected["imageRef"]
+    assert imported.inputs["source_registry_id"] == expected["registryId"]
+    assert imported.inputs["target_registry_id"] == acr.id
+    assert "arm_token" in imported.secret_paths
+    push_grants = {g.urn for g in role(run, roles.ACR_PUSH)}
+    assert push_grants and push_grants <= set(imported.depends_on)
+    digest = expected["imageRef"].split("@", 1)[1]
+    own_ref = f"{acr.outputs['loginServer']}/cancer-classifier@{digest}"
+    assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == own_ref
+    assert run.outputs["imageRef"] == own_ref and run.outputs["sourceImageRef"] == expected["imageRef"]
+    assert run.outputs["registryId"] == acr.id  # so the next stage can promote (import) from here
     assert run.outputs["promotedFrom"] == f"{DEFAULT_ORGANIZATION}/ml-delivery/{source}"
+    # the registry of record is dev's MLflow: nothing of MLflow runs here
+    assert not [r for r in run.resources if "mlflow" in r.name.lower()]
+    assert not {"mlflowUrl", "mlflowImageRef", "mlflowAdminPassword"} & set(run.outputs)
 
 
 def test_a_promote_from_outside_the_organization_finds_no_stack() -> None:
@@ -320,8 +364,8 @@ def test_staging_refuses_a_missing_malformed_or_failing_source(change: dict, exp
 
 def test_first_preview_trains_nothing_exports_nothing_and_pushes_nothing() -> None:
     run = stack("dev", preview=True)
-    model = run.one(DYNAMIC_TYPE)
-    assert model.inputs["fingerprint"] == stack("dev").one(DYNAMIC_TYPE).inputs["fingerprint"]
+    model = trained_model(run)
+    assert model.inputs["fingerprint"] == trained_model(stack("dev")).inputs["fingerprint"]
     assert "run_id" not in model.outputs  # nothing trained: outputs unknown
     assert run.exports == []  # the bento export callback never ran
     assert {"imageRef", "modelVersion", "runId"} <= run.unknown_outputs
@@ -339,8 +383,8 @@ def test_preview_of_an_existing_stack_exports_the_registered_model_and_trains_no
     model's inputs are the same as in `up` (no diff, no training) and the image never builds on preview."""
     up = stack("dev")
     run = run_stack("dev", preview=True, existing=True)
-    model = run.one(DYNAMIC_TYPE)
-    assert model.inputs == up.one(DYNAMIC_TYPE).inputs
+    model = trained_model(run)
+    assert model.inputs == trained_model(up).inputs
     assert [e["model_uri"] for e in run.exports] == [model.outputs["model_uri"]]
     assert run.exports == up.exports
     [image] = [
@@ -364,7 +408,10 @@ def test_local_stack_needs_no_azure() -> None:
 def test_a_bad_stack_file_value_stops_the_program_with_its_key(tmp_path: Path) -> None:
     shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
     (tmp_path / "__main__.py").symlink_to(ROOT / "__main__.py")
-    (tmp_path / "Pulumi.broken.yaml").write_text("config:\n  ml-delivery:acrSku: Gold\n")
+    (tmp_path / "Pulumi.broken.yaml").write_text(
+        "config:\n  ml-delivery:acrSku: Gold\n  ml-delivery:deployerPrincipals:\n"
+        "    - {objectId: 11111111-2222-3333-4444-555555555555, principalType: User}\n"
+    )
     with pytest.raises(Exception) as info:
         run_stack("broken", root=tmp_path)
     errors = [e for e in error_chain(info.value) if isinstance(e, ConfigError)]
@@ -377,7 +424,7 @@ LINEAGE_OUTPUTS = {"modelVersion", "metrics", "fingerprint", "modelUri", "runId"
 
 def test_dev_rollback_deploys_the_override_without_training_or_building() -> None:
     run = run_stack("dev", config={"imageRefOverride": ROLLBACK_REF})
-    assert run.of_type(DYNAMIC_TYPE) == [] and run.exports == []
+    assert not [r for r in run.of_type(DYNAMIC_TYPE) if "model_name" in r.inputs] and run.exports == []
     serving_images = [i for i in run.of_type(IMAGE) if "/cancer-classifier:" in i.inputs["imageName"]]
     assert serving_images == []
     serving = deployment(run, SERVING_NS)
@@ -397,14 +444,23 @@ def test_prod_rollback_deploys_the_override_whatever_the_source_model(source: di
             "staging": {k: v for k, v in {**source_outputs("staging"), **source}.items() if v is not None}
         }
     run = run_stack("prod", config={"imageRefOverride": ROLLBACK_REF}, stack_outputs=outputs)
-    assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == ROLLBACK_REF
-    assert run.outputs["imageRef"] == run.outputs["imageRefOverride"] == ROLLBACK_REF
+    acr = run.one("azure-native:containerregistry:Registry")
+    own_ref = f"{acr.outputs['loginServer']}/cancer-classifier@{ROLLBACK_REF.split('@', 1)[1]}"
+    assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == own_ref
+    assert run.outputs["imageRef"] == own_ref and run.outputs["imageRefOverride"] == ROLLBACK_REF
     assert not LINEAGE_OUTPUTS & set(run.outputs) and "promotedFrom" not in run.outputs
     expected = source_outputs("staging")
-    [pull] = role(run, roles.ACR_PULL)  # the kubelet still pulls from the source's registry
-    assert pull.inputs["scope"] == expected["registryId"] == run.outputs["registryId"]
-    assert run.outputs["mlflowImageRef"] == expected["mlflowImageRef"]
-    assert run.of_type(DYNAMIC_TYPE) == [] and run.of_type(IMAGE) == []
+    # the override's digest is imported from the source's registry (skipped when already here)
+    [imported] = dynamic(run, "source_ref")
+    assert imported.inputs["source_ref"] == ROLLBACK_REF
+    assert imported.inputs["source_registry_id"] == expected["registryId"]
+    [pull] = role(run, roles.ACR_PULL)  # the kubelet pulls from this stack's registry only
+    assert pull.inputs["scope"] == acr.id == run.outputs["registryId"]
+    assert not trained(run) and run.of_type(IMAGE) == []
+
+
+def trained(run: StackRun) -> list[Resource]:
+    return [r for r in run.of_type(DYNAMIC_TYPE) if "model_name" in r.inputs]
 
 
 def test_promoting_from_a_rolled_back_source_is_refused_with_the_way_out() -> None:
@@ -457,7 +513,7 @@ def egress_ports(spec: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     return {int(p["port"]): rule.get("to", []) for rule in spec["egress"] for p in rule["ports"]}
 
 
-@pytest.mark.parametrize("name", ["dev", "staging", "prod"])
+@pytest.mark.parametrize("name", ["dev"])
 def test_mlflow_on_azure_accepts_only_its_allowed_sources_and_reaches_only_its_stores(name: str) -> None:
     run = stack(name)
     spec = mlflow_network_policy(run)
