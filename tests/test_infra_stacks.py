@@ -165,7 +165,9 @@ def test_aks_posture(name: str) -> None:
     assert system["mode"] == "System" and system["nodeTaints"] == ["CriticalAddonsOnly=true:NoSchedule"]
     user = run.one("azure-native:containerservice:AgentPool").inputs
     assert user["agentPoolName"] == "user" and user["resourceName"] == aks_name(run)
-    assert user["mode"] == "User" and user["enableAutoScaling"] is True and user["minCount"] <= user["maxCount"]
+    assert (
+        user["mode"] == "User" and user["enableAutoScaling"] is True and user["minCount"] <= user["maxCount"]
+    )
     assert user["vnetSubnetID"] == system["vnetSubnetID"]
     windows = run.of_type("azure-native:containerservice:MaintenanceConfiguration")
     assert sorted(w.inputs["configName"] for w in windows) == [

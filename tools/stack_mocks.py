@@ -386,7 +386,11 @@ class _Mocks(pulumi.runtime.Mocks):
             ref = str(inputs["source_ref"])
             repository, _, digest = ref.split("/", 1)[1].partition("@")
             server = inputs.get("target_login_server")
-            return {"image_ref": f"{server}/{repository}@{digest}", "digest": digest, "repository": repository}
+            return {
+                "image_ref": f"{server}/{repository}@{digest}",
+                "digest": digest,
+                "repository": repository,
+            }
         if typ == DYNAMIC_TYPE:
             model_name = inputs.get("model_name", "model")
             return {
@@ -484,7 +488,9 @@ def _stand_in_push_token(calls: list[dict[str, Any]]) -> Any:
                 "repositories": tuple(repositories),
             }
         )
-        return fake_jwt({"iss": "Azure Container Registry", "aud": login_server, "grant_type": "refresh_token"})
+        return fake_jwt(
+            {"iss": "Azure Container Registry", "aud": login_server, "grant_type": "refresh_token"}
+        )
 
     return wait
 
