@@ -18,10 +18,12 @@ from model.fingerprint import compute_fingerprint
 from model.params import ModelParams, fingerprint_params
 from tools.stack_mocks import (
     DEFAULT_ORGANIZATION,
+    DEPLOYER_OBJECT_ID,
     DYNAMIC_TYPE,
     KUBELET_OBJECT_ID,
     ROOT,
     STACK_REFERENCE_TYPE,
+    TENANT_ID,
     Resource,
     StackRun,
     run_stack,
@@ -538,3 +540,100 @@ def test_local_mlflow_stays_reachable_on_its_node_port_and_reaches_only_dns() ->
     spec = mlflow_network_policy(stack("local"))
     assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 5000}]}]
     assert sorted(egress_ports(spec)) == [53]
+
+
+# ---------------------------------------------------------------- first-up ordering and credentials
+
+AKS_ADMIN_GRANT = roles.AKS_RBAC_CLUSTER_ADMIN
+
+
+def configured_deployers(name: str) -> list[dict[str, str]]:
+    config = yaml.safe_load((ROOT / f"Pulumi.{name}.yaml").read_text())["config"]
+    return list(config["ml-delivery:deployerPrincipals"])
+
+
+@pytest.mark.parametrize("name", ["dev", "staging", "prod"])
+def test_the_kubernetes_provider_waits_for_the_configured_deployers_cluster_grant(name: str) -> None:
+    run = stack(name)
+    deployers = configured_deployers(name)
+    admins = role(run, AKS_ADMIN_GRANT)
+    # from config, never from whoever runs Pulumi (a read-only preview identity changes no grant)
+    assert [(a.inputs["principalId"], a.inputs["principalType"]) for a in admins] == [
+        (d["objectId"], d["principalType"]) for d in deployers
+    ]
+    assert DEPLOYER_OBJECT_ID not in {a.inputs["principalId"] for a in admins}
+    [access] = dynamic(run, "grant_ids")
+    assert {a.urn for a in admins} <= set(access.depends_on)
+    assert "kubeconfig" in access.secret_paths and access.inputs["timeout_seconds"] <= 900
+    [provider] = run.of_type("pulumi:providers:kubernetes")
+    assert {a.urn for a in admins} | {access.urn} <= set(provider.depends_on)
+    for obj in run.kubernetes():
+        assert obj.provider and obj.provider.startswith(provider.urn)
+
+
+@pytest.mark.parametrize("name", ["dev", "staging", "prod"])
+def test_the_kubeconfig_is_requested_in_exec_format(name: str) -> None:
+    run = stack(name)
+    [args] = [a for t, a in run.invoke_args if t.endswith(":listManagedClusterUserCredentials")]
+    assert args["format"] == "exec" and args["resourceName"] == aks_name(run)
+
+
+@pytest.mark.parametrize("name", ["dev", "staging", "prod", "local"])
+def test_every_role_assignment_names_its_principal_type_and_its_scopes_subscription(name: str) -> None:
+    for grant in stack(name).of_type(ROLE):
+        assert grant.inputs["principalType"] in ("User", "Group", "ServicePrincipal")
+        subscription = grant.inputs["scope"].split("/")[2]
+        assert grant.inputs["roleDefinitionId"].startswith(f"/subscriptions/{subscription}/providers/")
+
+
+def test_dev_pushes_with_a_registry_token_obtained_after_the_push_grant() -> None:
+    run = stack("dev")
+    acr = run.one("azure-native:containerregistry:Registry")
+    pushes = role(run, roles.ACR_PUSH)
+    assert [p.inputs["principalId"] for p in pushes] == [d["objectId"] for d in configured_deployers("dev")]
+    assert all(p.inputs["scope"] == acr.id for p in pushes)
+    images = run.of_type(IMAGE)
+    assert {i.inputs["imageName"].split(":")[0].rsplit("/", 1)[1] for i in images} == {
+        "cancer-classifier",
+        "mlflow-server",
+    }
+    for image in images:
+        registry = image.inputs["registry"]
+        assert registry["server"] == acr.outputs["loginServer"]
+        assert registry["username"] == "00000000-0000-0000-0000-000000000000"
+        assert registry["password"] and {"registry", "registry.password"} & set(image.secret_paths)
+        assert {p.urn for p in pushes} <= set(image.depends_on)
+    # one exchange, with the Entra token of the identity running Pulumi, for both repositories
+    [exchange] = run.exchanges
+    assert exchange["login_server"] == acr.outputs["loginServer"] and exchange["tenant_id"] == TENANT_ID
+    assert set(exchange["repositories"]) == {"cancer-classifier", "mlflow-server"}
+    assert "azure-native:authorization:getClientToken" in run.invokes
+
+
+def test_preview_never_exchanges_a_registry_token() -> None:
+    for run in (stack("dev", preview=True), run_stack("dev", preview=True, existing=True)):
+        assert run.exchanges == []
+        assert "azure-native:authorization:getClientToken" not in run.invokes
+        for image in run.of_type(IMAGE):
+            assert image.inputs["buildOnPreview"] is False
+            # present (the policy sees credentials) but unknown: no token exists in a preview
+            assert not isinstance(image.inputs["registry"]["password"], str)
+
+
+def test_the_serving_pods_wait_for_the_kubelets_pull_grant_and_spread_over_zones_and_nodes() -> None:
+    run = stack("dev")
+    [pull] = role(run, roles.ACR_PULL)
+    serving = deployment(run, SERVING_NS)
+    assert pull.urn in serving.depends_on
+    spread = pod(serving)["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    assert all(c["labelSelector"]["matchLabels"] == {"app": "model-server"} for c in spread)
+
+
+def test_prod_can_run_a_private_cluster_or_authorized_ranges() -> None:
+    private = run_stack("prod", config={"privateCluster": True})
+    aks = private.one("azure-native:containerservice:ManagedCluster").inputs
+    assert aks["apiServerAccessProfile"] == {"enablePrivateCluster": True}
+    ranges = run_stack("prod", config={"apiServerAuthorizedIpRanges": ["203.0.113.0/24"]})
+    aks = ranges.one("azure-native:containerservice:ManagedCluster").inputs
+    assert aks["apiServerAccessProfile"] == {"authorizedIPRanges": ["203.0.113.0/24"]}

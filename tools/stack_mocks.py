@@ -187,6 +187,7 @@ class StackRun:
     secret_outputs: set[str]
     unknown_outputs: set[str]
     invokes: list[str] = field(default_factory=list)
+    invoke_args: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (token, arguments)
     exports: list[dict[str, str]] = field(default_factory=list)
     exchanges: list[dict[str, Any]] = field(default_factory=list)  # ACR token exchanges the run made
 
@@ -274,9 +275,11 @@ class _Mocks(pulumi.runtime.Mocks):
         self.organization = organization
         self.existing = existing
         self.invokes: list[str] = []
+        self.invoke_args: list[tuple[str, dict[str, Any]]] = []
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         self.invokes.append(args.token)
+        self.invoke_args.append((args.token, dict(args.args)))
         if args.token == "azure-native:authorization:getClientConfig":
             return {
                 "clientId": "00000000-0000-0000-0000-000000000004",
@@ -624,6 +627,7 @@ def run_stack(
         secret_outputs=secret,
         unknown_outputs=unknown,
         invokes=list(mocks.invokes),
+        invoke_args=list(mocks.invoke_args),
         exports=exports,
         exchanges=exchanges,
     )
