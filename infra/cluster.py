@@ -90,7 +90,7 @@ class AksCluster(pulumi.ComponentResource):
     kubelet_object_id: pulumi.Output[str]
     cluster_id: pulumi.Output[str]
     network: Network
-    admin_grants: list[pulumi.Resource]
+    admin_grants: list[pulumi.CustomResource]
     access: ClusterAccess
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -164,7 +164,7 @@ class AksCluster(pulumi.ComponentResource):
                 ignore_changes=["agentPoolProfiles"],
             ),
         )
-        containerservice.AgentPool(  # type: ignore[call-overload]
+        containerservice.AgentPool(
             f"{name}-user-pool",
             resource_group_name=group.name,
             resource_name_=aks.name,
@@ -197,7 +197,7 @@ class AksCluster(pulumi.ComponentResource):
             parent=self,
         )
         # Local accounts are off: the deployers from config (never whoever runs preview) administer it.
-        admin_grants = [
+        admin_grants: list[pulumi.CustomResource] = [
             roles.grant(
                 f"{name}-deployer-{i}-cluster-admin",
                 role_guid=roles.AKS_RBAC_CLUSTER_ADMIN,

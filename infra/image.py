@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pulumi
 import pulumi_docker as docker
@@ -57,7 +57,7 @@ def pushed_image(
     registry: Any = {"server": registry_server}
     if credentials is not None:
         registry["username"] = credentials.username
-        registry["password"] = pulumi.Output.secret(credentials.password)
+        registry["password"] = pulumi.Output.secret(cast(Any, credentials.password))
     image = docker.Image(
         f"{name}-image",
         image_name=image_name,

@@ -339,6 +339,7 @@ def _cluster(reader: _Reader, azure: bool) -> ClusterSettings:
             f"is below userNodeMinCount ({user_min})",
             "Raise userNodeMaxCount or lower userNodeMinCount.",
         )
+    ranges, private = _api_server(reader, d.private_cluster)
     return ClusterSettings(
         system_vm_size=reader.required_str("systemNodeVmSize", d.system_vm_size),
         system_node_count=reader.int_("systemNodeCount", d.system_node_count, 1, 100),
@@ -357,7 +358,12 @@ def _cluster(reader: _Reader, azure: bool) -> ClusterSettings:
             "adminGroupObjectIds", re.compile(r"^[0-9a-fA-F-]{36}$"), "00000000-0000-0000-0000-000000000000"
         ),
         vnet_cidr=_vnet_cidr(reader, d.vnet_cidr),
-        **_cluster_posture(reader, d, azure),
+        deployers=_principals(reader, "deployerPrincipals", required=azure),
+        tier=reader.required_str("aksTier", d.tier, AKS_TIERS),
+        availability_zones=_zones(reader),
+        maintenance=_maintenance(reader, d.maintenance),
+        api_authorized_ranges=ranges,
+        private_cluster=private,
     )
 
 
@@ -420,8 +426,7 @@ def _maintenance(reader: _Reader, default: MaintenanceWindow) -> MaintenanceWind
     return MaintenanceWindow(day, start, hours, offset)
 
 
-def _cluster_posture(reader: _Reader, d: ClusterSettings, azure: bool) -> dict[str, object]:
-    """Who administers the cluster, its tier, zones, maintenance window and API server exposure."""
+def _zones(reader: _Reader) -> tuple[str, ...]:
     zones = reader.str_list("availabilityZones")
     bad = [z for z in zones if z not in AVAILABILITY_ZONES] or (
         ["a zone listed twice"] if len(set(zones)) != len(zones) else []
@@ -430,13 +435,18 @@ def _cluster_posture(reader: _Reader, d: ClusterSettings, azure: bool) -> dict[s
         raise reader.fail(
             "availabilityZones", list(zones), f"holds {bad[0]!r}", "List zones from '1', '2', '3' once each."
         )
+    return zones
+
+
+def _api_server(reader: _Reader, default_private: bool) -> tuple[tuple[str, ...], bool]:
+    """(authorized ranges, private cluster): how the API server is exposed."""
     ranges = reader.str_list("apiServerAuthorizedIpRanges")
     for cidr in ranges:
         if reader.cidr("apiServerAuthorizedIpRanges", cidr, "203.0.113.0/24").prefixlen == 0:
             raise reader.fail(
                 "apiServerAuthorizedIpRanges", cidr, "opens the API server to everyone", "List your ranges."
             )
-    private = reader.bool_("privateCluster", d.private_cluster)
+    private = reader.bool_("privateCluster", default_private)
     if private and ranges:
         raise reader.fail(
             "apiServerAuthorizedIpRanges",
@@ -444,14 +454,7 @@ def _cluster_posture(reader: _Reader, d: ClusterSettings, azure: bool) -> dict[s
             "is set with privateCluster: true (AKS does not combine them)",
             "Remove one of the two keys.",
         )
-    return {
-        "deployers": _principals(reader, "deployerPrincipals", required=azure),
-        "tier": reader.required_str("aksTier", d.tier, AKS_TIERS),
-        "availability_zones": zones,
-        "maintenance": _maintenance(reader, d.maintenance),
-        "api_authorized_ranges": ranges,
-        "private_cluster": private,
-    }
+    return ranges, private
 
 
 def _vnet_cidr(reader: _Reader, default: str) -> str:

@@ -574,7 +574,8 @@ def test_role_assignment_principal_type(kind: str | None, count: int) -> None:
 
 # ---------------------------------------------------------------- k8s-provider-after-cluster-grant
 
-ADMIN_ROLE = f"/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/{policies.AKS_RBAC_CLUSTER_ADMIN_ROLE}"
+ROLE_DEFINITIONS = "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions"
+ADMIN_ROLE = f"{ROLE_DEFINITIONS}/{policies.AKS_RBAC_CLUSTER_ADMIN_ROLE}"
 OTHER_ROLE = (
     "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/4d97b98b-1d4f-4787-a291-c67834d212e7"
 )

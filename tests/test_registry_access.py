@@ -64,7 +64,7 @@ def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self._body()
             azure.requests.append(("POST", self.path, body))
             if self.path == "/oauth2/exchange":
@@ -83,7 +83,7 @@ def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
             else:
                 self._json(404, {})
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             azure.requests.append(("GET", self.path, {}))
             if self.path == "/operations/1":
                 if azure.pending_polls:
@@ -97,7 +97,7 @@ def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
             else:
                 self._json(404, {})
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             azure.requests.append(("HEAD", self.path, {}))
             repo, _, digest = self.path.removeprefix("/v2/").partition("/manifests/")
             served = azure.manifests.get(f"{repo}@{digest}")
@@ -238,7 +238,7 @@ def test_a_digest_already_in_the_target_is_not_imported_again(azure: tuple[FakeA
 
 
 def test_an_import_that_serves_another_digest_fails(azure: tuple[FakeAzure, str]) -> None:
-    state, server = azure
+    _, server = azure
     original = image_import.served_digest
     calls: list[str] = []
 
