@@ -194,7 +194,8 @@ def main() -> None:
     if plan.override is not None:
         pulumi.export("imageRefOverride", plan.override)
     pulumi.export("endpoint", serving.endpoint)
-    for key, value in release.outputs().items():
+    pulumi.export("imageRef", release.image_ref)  # always in this stack's own registry
+    for key, value in release.lineage_outputs().items():
         pulumi.export(key, value)
     pulumi.export("registryId", registry.registry_id)
     pulumi.export("registryLoginServer", registry.login_server)

@@ -4,8 +4,8 @@
 source stack's digest into their own registry), any stack with ``imageRefOverride`` ROLLBACK (run
 that digest; a promoting stack imports it from its source's registry if its own lacks it). Only
 stacks that train run MLflow (dev's MLflow is the registry of record; staging and prod run none).
-``Release`` is what the chosen path produced, typed, and ``Release.outputs`` the stack outputs it
-adds (``imageRef`` always; the model lineage only when it is known).
+``Release`` is what the chosen path produced, typed; ``lineage_outputs`` are the model lineage
+stack outputs, exported only when the lineage is known.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ class Release:
     def version_label(self) -> pulumi.Input[str]:
         return self.model_version if self.model_version is not None else ROLLBACK_VERSION_LABEL
 
-    def outputs(self) -> dict[str, pulumi.Input[object]]:
-        outs: dict[str, pulumi.Input[object]] = {"imageRef": self.image_ref}
+    def lineage_outputs(self) -> dict[str, pulumi.Input[object]]:
+        """The model lineage stack outputs (none on a rollback: the model is unknown)."""
+        outs: dict[str, pulumi.Input[object]] = {}
         if self.model_version is not None:
             outs["modelVersion"] = self.model_version
         return {**outs, **self.lineage}

@@ -361,10 +361,12 @@ def test_ci_stacks_use_the_kubelogin_mode_and_principal_type_ci_logs_in_with(sta
     config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     # workloadidentity needs a federated token file, which GitHub-hosted runners do not have.
     assert config.get(f"{PROJECT}:kubeloginMode", "azurecli") == "azurecli"
-    # CI runs `pulumi up` as a managed identity (azure/login OIDC); the settings default is "User",
-    # with which Azure rejects the deployer's role assignment on the cluster.
-    assert config.get(f"{PROJECT}:deployerPrincipalType") == "ServicePrincipal", (
-        f"Pulumi.{stack}.yaml: set {PROJECT}:deployerPrincipalType: ServicePrincipal (deploy.yml ups it)"
+    # CI runs `pulumi up` as a managed identity (azure/login OIDC): it is a deployerPrincipals entry of
+    # type ServicePrincipal (with "User", Azure rejects its role assignments on the cluster and registry).
+    kinds = [p.get("principalType") for p in config.get(f"{PROJECT}:deployerPrincipals") or []]
+    assert "ServicePrincipal" in kinds, (
+        f"Pulumi.{stack}.yaml: list CI's identity in {PROJECT}:deployerPrincipals with principalType: "
+        "ServicePrincipal (deploy.yml ups it)"
     )
 
 
