@@ -1,9 +1,16 @@
 """The Kubernetes cluster the stack deploys to, and the Kubernetes provider that talks to it.
 
-``AksCluster``: resource group + VNet + AKS (system pool tainted CriticalAddonsOnly, autoscaling
-user pool, SystemAssigned identity, OIDC issuer + workload identity, Azure CNI overlay with Cilium
-network policy, managed Azure AD with Azure RBAC, local accounts disabled, auto-upgrade). Its
-kubeconfig (a secret) uses kubelogin; ``kubeloginMode`` picks a non-interactive login for CI.
+``AksCluster``: resource group + VNet + AKS (SKU tier and availability zones from config, system
+pool tainted CriticalAddonsOnly inside the cluster, the autoscaling user pool as its own
+``AgentPool`` so pool changes never update the cluster, SystemAssigned identity, OIDC issuer +
+workload identity, Azure CNI overlay with Cilium network policy, managed Entra ID with Azure RBAC,
+local accounts disabled, auto-upgrade inside a weekly ``maintenanceWindow``, optional API server
+authorized ranges or private cluster). The deployers from config (``deployerPrincipals``) get Azure
+Kubernetes Service RBAC Cluster Admin; the kubeconfig (a secret, exec format) uses kubelogin
+(``kubeloginMode`` picks a non-interactive login for CI); the Kubernetes provider depends on the
+grants and on ``ClusterAccess``, which waits until the API server allows the deployer.
+The cluster ignores ``agentPoolProfiles`` after creation (ARM lists the separate user pool there
+too); changing the system pool means adding a new system AgentPool and removing the old one.
 ``LocalCluster``: an existing kubeconfig context (kind, minikube, Docker Desktop); no Azure at all.
 """
 
