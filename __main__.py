@@ -119,7 +119,7 @@ def promote(settings: Settings, plan: ReleasePlan, registry: Registry) -> Releas
         gate=settings.gate,
         target_registry_id=registry.registry_id,
         target_login_server=registry.login_server,
-        import_grants=list(registry.push_grants),
+        import_grants=[*registry.push_grants, *registry.import_grants],
         image_ref_override=plan.override,
     )
     if plan.kind is ReleaseKind.ROLLBACK:
@@ -152,6 +152,7 @@ def main() -> None:
             resource_group_name=cluster.resource_group_name,
             kubelet_object_id=cluster.kubelet_object_id,
             push_repositories=push_repositories(settings, plan),
+            imports=plan.imports,
         )
         pull_grants, push_grants = [registry.pull_grant], list(registry.push_grants)
     else:

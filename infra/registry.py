@@ -2,7 +2,8 @@
 
 ``Registry``: an Azure Container Registry with the admin user disabled, one per Azure stack (staging
 and prod import promoted digests into their own). The cluster's kubelet gets AcrPull on it only;
-the deployers from config (``deployerPrincipals``) get AcrPush. Pushes authenticate with a
+the deployers from config (``deployerPrincipals``) get AcrPush, and in a promoting stack also
+Container Registry Data Importer and Data Reader (ARM ``importImage`` into it). Pushes authenticate with a
 short-lived token the program obtains after those grants exist (``infra.acr_token``): no
 ``az acr login``, no stored secret. ``LocalRegistry``: an existing registry (``registryServer``,
 e.g. localhost:5001 for kind) with optional ``registryUsername``/``registryPassword``.
@@ -38,6 +39,7 @@ class Registry(pulumi.ComponentResource):
     login_server: pulumi.Output[str]
     pull_grant: pulumi.Resource
     push_grants: list[pulumi.Resource]
+    import_grants: list[pulumi.Resource]
     credentials: PushCredentials | None
 
     def __init__(
@@ -48,6 +50,7 @@ class Registry(pulumi.ComponentResource):
         resource_group_name: pulumi.Input[str],
         kubelet_object_id: pulumi.Input[str],
         push_repositories: tuple[str, ...] = (),
+        imports: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:Registry", name, None, opts)
@@ -75,6 +78,19 @@ class Registry(pulumi.ComponentResource):
                 principal_type=principal.principal_type,
             )
             for i, principal in enumerate(settings.cluster.deployers)
+        ]
+        # A promoting stack imports digests into this registry (ARM importImage on it).
+        self.import_grants = [
+            roles.grant(
+                f"{name}-deployer-{i}-importer",
+                role_guid=roles.ACR_IMPORTER,
+                principal_id=principal.object_id,
+                scope=acr.id,
+                parent=self,
+                principal_type=principal.principal_type,
+            )
+            for i, principal in enumerate(settings.cluster.deployers)
+            if imports
         ]
         self.credentials = (
             push_credentials(acr.login_server, push_repositories, grants=self.push_grants, parent=self)

@@ -16,6 +16,8 @@ from pulumi_azure_native import authorization
 
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 ACR_PUSH = "8311e382-0749-4cb8-b61a-304f252e45ec"
+# Container Registry Data Importer and Data Reader: registries/importImage/action + pull/read + read.
+ACR_IMPORTER = "577a9874-89fd-4f24-9dbd-b5034d0ad23a"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
 AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"

@@ -325,7 +325,9 @@ def test_promoting_stacks_deploy_the_source_digest_without_training_or_building(
     assert imported.inputs["target_registry_id"] == acr.id
     assert "arm_token" in imported.secret_paths
     push_grants = {g.urn for g in role(run, roles.ACR_PUSH)}
-    assert push_grants and push_grants <= set(imported.depends_on)
+    importers = role(run, roles.ACR_IMPORTER)
+    assert [g.inputs["scope"] for g in importers] == [acr.id]  # importImage on its own registry only
+    assert push_grants and push_grants | {g.urn for g in importers} <= set(imported.depends_on)
     digest = expected["imageRef"].split("@", 1)[1]
     own_ref = f"{acr.outputs['loginServer']}/cancer-classifier@{digest}"
     assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == own_ref
