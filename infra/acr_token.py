@@ -22,6 +22,7 @@ password is unknown there and no Image is built on preview.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sys
@@ -190,11 +191,13 @@ def push_credentials(
     client = authorization.get_client_config_output(opts=invoke)
     repos = tuple(repositories)
 
-    def obtain(args: list[Any]) -> str:
+    def obtain(args: list[Any]) -> Any:
         server, token, tenant = args
         # looked up at call time: the mock harness swaps in a stand-in (no registry there)
         wait: Callable[..., str] = globals()["wait_for_push_token"]
-        return wait(server, token, tenant, repos)
+        # in a worker thread: the program keeps registering resources while AcrPush propagates
+        pending = asyncio.get_running_loop().run_in_executor(None, wait, server, token, tenant, repos)
+        return pulumi.Output.from_input(pending)
 
-    password = pulumi.Output.all(login_server, aad.token, client.tenant_id).apply(obtain)
+    password: pulumi.Output[str] = pulumi.Output.all(login_server, aad.token, client.tenant_id).apply(obtain)
     return PushCredentials(ACR_TOKEN_USERNAME, pulumi.Output.secret(password))
