@@ -22,7 +22,7 @@ from infra.promotion import Promotion
 from infra.registry import LocalRegistry, Registry
 from infra.release import Release, ReleaseKind, ReleasePlan, plan_release
 from infra.serving import ModelServing
-from infra.settings import Settings, load_settings
+from infra.settings import ConfigError, Settings, load_settings
 from infra.tracking import TrackingServer
 from infra.training import TrainedModel, training_fingerprint
 
@@ -33,6 +33,22 @@ def after(value: pulumi.Input[str], *resources: pulumi.Resource) -> pulumi.Outpu
     """``value``, available only once ``resources`` exist (a data dependency for every consumer)."""
     ids = [r.id for r in resources if isinstance(r, pulumi.CustomResource)]
     return pulumi.Output.all(value, *ids).apply(lambda values: str(values[0]))
+
+
+def own_registry_ref(settings: Settings, ref: str, login_server: pulumi.Input[str]) -> pulumi.Output[str]:
+    """``ref`` if it is in this stack's registry (the only one its kubelet may pull from)."""
+
+    def check(server: str) -> str:
+        host = ref.split("/", 1)[0]
+        if host != server:
+            raise ConfigError(
+                f"Pulumi.{settings.stack}.yaml: config key '{settings.project}:imageRefOverride' = {ref!r} "
+                f"names registry {host}, but this stack pulls only from its own registry {server}. "
+                "Use an earlier imageRef output of this stack."
+            )
+        return ref
+
+    return pulumi.Output.from_input(login_server).apply(check)
 
 
 def push_repositories(settings: Settings, plan: ReleasePlan) -> tuple[str, ...]:
@@ -183,7 +199,7 @@ def main() -> None:
     else:
         # Rollback on a building stack: nothing to train or build, so a broken pipeline cannot block it.
         assert plan.override is not None
-        release = Release(image_ref=plan.override)
+        release = Release(image_ref=own_registry_ref(settings, plan.override, registry.login_server))
 
     serving = ModelServing(
         "serving",

@@ -428,18 +428,35 @@ ROLLBACK_REF = "mlregistry.azurecr.io/cancer-classifier@sha256:" + "ab" * 32
 LINEAGE_OUTPUTS = {"modelVersion", "metrics", "fingerprint", "modelUri", "runId", "inputFingerprint"}
 
 
+# dev's registry under the mocks (Azure names it registry<suffix>.azurecr.io)
+DEV_ROLLBACK_REF = "registrydev.azurecr.io/cancer-classifier@sha256:" + "ab" * 32
+
+
 def test_dev_rollback_deploys_the_override_without_training_or_building() -> None:
-    run = run_stack("dev", config={"imageRefOverride": ROLLBACK_REF})
+    run = run_stack("dev", config={"imageRefOverride": DEV_ROLLBACK_REF})
+    assert (
+        run.one("azure-native:containerregistry:Registry").outputs["loginServer"] == "registrydev.azurecr.io"
+    )
     assert not [r for r in run.of_type(DYNAMIC_TYPE) if "model_name" in r.inputs] and run.exports == []
     serving_images = [i for i in run.of_type(IMAGE) if "/cancer-classifier:" in i.inputs["imageName"]]
     assert serving_images == []
     serving = deployment(run, SERVING_NS)
-    assert pod(serving)["containers"][0]["image"] == ROLLBACK_REF
+    assert pod(serving)["containers"][0]["image"] == DEV_ROLLBACK_REF
     assert serving.inputs["spec"]["template"]["metadata"]["labels"]["model-version"] == "rollback"
-    assert run.outputs["imageRef"] == run.outputs["imageRefOverride"] == ROLLBACK_REF
+    assert run.outputs["imageRef"] == run.outputs["imageRefOverride"] == DEV_ROLLBACK_REF
     assert not LINEAGE_OUTPUTS & set(run.outputs), "a rollback's model lineage is unknown"
     assert run.outputs["registryId"] == run.one("azure-native:containerregistry:Registry").id
     assert "imageRefOverride" not in stack("dev").outputs
+
+
+def test_a_dev_rollback_to_another_registry_is_refused_with_the_fix() -> None:
+    with pytest.raises(Exception) as info:
+        run_stack("dev", config={"imageRefOverride": ROLLBACK_REF})
+    errors = [e for e in error_chain(info.value) if isinstance(e, ConfigError)]
+    assert errors, f"no ConfigError in {error_chain(info.value)}"
+    message = str(errors[0])
+    assert "Pulumi.dev.yaml" in message and "'ml-delivery:imageRefOverride'" in message
+    assert "registrydev.azurecr.io" in message and "earlier imageRef output of this stack" in message
 
 
 @pytest.mark.parametrize("source", [None, {"imageRef": None, "metrics": None}])

@@ -73,7 +73,7 @@ def runs_with(mlflow_server: str, experiment: str, fingerprint: str) -> list[str
 
 def test_the_fingerprint_the_program_declares_is_the_one_training_logs(mlflow_server: str) -> None:
     # The inputs exactly as __main__.py declares them for Pulumi.dev.yaml (which sets only some params).
-    declared = run_stack("dev").one(DYNAMIC_TYPE).inputs
+    declared = run_stack("dev").one(DYNAMIC_TYPE, "model").inputs  # the TrainedModel
     assert set(declared["params"]) == set(ModelParams().as_dict())  # resolved, defaults filled in
     news = {
         **declared,
