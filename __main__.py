@@ -1,43 +1,62 @@
-"""The ML delivery program: read this stack's settings, wire the components, export the outputs.
+"""The ML delivery program: read this stack's settings, plan the release, wire the components.
 
-dev (and local) train and build: cluster + registry + MLflow -> TrainedModel -> ServingImage ->
-ModelServing. staging/prod promote: cluster + MLflow, and the source stack's digests -> ModelServing.
-Rollback (``imageRefOverride`` set, any stack): ModelServing runs that digest; no training, no
-build, no use of the source's image; the model lineage outputs are not exported (unknown).
+Every stack: cluster + its own registry (the kubelet pulls from it only) -> release -> ModelServing.
+The release plan (infra/release.py) is decided once: BUILD (dev/local: MLflow -> TrainedModel ->
+ServingImage), PROMOTE (staging/prod: the source stack's digest, gated again, imported into this
+stack's registry; no MLflow here), ROLLBACK (``imageRefOverride``: that digest, no training, no
+build; a promoting stack imports it from its source's registry if its own lacks it).
 Composition only; every component lives in infra/.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import pulumi
 
 from infra.cluster import AksCluster, LocalCluster
 from infra.image import ServingImage
+from infra.mlflow_image import REPOSITORY as MLFLOW_REPOSITORY
 from infra.mlflow_image import MlflowImage
 from infra.promotion import Promotion
 from infra.registry import LocalRegistry, Registry
+from infra.release import Release, ReleaseKind, ReleasePlan, plan_release
 from infra.serving import ModelServing
-from infra.settings import Settings, load_settings
+from infra.settings import ConfigError, Settings, load_settings
 from infra.tracking import TrackingServer
 from infra.training import TrainedModel, training_fingerprint
 
 REPOSITORY = "cancer-classifier"
-ROLLBACK_VERSION_LABEL = "rollback"  # the serving pods' model-version label when the lineage is unknown
 
 
-class PushTarget(NamedTuple):
-    """Where images are pushed, and optional registry credentials (else the Docker login)."""
+def after(value: pulumi.Input[str], *resources: pulumi.Resource) -> pulumi.Output[str]:
+    """``value``, available only once ``resources`` exist (a data dependency for every consumer)."""
+    ids = [r.id for r in resources if isinstance(r, pulumi.CustomResource)]
+    return pulumi.Output.all(value, *ids).apply(lambda values: str(values[0]))
 
-    registry_server: pulumi.Output[str]
-    platform: str
-    registry_username: str | None
-    registry_password: pulumi.Output[str] | None
 
-    def kwargs(self) -> dict[str, Any]:
-        return self._asdict()
+def own_registry_ref(settings: Settings, ref: str, login_server: pulumi.Input[str]) -> pulumi.Output[str]:
+    """``ref`` if it is in this stack's registry (the only one its kubelet may pull from)."""
+
+    def check(server: str) -> str:
+        host = ref.split("/", 1)[0]
+        if host != server:
+            raise ConfigError(
+                f"Pulumi.{settings.stack}.yaml: config key '{settings.project}:imageRefOverride' = {ref!r} "
+                f"names registry {host}, but this stack pulls only from its own registry {server}. "
+                "Use an earlier imageRef output of this stack."
+            )
+        return ref
+
+    return pulumi.Output.from_input(login_server).apply(check)
+
+
+def push_repositories(settings: Settings, plan: ReleasePlan) -> tuple[str, ...]:
+    """The repositories this run pushes to: the serving image when it builds, MLflow when it runs one."""
+    repos = (REPOSITORY,) if plan.trains else ()
+    if plan.runs_mlflow and settings.tracking.image is None:
+        repos += (MLFLOW_REPOSITORY,)
+    return repos
 
 
 def tracking_server(
@@ -58,73 +77,14 @@ def tracking_server(
     )
 
 
-def promote(settings: Settings, cluster: AksCluster | LocalCluster) -> dict[str, pulumi.Input[object]]:
-    """staging/prod: the source stack's digests, validated; no training, no build."""
-    assert settings.promote_from is not None
-    promotion = Promotion(
-        "promotion",
-        source=settings.promote_from,
-        stack=settings.stack,
-        gate=settings.gate,
-        kubelet_object_id=cluster.kubelet_object_id if isinstance(cluster, AksCluster) else None,
-        need_mlflow_image=settings.tracking.image is None,
-        image_ref_override=settings.image_ref_override,
-    )
-    mlflow_image = settings.tracking.image or promotion.mlflow_image_ref.apply(lambda ref: ref or "")
-    tracking = tracking_server(settings, cluster, mlflow_image)
-    if settings.image_ref_override is not None:
-        return {
-            "tracking": tracking,
-            "imageRef": settings.image_ref_override,
-            "registryId": promotion.registry_id,
-            "mlflowImageRef": mlflow_image,
-        }
-    return {
-        "tracking": tracking,
-        "imageRef": promotion.image_ref,
-        "modelVersion": promotion.model_version,
-        "metrics": promotion.metrics,
-        "fingerprint": promotion.fingerprint,
-        "registryId": promotion.registry_id,
-        "mlflowImageRef": mlflow_image,
-        "promotedFrom": settings.promote_from,
-    }
-
-
-def train_and_build(
-    settings: Settings, cluster: AksCluster | LocalCluster
-) -> dict[str, pulumi.Input[object]]:
-    """dev/local: registry, MLflow, TrainedModel (on fingerprint change), serving image."""
-    registry: Registry | LocalRegistry
-    if isinstance(cluster, AksCluster):
-        registry = Registry(
-            "registry",
-            settings,
-            resource_group_name=cluster.resource_group_name,
-            kubelet_object_id=cluster.kubelet_object_id,
-        )
-    else:
-        registry = LocalRegistry("registry", settings)
-    push = PushTarget(
-        registry.login_server,
-        settings.serving.platform,
-        settings.registry.username,
-        settings.registry.password,
-    )
-    mlflow_image = (
-        settings.tracking.image
-        or MlflowImage("mlflow-image", base_image=settings.serving.base_image, **push.kwargs()).ref
-    )
-    tracking = tracking_server(settings, cluster, mlflow_image)
-    built: dict[str, pulumi.Input[object]] = {
-        "tracking": tracking,
-        "registryId": registry.registry_id,
-        "mlflowImageRef": mlflow_image,
-        "registryLoginServer": registry.login_server,
-    }
-    if settings.image_ref_override is not None:
-        # Rollback: nothing to train or build, so a broken pipeline cannot block it.
-        return {**built, "imageRef": settings.image_ref_override}
+def build(
+    settings: Settings,
+    cluster: AksCluster | LocalCluster,
+    registry: Registry | LocalRegistry,
+    tracking: TrackingServer,
+    push_grants: list[pulumi.Resource],
+) -> Release:
+    """dev/local: TrainedModel (on fingerprint change) -> serving image pushed to this registry."""
     t = settings.training
     model = TrainedModel(
         "model",
@@ -153,45 +113,121 @@ def train_and_build(
         kubeconfig=cluster.kubeconfig,
         tracking_username=tracking.admin_username,
         tracking_password=tracking.admin_password,
-        **push.kwargs(),
+        registry_server=registry.login_server,
+        platform=settings.serving.platform,
+        credentials=registry.credentials,
+        push_grants=push_grants,
     )
-    return {
-        **built,
-        "imageRef": image.ref,
-        "modelVersion": model.version,
-        "metrics": model.metrics,
-        "fingerprint": model.model_fingerprint,
-        "modelUri": model.model_uri,
-        "runId": model.run_id,
-        "inputFingerprint": model.fingerprint,
-    }
+    return Release(
+        image_ref=image.ref,
+        model_version=model.version,
+        lineage={
+            "metrics": model.metrics,
+            "fingerprint": model.model_fingerprint,
+            "modelUri": model.model_uri,
+            "runId": model.run_id,
+            "inputFingerprint": model.fingerprint,
+        },
+    )
+
+
+def promote(settings: Settings, plan: ReleasePlan, registry: Registry) -> Release:
+    """staging/prod: the source's digest (or the override's), validated, imported into this registry."""
+    assert plan.source is not None
+    promotion = Promotion(
+        "promotion",
+        source=plan.source,
+        stack=settings.stack,
+        gate=settings.gate,
+        target_registry_id=registry.registry_id,
+        target_login_server=registry.login_server,
+        import_grants=[*registry.push_grants, *registry.import_grants],
+        image_ref_override=plan.override,
+    )
+    if plan.kind is ReleaseKind.ROLLBACK:
+        return Release(image_ref=promotion.image_ref)
+    return Release(
+        image_ref=promotion.image_ref,
+        model_version=promotion.model_version,
+        lineage={
+            "metrics": promotion.metrics,
+            "fingerprint": promotion.fingerprint,
+            "sourceImageRef": promotion.source_image_ref,
+            "promotedFrom": plan.source,
+        },
+    )
 
 
 def main() -> None:
     settings = load_settings()
+    plan = plan_release(settings)
     cluster: AksCluster | LocalCluster = (
         LocalCluster("cluster", settings) if settings.is_local else AksCluster("cluster", settings)
     )
-    parts = promote(settings, cluster) if settings.promotes else train_and_build(settings, cluster)
-    tracking = parts.pop("tracking")
-    assert isinstance(tracking, TrackingServer)
+    registry: Registry | LocalRegistry
+    pull_grants: list[pulumi.Resource] = []
+    push_grants: list[pulumi.Resource] = []
+    if isinstance(cluster, AksCluster):
+        registry = Registry(
+            "registry",
+            settings,
+            resource_group_name=cluster.resource_group_name,
+            kubelet_object_id=cluster.kubelet_object_id,
+            push_repositories=push_repositories(settings, plan),
+            imports=plan.imports,
+        )
+        pull_grants, push_grants = [registry.pull_grant], list(registry.push_grants)
+    else:
+        registry = LocalRegistry("registry", settings)
+
+    tracking: TrackingServer | None = None
+    if plan.runs_mlflow:
+        mlflow_image = (
+            settings.tracking.image
+            or MlflowImage(
+                "mlflow-image",
+                registry_server=registry.login_server,
+                base_image=settings.serving.base_image,
+                platform=settings.serving.platform,
+                credentials=registry.credentials,
+                push_grants=push_grants,
+            ).ref
+        )
+        tracking = tracking_server(settings, cluster, after(mlflow_image, *pull_grants))
+        pulumi.export("mlflowImageRef", mlflow_image)
+
+    if plan.kind is ReleaseKind.BUILD:
+        assert tracking is not None
+        release = build(settings, cluster, registry, tracking, push_grants)
+    elif plan.imports:
+        assert isinstance(registry, Registry)
+        release = promote(settings, plan, registry)
+    else:
+        # Rollback on a building stack: nothing to train or build, so a broken pipeline cannot block it.
+        assert plan.override is not None
+        release = Release(image_ref=own_registry_ref(settings, plan.override, registry.login_server))
+
     serving = ModelServing(
         "serving",
         settings,
-        image_ref=parts["imageRef"],  # type: ignore[arg-type]
-        model_version=parts.get("modelVersion", ROLLBACK_VERSION_LABEL),  # type: ignore[arg-type]
+        image_ref=after(release.image_ref, *pull_grants),  # the kubelet may pull only after AcrPull
+        model_version=release.version_label,
         provider=cluster.provider,
     )
-    if settings.image_ref_override is not None:
-        pulumi.export("imageRefOverride", settings.image_ref_override)
+    if plan.override is not None:
+        pulumi.export("imageRefOverride", plan.override)
     pulumi.export("endpoint", serving.endpoint)
-    for key, value in parts.items():
+    pulumi.export("imageRef", release.image_ref)  # always in this stack's own registry
+    for key, value in release.lineage_outputs().items():
         pulumi.export(key, value)
-    pulumi.export("mlflowUrl", tracking.url)
-    pulumi.export("mlflowService", tracking.service)  # <namespace>/<service>:<port>, for the tunnel
-    pulumi.export("mlflowModelName", settings.tracking.model_name)
-    pulumi.export("mlflowAdminUsername", tracking.admin_username)
-    pulumi.export("mlflowAdminPassword", tracking.admin_password)
+    pulumi.export("registryId", registry.registry_id)
+    pulumi.export("registryLoginServer", registry.login_server)
+    if tracking is not None:
+        pulumi.export("mlflowUrl", tracking.url)
+        pulumi.export("mlflowService", tracking.service)  # <namespace>/<service>:<port>, for the tunnel
+        pulumi.export("mlflowModelName", settings.tracking.model_name)
+        pulumi.export("mlflowAdminUsername", tracking.admin_username)
+        pulumi.export("mlflowAdminPassword", tracking.admin_password)
     pulumi.export("kubeconfig", cluster.kubeconfig)
 
 

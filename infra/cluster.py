@@ -1,9 +1,16 @@
 """The Kubernetes cluster the stack deploys to, and the Kubernetes provider that talks to it.
 
-``AksCluster``: resource group + VNet + AKS (system pool tainted CriticalAddonsOnly, autoscaling
-user pool, SystemAssigned identity, OIDC issuer + workload identity, Azure CNI overlay with Cilium
-network policy, managed Azure AD with Azure RBAC, local accounts disabled, auto-upgrade). Its
-kubeconfig (a secret) uses kubelogin; ``kubeloginMode`` picks a non-interactive login for CI.
+``AksCluster``: resource group + VNet + AKS (SKU tier and availability zones from config, system
+pool tainted CriticalAddonsOnly inside the cluster, the autoscaling user pool as its own
+``AgentPool`` so pool changes never update the cluster, SystemAssigned identity, OIDC issuer +
+workload identity, Azure CNI overlay with Cilium network policy, managed Entra ID with Azure RBAC,
+local accounts disabled, auto-upgrade inside a weekly ``maintenanceWindow``, optional API server
+authorized ranges or private cluster). The deployers from config (``deployerPrincipals``) get Azure
+Kubernetes Service RBAC Cluster Admin; the kubeconfig (a secret, exec format) uses kubelogin
+(``kubeloginMode`` picks a non-interactive login for CI); the Kubernetes provider depends on the
+grants and on ``ClusterAccess``, which waits until the API server allows the deployer.
+The cluster ignores ``agentPoolProfiles`` after creation (ARM lists the separate user pool there
+too); changing the system pool means adding a new system AgentPool and removing the old one.
 ``LocalCluster``: an existing kubeconfig context (kind, minikube, Docker Desktop); no Azure at all.
 """
 
@@ -15,13 +22,16 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
-from pulumi_azure_native import authorization, containerservice, resources
+from pulumi_azure_native import containerservice, resources
 
 from infra import roles
+from infra.cluster_access import ClusterAccess
 from infra.network import AKS_DNS_SERVICE_IP, AKS_POD_CIDR, AKS_SERVICE_CIDR, Network
-from infra.settings import Settings
+from infra.settings import ClusterSettings, MaintenanceWindow, Settings
 
 SYSTEM_POOL_TAINT = "CriticalAddonsOnly=true:NoSchedule"
+# AKS reads these two names only: cluster auto-upgrades and node OS upgrades.
+MAINTENANCE_CONFIGS = ("aksManagedAutoUpgradeSchedule", "aksManagedNodeOSUpgradeSchedule")
 # kubelogin flags that identify the app/tenant; only the interactive modes need the client id.
 _KEEP_FLAGS = ("--server-id", "--environment", "--tenant-id")
 
@@ -50,6 +60,25 @@ def rewrite_kubeconfig(kubeconfig: str, login_mode: str) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def maintenance_window(window: MaintenanceWindow) -> dict[str, Any]:
+    """A weekly MaintenanceWindow (containerservice 2025-09-01 schema)."""
+    return {
+        "schedule": {"weekly": {"day_of_week": window.day_of_week, "interval_weeks": 1}},
+        "duration_hours": window.duration_hours,
+        "start_time": window.start_time,
+        "utc_offset": window.utc_offset,
+    }
+
+
+def api_server_access(cfg: ClusterSettings) -> dict[str, Any] | None:
+    """Private cluster, or public with authorized ranges, or None (public, Entra-authenticated)."""
+    if cfg.private_cluster:
+        return {"enable_private_cluster": True}
+    if cfg.api_authorized_ranges:
+        return {"authorized_ip_ranges": list(cfg.api_authorized_ranges)}
+    return None
+
+
 def decode_user_kubeconfig(result: Any, login_mode: str) -> str:
     """The first kubeconfig of a listManagedClusterUserCredentials result, decoded and rewritten."""
     kubeconfigs = result.kubeconfigs or []
@@ -68,6 +97,8 @@ class AksCluster(pulumi.ComponentResource):
     kubelet_object_id: pulumi.Output[str]
     cluster_id: pulumi.Output[str]
     network: Network
+    admin_grants: list[pulumi.CustomResource]
+    access: ClusterAccess
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ml-delivery:infra:AksCluster", name, None, opts)
@@ -88,40 +119,31 @@ class AksCluster(pulumi.ComponentResource):
             "type": "VirtualMachineScaleSets",
             "vnet_subnet_id": self.network.node_subnet_id,
             "orchestrator_version": cfg.kubernetes_version,
+            "availability_zones": list(cfg.availability_zones) or None,
         }
         aad_profile: Any = {
             "managed": True,
             "enable_azure_rbac": True,
             "admin_group_object_ids": list(cfg.admin_group_object_ids) or None,
         }
-        pools: Any = [
-            {
-                **pool_common,
-                "name": "system",
-                "mode": "System",
-                "vm_size": cfg.system_vm_size,
-                "count": cfg.system_node_count,
-                "node_taints": [SYSTEM_POOL_TAINT],
-            },
-            {
-                **pool_common,
-                "name": "user",
-                "mode": "User",
-                "vm_size": cfg.user_vm_size,
-                "enable_auto_scaling": True,
-                "min_count": cfg.user_min_count,
-                "max_count": cfg.user_max_count,
-                "count": max(cfg.user_min_count, 1),
-            },
-        ]
+        system_pool: Any = {
+            **pool_common,
+            "name": "system",
+            "mode": "System",
+            "vm_size": cfg.system_vm_size,
+            "count": cfg.system_node_count,
+            "node_taints": [SYSTEM_POOL_TAINT],
+        }
         aks = containerservice.ManagedCluster(  # type: ignore[call-overload]  # plain dicts for TypedDict args
             f"{name}-aks",
             resource_group_name=group.name,
             location=settings.location,
             dns_prefix=f"{settings.project}-{settings.stack}",
             kubernetes_version=cfg.kubernetes_version,  # None: AKS picks its default version
+            sku={"name": "Base", "tier": cfg.tier},
             identity={"type": "SystemAssigned"},
-            agent_pool_profiles=pools,
+            agent_pool_profiles=[system_pool],
+            api_server_access_profile=api_server_access(cfg),
             network_profile={
                 "network_plugin": "azure",
                 "network_plugin_mode": "overlay",
@@ -144,10 +166,35 @@ class AksCluster(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                # the autoscaler owns the user pool's node count after creation
-                ignore_changes=["agentPoolProfiles[1].count"],
+                # The user pool is its own AgentPool below (its changes never touch the cluster), and
+                # ARM lists it in agentPoolProfiles too: the cluster must not try to remove it.
+                ignore_changes=["agentPoolProfiles"],
             ),
         )
+        containerservice.AgentPool(
+            f"{name}-user-pool",
+            resource_group_name=group.name,
+            resource_name_=aks.name,
+            agent_pool_name="user",
+            **{k: v for k, v in pool_common.items() if v is not None},
+            mode="User",
+            vm_size=cfg.user_vm_size,
+            enable_auto_scaling=True,
+            min_count=cfg.user_min_count,
+            max_count=cfg.user_max_count,
+            count=max(cfg.user_min_count, 1),
+            # the autoscaler owns the node count after creation
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
+        )
+        for config_name in MAINTENANCE_CONFIGS:
+            containerservice.MaintenanceConfiguration(  # type: ignore[call-overload]
+                f"{name}-{config_name}",
+                resource_group_name=group.name,
+                resource_name_=aks.name,
+                config_name=config_name,
+                maintenance_window=maintenance_window(cfg.maintenance),
+                opts=child,
+            )
         # The cluster's identity manages load balancers and routes in the BYO node subnet.
         roles.grant(
             f"{name}-subnet-network-contributor",
@@ -156,24 +203,39 @@ class AksCluster(pulumi.ComponentResource):
             scope=self.network.node_subnet_id,
             parent=self,
         )
-        # Local accounts are off, so whoever runs `pulumi up` needs an Azure RBAC role on the cluster.
-        deployer = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
-        roles.grant(
-            f"{name}-deployer-cluster-admin",
-            role_guid=roles.AKS_RBAC_CLUSTER_ADMIN,
-            principal_id=deployer.object_id,
-            scope=aks.id,
-            parent=self,
-            principal_type=cfg.deployer_principal_type,
-        )
+        # Local accounts are off: the deployers from config (never whoever runs preview) administer it.
+        admin_grants: list[pulumi.CustomResource] = [
+            roles.grant(
+                f"{name}-deployer-{i}-cluster-admin",
+                role_guid=roles.AKS_RBAC_CLUSTER_ADMIN,
+                principal_id=principal.object_id,
+                scope=aks.id,
+                parent=self,
+                principal_type=principal.principal_type,
+            )
+            for i, principal in enumerate(cfg.deployers)
+        ]
         credentials = containerservice.list_managed_cluster_user_credentials_output(
             resource_group_name=group.name,
             resource_name=aks.name,
+            format="exec",  # kubelogin exec plugin (the legacy 'azure' auth-provider is gone from kubectl)
             opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[aks]),
         )
         mode = cfg.kubelogin_mode
         self.kubeconfig = pulumi.Output.secret(credentials.apply(lambda r: decode_user_kubeconfig(r, mode)))
-        self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig, opts=child)
+        access = ClusterAccess(
+            f"{name}-access",
+            kubeconfig=self.kubeconfig,
+            grant_ids=[grant.id for grant in admin_grants],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=admin_grants),
+        )
+        self.admin_grants = admin_grants
+        self.access = access
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*admin_grants, access]),
+        )
         self.resource_group_name = group.name
         self.cluster_id = aks.id
         self.oidc_issuer_url = aks.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else "")

@@ -11,6 +11,7 @@ pushed. ``build_on_preview`` is off: preview never builds or pushes. The output 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +19,7 @@ from typing import Any, cast
 import pulumi
 import pulumi_docker as docker
 
+from infra.acr_token import PushCredentials
 from infra.settings import DIGEST_REF_RE
 from infra.training import tracking_env
 from infra.tunnel import TunnelRefused, tracking_endpoint  # noqa: F401 (swapped by the mocks)
@@ -44,15 +46,19 @@ def pushed_image(
     image_name: pulumi.Input[str],
     build: docker.DockerBuildArgsDict,
     registry_server: pulumi.Input[str],
-    registry_username: str | None,
-    registry_password: pulumi.Input[str] | None,
+    credentials: PushCredentials | None,
     parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
 ) -> pulumi.Output[str]:
-    """Build ``build`` with pulumi_docker (never on preview), push it, return its digest-pinned ref."""
+    """Build ``build`` with pulumi_docker (never on preview), push it, return its digest-pinned ref.
+
+    ``credentials`` (a username and a secret password) authenticate the push; their changes alone
+    never rebuild (pulumi-docker diffs ``registry`` on ``server`` only, see infra/acr_token.py).
+    """
     registry: Any = {"server": registry_server}
-    if registry_username is not None and registry_password is not None:
-        registry["username"] = registry_username
-        registry["password"] = pulumi.Output.secret(registry_password)
+    if credentials is not None:
+        registry["username"] = credentials.username
+        registry["password"] = pulumi.Output.secret(cast(Any, credentials.password))
     image = docker.Image(
         f"{name}-image",
         image_name=image_name,
@@ -60,7 +66,7 @@ def pushed_image(
         registry=registry,
         build_on_preview=False,
         skip_push=False,
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
     )
     return image.repo_digest.apply(lambda ref: require_digest_ref(ref, f"image {name}"))
 
@@ -114,8 +120,8 @@ class ServingImage(pulumi.ComponentResource):
         tracking_password: pulumi.Input[str],
         base_image: str,
         platform: str,
-        registry_username: str | None = None,
-        registry_password: pulumi.Input[str] | None = None,
+        credentials: PushCredentials | None = None,
+        push_grants: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:ServingImage", name, None, opts)
@@ -160,8 +166,8 @@ class ServingImage(pulumi.ComponentResource):
             image_name=pulumi.Output.format("{0}/{1}:{2}", registry_server, repository, context.tag),
             build={"context": context.context, "dockerfile": context.dockerfile, "platform": platform},
             registry_server=registry_server,
-            registry_username=registry_username,
-            registry_password=registry_password,
+            credentials=credentials,
             parent=self,
+            depends_on=push_grants,
         )
         self.register_outputs({"ref": self.ref, "tag": self.tag})

@@ -2,16 +2,18 @@
 
 The folder holds a Dockerfile and a full requirements lock (mlflow, psycopg2, azure-storage-blob,
 azure-identity). It only changes with a commit, so pulumi_docker's context digest is stable and an
-unchanged folder is never rebuilt or pushed; preview never builds. Promoting stacks reuse the
-source stack's ``mlflowImageRef`` output (or an ``mlflowImage`` digest from config).
+unchanged folder is never rebuilt or pushed; preview never builds. Only stacks that run MLflow
+(dev, local) build it; staging and prod run no MLflow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pulumi
 
+from infra.acr_token import PushCredentials
 from infra.image import pushed_image
 
 CONTEXT = Path("infra") / "mlflow_image"
@@ -38,8 +40,8 @@ class MlflowImage(pulumi.ComponentResource):
         registry_server: pulumi.Input[str],
         base_image: str,
         platform: str,
-        registry_username: str | None = None,
-        registry_password: pulumi.Input[str] | None = None,
+        credentials: PushCredentials | None = None,
+        push_grants: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:MlflowImage", name, None, opts)
@@ -53,8 +55,8 @@ class MlflowImage(pulumi.ComponentResource):
                 "args": {"BASE_IMAGE": base_image},
             },
             registry_server=registry_server,
-            registry_username=registry_username,
-            registry_password=registry_password,
+            credentials=credentials,
             parent=self,
+            depends_on=push_grants,
         )
         self.register_outputs({"ref": self.ref})

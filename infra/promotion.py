@@ -3,13 +3,14 @@
 ``promoteFrom: <org>/<project>/<stack>`` names the source. Its outputs (image ref, model version,
 metrics, fingerprint, registry id) are read through a StackReference and validated: a missing or
 malformed output, or metrics that fail this stack's gate, stop the update with a clear error.
-No TrainedModel and no Image exist in a promoting stack; this cluster's kubelet gets AcrPull on the
-source registry so it can pull the same digest.
+No TrainedModel and no Image exist in a promoting stack: the digest is imported into this stack's own
+registry (``infra.image_import``, ARM importImage keeps the digest) and deployed from there, so
+this environment never pulls from another's registry at runtime.
 
 A source that runs a rollback (it exports ``imageRefOverride``) is refused: the model behind that
 digest has no lineage in its outputs, so this stack's gate cannot be applied. With this stack's own
-``imageRefOverride`` set, only the source's registry (for AcrPull) and MLflow image are read: a
-rollback never depends on the source's current model.
+``imageRefOverride`` set, only the source's registry id is read (to import the override's digest
+from it if this registry lacks it): a rollback never depends on the source's current model.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+from pulumi_azure_native import authorization
 
-from infra.registry import grant_acr_pull
+from infra.image_import import ImportedImage
 from infra.settings import DIGEST_REF_RE
 from model.fingerprint import FINGERPRINT_RE
 from model.gate import GateThresholds, evaluate_gate
@@ -129,17 +131,19 @@ def validate_source(
 
 
 class Promotion(pulumi.ComponentResource):
-    """Reads and validates the source stack; grants this kubelet AcrPull on the source registry.
+    """Reads and validates the source stack; imports the digest into this stack's own registry.
 
-    With ``image_ref_override`` (a rollback) the lineage outputs are None: the model is unknown.
+    With ``image_ref_override`` (a rollback) the lineage outputs are None: the model is unknown, and
+    the override's digest is imported from the source registry unless this registry has it already.
+    ``image_ref`` is always ``<this registry>/<repo>@sha256:<the same digest>``.
     """
 
     image_ref: pulumi.Output[str]
+    source_image_ref: pulumi.Output[str]
     model_version: pulumi.Output[str]
     metrics: pulumi.Output[dict[str, float]]
     fingerprint: pulumi.Output[str]
-    registry_id: pulumi.Output[str]
-    mlflow_image_ref: pulumi.Output[str | None]
+    source_registry_id: pulumi.Output[str]
 
     def __init__(
         self,
@@ -148,8 +152,9 @@ class Promotion(pulumi.ComponentResource):
         source: str,
         stack: str,
         gate: GateThresholds,
-        kubelet_object_id: pulumi.Input[str] | None,
-        need_mlflow_image: bool = True,
+        target_registry_id: pulumi.Input[str],
+        target_login_server: pulumi.Input[str],
+        import_grants: list[pulumi.Resource],
         image_ref_override: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -158,45 +163,40 @@ class Promotion(pulumi.ComponentResource):
             f"{name}-source", stack_name=source, opts=pulumi.ResourceOptions(parent=self)
         )
         if image_ref_override is None:
-            keys = (*REQUIRED_OUTPUTS, MLFLOW_IMAGE_OUTPUT, OVERRIDE_OUTPUT)
+            keys = (*REQUIRED_OUTPUTS, OVERRIDE_OUTPUT)
             promoted = pulumi.Output.all(*(ref.get_output(key) for key in keys)).apply(
                 lambda values: validate_source(
-                    dict(zip(keys, values, strict=True)),
-                    source,
-                    stack,
-                    gate,
-                    need_mlflow_image=need_mlflow_image,
+                    dict(zip(keys, values, strict=True)), source, stack, gate, need_mlflow_image=False
                 )
             )
-            self.image_ref = promoted.image_ref
+            self.source_image_ref = promoted.image_ref
             self.model_version = promoted.model_version
             self.metrics = promoted.metrics
             self.fingerprint = promoted.fingerprint
-            self.registry_id = promoted.registry_id
-            self.mlflow_image_ref = promoted.mlflow_image_ref
+            self.source_registry_id = promoted.registry_id
         else:
             # Rollback: the source's image and model are neither read nor validated.
-            registry_keys = ("registryId", MLFLOW_IMAGE_OUTPUT)
-            registry = pulumi.Output.all(*(ref.get_output(key) for key in registry_keys)).apply(
-                lambda values: validate_registry(
-                    dict(zip(registry_keys, values, strict=True)),
-                    source,
-                    stack,
-                    need_mlflow_image=need_mlflow_image,
-                )
+            registry = ref.get_output("registryId").apply(
+                lambda value: validate_registry(
+                    {"registryId": value}, source, stack, need_mlflow_image=False
+                )[0]
             )
             unknown_lineage: pulumi.Output[Any] = pulumi.Output.from_input(None)
-            self.image_ref = pulumi.Output.from_input(image_ref_override)
+            self.source_image_ref = pulumi.Output.from_input(image_ref_override)
             self.model_version = unknown_lineage
             self.metrics = unknown_lineage
             self.fingerprint = unknown_lineage
-            self.registry_id = registry.apply(lambda r: r[0])
-            self.mlflow_image_ref = registry.apply(lambda r: r[1])
-        if kubelet_object_id is not None:
-            grant_acr_pull(
-                f"{name}-kubelet-acrpull",
-                kubelet_object_id=kubelet_object_id,
-                registry_id=self.registry_id,
-                parent=self,
-            )
+            self.source_registry_id = registry
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        imported = ImportedImage(
+            f"{name}-import",
+            source_ref=self.source_image_ref,
+            source_registry_id=self.source_registry_id,
+            target_registry_id=target_registry_id,
+            target_login_server=target_login_server,
+            arm_token=authorization.get_client_token_output(opts=invoke).token,
+            tenant_id=authorization.get_client_config_output(opts=invoke).tenant_id,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=import_grants),
+        )
+        self.image_ref = imported.image_ref
         self.register_outputs({"imageRef": self.image_ref, "modelVersion": self.model_version})

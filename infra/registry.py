@@ -1,10 +1,12 @@
-"""The container registry the serving image is pushed to, and who may pull from it.
+"""The container registry this stack's images live in, and who may push to and pull from it.
 
-``Registry``: an Azure Container Registry with the admin user disabled. Pushing needs no stored
-secret: the deployer runs ``az acr login --name <registry>`` first (CI: after azure/login with
-OIDC), and pulumi_docker uses the Docker credential store. ``LocalRegistry``: an existing registry
-(``registryServer``, e.g. localhost:5001 for kind). ``grant_acr_pull`` gives a kubelet identity
-AcrPull on a registry (this stack's or a promotion source's).
+``Registry``: an Azure Container Registry with the admin user disabled, one per Azure stack (staging
+and prod import promoted digests into their own). The cluster's kubelet gets AcrPull on it only;
+the deployers from config (``deployerPrincipals``) get AcrPush, and in a promoting stack also
+Container Registry Data Importer and Data Reader (ARM ``importImage`` into it). Pushes authenticate with a
+short-lived token the program obtains after those grants exist (``infra.acr_token``): no
+``az acr login``, no stored secret. ``LocalRegistry``: an existing registry (``registryServer``,
+e.g. localhost:5001 for kind) with optional ``registryUsername``/``registryPassword``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pulumi
 from pulumi_azure_native import containerregistry
 
 from infra import roles
+from infra.acr_token import PushCredentials, push_credentials
 from infra.settings import Settings
 
 
@@ -34,6 +37,10 @@ class Registry(pulumi.ComponentResource):
 
     registry_id: pulumi.Output[str]
     login_server: pulumi.Output[str]
+    pull_grant: pulumi.Resource
+    push_grants: list[pulumi.Resource]
+    import_grants: list[pulumi.Resource]
+    credentials: PushCredentials | None
 
     def __init__(
         self,
@@ -42,6 +49,8 @@ class Registry(pulumi.ComponentResource):
         *,
         resource_group_name: pulumi.Input[str],
         kubelet_object_id: pulumi.Input[str],
+        push_repositories: tuple[str, ...] = (),
+        imports: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ml-delivery:infra:Registry", name, None, opts)
@@ -54,10 +63,40 @@ class Registry(pulumi.ComponentResource):
             admin_user_enabled=False,
             anonymous_pull_enabled=False,
             tags=dict(settings.tags),
-            opts=pulumi.ResourceOptions(parent=self),
+            # it holds every image this environment ran: destroy stops before deleting it
+            opts=pulumi.ResourceOptions(parent=self, protect=settings.protect_stateful),
         )
-        grant_acr_pull(
+        self.pull_grant = grant_acr_pull(
             f"{name}-kubelet-acrpull", kubelet_object_id=kubelet_object_id, registry_id=acr.id, parent=self
+        )
+        self.push_grants = [
+            roles.grant(
+                f"{name}-deployer-{i}-acrpush",
+                role_guid=roles.ACR_PUSH,
+                principal_id=principal.object_id,
+                scope=acr.id,
+                parent=self,
+                principal_type=principal.principal_type,
+            )
+            for i, principal in enumerate(settings.cluster.deployers)
+        ]
+        # A promoting stack imports digests into this registry (ARM importImage on it).
+        self.import_grants = [
+            roles.grant(
+                f"{name}-deployer-{i}-importer",
+                role_guid=roles.ACR_IMPORTER,
+                principal_id=principal.object_id,
+                scope=acr.id,
+                parent=self,
+                principal_type=principal.principal_type,
+            )
+            for i, principal in enumerate(settings.cluster.deployers)
+            if imports
+        ]
+        self.credentials = (
+            push_credentials(acr.login_server, push_repositories, grants=self.push_grants, parent=self)
+            if push_repositories
+            else None
         )
         self.registry_id = acr.id
         self.login_server = acr.login_server
@@ -69,10 +108,17 @@ class LocalRegistry(pulumi.ComponentResource):
 
     registry_id: pulumi.Output[str]
     login_server: pulumi.Output[str]
+    credentials: PushCredentials | None
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ml-delivery:infra:LocalRegistry", name, None, opts)
         server = settings.registry.server or "localhost:5001"
         self.registry_id = pulumi.Output.from_input(server)
         self.login_server = pulumi.Output.from_input(server)
+        r = settings.registry
+        self.credentials = (
+            PushCredentials(r.username, pulumi.Output.secret(r.password))
+            if r.username is not None and r.password is not None
+            else None
+        )
         self.register_outputs({"registryId": self.registry_id, "loginServer": self.login_server})

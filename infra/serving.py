@@ -67,6 +67,17 @@ def pod_spec(settings: Settings, image_ref: pulumi.Input[str], service_account: 
             }
         ],
         "volumes": volumes,
+        # Replicas spread over zones and nodes where the pool has them (a preference, so a
+        # single-zone pool still schedules every replica).
+        "topology_spread_constraints": [
+            {
+                "max_skew": 1,
+                "topology_key": key,
+                "when_unsatisfiable": "ScheduleAnyway",
+                "label_selector": {"match_labels": {"app": APP}},
+            }
+            for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+        ],
     }
 
 

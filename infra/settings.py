@@ -45,12 +45,37 @@ REGISTRY_DIGEST_REF_RE = re.compile(
     r"/[a-z0-9]+(?:[._/-][a-z0-9]+)*@sha256:[0-9a-f]{64}$"
 )
 DNS_LABEL_RE = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
+AKS_TIERS = ("Free", "Standard", "Premium")
+AVAILABILITY_ZONES = ("1", "2", "3")
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+UTC_OFFSET_RE = re.compile(r"^[+-](0[0-9]|1[0-4]):[0-5][0-9]$")
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A stack config value is missing or wrong; the message says which key, where, and the fix."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An Entra principal the stack grants roles to: its object id and ARM principal type."""
+
+    object_id: str
+    principal_type: str  # User, Group or ServicePrincipal
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """The weekly window AKS may run auto-upgrades in (cluster and node OS)."""
+
+    day_of_week: str = "Sunday"
+    start_time: str = "02:00"  # HH:mm
+    duration_hours: int = 4  # AKS requires at least 4 hours for a weekly schedule
+    utc_offset: str = "+00:00"
 
 
 @dataclass(frozen=True)
@@ -66,7 +91,13 @@ class ClusterSettings:
     kubelogin_mode: str = "azurecli"
     admin_group_object_ids: tuple[str, ...] = ()
     vnet_cidr: str = "10.20.0.0/16"
-    deployer_principal_type: str = "User"  # who runs `pulumi up`: a person, or CI's ServicePrincipal
+    # Who runs `pulumi up` (CI's identity, people): AKS RBAC Cluster Admin and AcrPush, from config.
+    deployers: tuple[Principal, ...] = ()
+    tier: str = "Free"  # Standard: the uptime SLA
+    availability_zones: tuple[str, ...] = ()
+    maintenance: MaintenanceWindow = field(default_factory=MaintenanceWindow)
+    api_authorized_ranges: tuple[str, ...] = ()
+    private_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -300,7 +331,7 @@ def _serving(reader: _Reader) -> ServingSettings:
     )
 
 
-def _cluster(reader: _Reader) -> ClusterSettings:
+def _cluster(reader: _Reader, azure: bool) -> ClusterSettings:
     d = ClusterSettings()
     user_min = reader.int_("userNodeMinCount", d.user_min_count, 0, 100)
     user_max = reader.int_("userNodeMaxCount", max(d.user_max_count, user_min, 1), 1, 1000)
@@ -311,6 +342,7 @@ def _cluster(reader: _Reader) -> ClusterSettings:
             f"is below userNodeMinCount ({user_min})",
             "Raise userNodeMaxCount or lower userNodeMinCount.",
         )
+    ranges, private = _api_server(reader, d.private_cluster)
     return ClusterSettings(
         system_vm_size=reader.required_str("systemNodeVmSize", d.system_vm_size),
         system_node_count=reader.int_("systemNodeCount", d.system_node_count, 1, 100),
@@ -329,10 +361,103 @@ def _cluster(reader: _Reader) -> ClusterSettings:
             "adminGroupObjectIds", re.compile(r"^[0-9a-fA-F-]{36}$"), "00000000-0000-0000-0000-000000000000"
         ),
         vnet_cidr=_vnet_cidr(reader, d.vnet_cidr),
-        deployer_principal_type=reader.required_str(
-            "deployerPrincipalType", d.deployer_principal_type, ("User", "ServicePrincipal", "Group")
-        ),
+        deployers=_principals(reader, "deployerPrincipals", required=azure),
+        tier=reader.required_str("aksTier", d.tier, AKS_TIERS),
+        availability_zones=_zones(reader),
+        maintenance=_maintenance(reader, d.maintenance),
+        api_authorized_ranges=ranges,
+        private_cluster=private,
     )
+
+
+def _principals(reader: _Reader, key: str, required: bool) -> tuple[Principal, ...]:
+    """A list of {objectId, principalType} mappings; empty is an error when ``required``."""
+    example = "[{objectId: <guid>, principalType: ServicePrincipal}]"
+    items = reader.obj(key, list, [])
+    if required and not items:
+        raise reader.fail(
+            key,
+            items,
+            "is empty",
+            f"List who runs `pulumi up` (CI's identity, people) as {example}; "
+            "the object id of a managed identity is its principalId.",
+        )
+    found = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"objectId", "principalType"}:
+            raise reader.fail(key, items, f"holds a bad entry {item!r}", f"Write {example}.")
+        if not isinstance(item["objectId"], str) or not GUID_RE.match(item["objectId"]):
+            raise reader.fail(f"{key}.objectId", item["objectId"], "is not a GUID", f"Write {example}.")
+        if item["principalType"] not in PRINCIPAL_TYPES:
+            raise reader.fail(
+                f"{key}.principalType",
+                item["principalType"],
+                "is not allowed",
+                f"Use one of: {', '.join(PRINCIPAL_TYPES)}.",
+            )
+        found.append(Principal(item["objectId"], item["principalType"]))
+    return tuple(found)
+
+
+def _maintenance(reader: _Reader, default: MaintenanceWindow) -> MaintenanceWindow:
+    names = {
+        "dayOfWeek": "day_of_week",
+        "startTime": "start_time",
+        "durationHours": "duration_hours",
+        "utcOffset": "utc_offset",
+    }
+    given = reader.obj("maintenanceWindow", dict, {})
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        raise reader.fail(
+            "maintenanceWindow", given, f"has unknown fields {unknown}", f"Use: {', '.join(names)}."
+        )
+    day = given.get("dayOfWeek", default.day_of_week)
+    if day not in WEEKDAYS:
+        raise reader.fail("maintenanceWindow.dayOfWeek", day, "is not a weekday", f"Use one of {WEEKDAYS}.")
+    start = given.get("startTime", default.start_time)
+    if not isinstance(start, str) or not HHMM_RE.match(start):
+        raise reader.fail("maintenanceWindow.startTime", start, "is not HH:mm", "Write it like '02:00'.")
+    hours = given.get("durationHours", default.duration_hours)
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 4 <= hours <= 24:
+        raise reader.fail(
+            "maintenanceWindow.durationHours", hours, "is outside 4..24", "AKS needs 4 to 24 hours."
+        )
+    offset = given.get("utcOffset", default.utc_offset)
+    if not isinstance(offset, str) or not UTC_OFFSET_RE.match(offset):
+        raise reader.fail("maintenanceWindow.utcOffset", offset, "is not ±HH:mm", "Write it like '+01:00'.")
+    return MaintenanceWindow(day, start, hours, offset)
+
+
+def _zones(reader: _Reader) -> tuple[str, ...]:
+    zones = reader.str_list("availabilityZones")
+    bad = [z for z in zones if z not in AVAILABILITY_ZONES] or (
+        ["a zone listed twice"] if len(set(zones)) != len(zones) else []
+    )
+    if bad:
+        raise reader.fail(
+            "availabilityZones", list(zones), f"holds {bad[0]!r}", "List zones from '1', '2', '3' once each."
+        )
+    return zones
+
+
+def _api_server(reader: _Reader, default_private: bool) -> tuple[tuple[str, ...], bool]:
+    """(authorized ranges, private cluster): how the API server is exposed."""
+    ranges = reader.str_list("apiServerAuthorizedIpRanges")
+    for cidr in ranges:
+        if reader.cidr("apiServerAuthorizedIpRanges", cidr, "203.0.113.0/24").prefixlen == 0:
+            raise reader.fail(
+                "apiServerAuthorizedIpRanges", cidr, "opens the API server to everyone", "List your ranges."
+            )
+    private = reader.bool_("privateCluster", default_private)
+    if private and ranges:
+        raise reader.fail(
+            "apiServerAuthorizedIpRanges",
+            list(ranges),
+            "is set with privateCluster: true (AKS does not combine them)",
+            "Remove one of the two keys.",
+        )
+    return ranges, private
 
 
 def _vnet_cidr(reader: _Reader, default: str) -> str:
@@ -491,7 +616,7 @@ def parse_settings(
         mode=mode,
         location=reader.required_str("location", "westeurope"),
         promote_from=promote_from,
-        cluster=_cluster(reader),
+        cluster=_cluster(reader, mode == "azure"),
         local=LocalSettings(
             kube_context=reader.str_("kubeContext", None),
             kubeconfig_path=reader.required_str("kubeconfigPath", LocalSettings.kubeconfig_path),

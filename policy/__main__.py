@@ -4,11 +4,11 @@ Constructing PolicyPack starts the analyzer's gRPC server and blocks, so this fi
 the policies live in policies.py (run from this folder, hence the plain import).
 """
 
-from policies import PACK_NAME, POLICIES
+from policies import PACK_NAME, POLICIES, STACK_POLICIES
 from pulumi_policy import EnforcementLevel, PolicyPack
 
 PolicyPack(
     name=PACK_NAME,
     enforcement_level=EnforcementLevel.MANDATORY,
-    policies=list(POLICIES),
+    policies=[*POLICIES, *STACK_POLICIES],
 )

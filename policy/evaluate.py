@@ -24,12 +24,14 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
+    PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
+    StackValidationArgs,
 )
 from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
-from policy.policies import POLICIES
+from policy.policies import POLICIES, STACK_POLICIES
 
 POLICY_DIR = Path(__file__).resolve().parent
 LEVELS = {level.value: level for level in EnforcementLevel}
@@ -37,12 +39,17 @@ LEVELS = {level.value: level for level in EnforcementLevel}
 
 @dataclass(frozen=True)
 class Subject:
-    """One resource as the engine would show it to a resource policy."""
+    """One resource as the engine would show it to a resource or stack policy."""
 
     type: str
     name: str
     props: Mapping[str, Any]
     protect: bool = False  # ResourceOptions.protect, which the engine passes in the options
+    urn: str = ""  # "" -> derived from type and name
+    dependencies: tuple[str, ...] = ()  # URNs of the resources this one depends on
+
+    def urn_in(self, stack: str) -> str:
+        return self.urn or f"urn:pulumi:{stack}::ml-delivery::{self.type}::{self.name}"
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ def load_pack_config(path: Path | None) -> dict[str, dict[str, Any]]:
         raise PolicyConfigError(f"{path}: not valid JSON ({err}). Fix the file's syntax.") from err
     if not isinstance(raw, dict):
         raise PolicyConfigError(f"{path}: expected a JSON object keyed by policy name (or 'all').")
-    known = {policy.name for policy in POLICIES} | {"all"}
+    known = {policy.name for policy in (*POLICIES, *STACK_POLICIES)} | {"all"}
     config: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
         if key not in known:
@@ -149,12 +156,69 @@ def evaluate(
                         Violation(policy.name, "advisory", subject.type, subject.name, f"unknown: {err}")
                     )
                 violations += [Violation(policy.name, level, subject.type, subject.name, m) for m in found]
+        violations += _evaluate_stack(subjects, stack, config)
+    return violations
+
+
+def _options() -> PolicyResourceOptions:
+    return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
+
+
+def _evaluate_stack(
+    subjects: list[Subject], stack: str, config: Mapping[str, Mapping[str, Any]]
+) -> list[Violation]:
+    """The stack policies over every resource, with each one's dependencies resolved by URN."""
+    by_urn: dict[str, PolicyResource] = {}
+    for subject in subjects:
+        urn = subject.urn_in(stack)
+        by_urn[urn] = PolicyResource(
+            subject.type,
+            unknown_checking_proxy(dict(subject.props)),
+            urn,
+            subject.name,
+            _options(),
+            None,
+            None,
+            [],
+            {},
+        )
+    for subject in subjects:
+        resource = by_urn[subject.urn_in(stack)]
+        resource.dependencies = [by_urn[d] for d in subject.dependencies if d in by_urn]
+    names = {s.urn_in(stack): s for s in subjects}
+    violations: list[Violation] = []
+    for policy in STACK_POLICIES:
+        entry = {**config.get("all", {}), **config.get(policy.name, {})}
+        level = str(
+            entry.pop("enforcementLevel", None)
+            or (policy.enforcement_level or EnforcementLevel.MANDATORY).value
+        )
+        if level == EnforcementLevel.DISABLED.value:
+            continue
+        found: list[tuple[str, str | None]] = []
+        policy.validate(
+            StackValidationArgs(list(by_urn.values()), entry),
+            lambda message, urn=None, sink=found: sink.append((message, urn)),
+        )
+        for message, urn in found:
+            subject = names.get(urn or "")
+            violations.append(
+                Violation(
+                    policy.name,
+                    level,
+                    subject.type if subject else "stack",
+                    subject.name if subject else stack,
+                    message,
+                )
+            )
     return violations
 
 
 def subjects_of(stack_run: Any) -> list[Subject]:
     """The resources a ``tools.stack_mocks.StackRun`` recorded, as policy subjects."""
-    return [Subject(r.type, r.name, r.inputs, getattr(r, "protect", False)) for r in stack_run.resources]
+    return [
+        Subject(r.type, r.name, r.inputs, r.protect, r.urn, tuple(r.depends_on)) for r in stack_run.resources
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,10 @@ from pulumi_policy import (
     ResourceValidationArgs,
     ResourceValidationPolicy,
     Severity,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
+from pulumi_policy.proxy import UnknownValueError
 
 PACK_NAME = "ml-delivery-policies"
 
@@ -49,6 +52,12 @@ STORAGE_ACCOUNT_TYPE = "azure-native:storage:StorageAccount"
 BLOB_CONTAINER_TYPE = "azure-native:storage:BlobContainer"
 POSTGRES_SERVER_TYPE = "azure-native:dbforpostgresql:Server"
 POSTGRES_FIREWALL_TYPE = "azure-native:dbforpostgresql:FirewallRule"
+DOCKER_IMAGE_TYPE = "docker:index/image:Image"
+ROLE_ASSIGNMENT_TYPE = "azure-native:authorization:RoleAssignment"
+K8S_PROVIDER_TYPE = "pulumi:providers:kubernetes"
+# Azure Kubernetes Service RBAC Cluster Admin (a built-in role: the same GUID in every tenant).
+AKS_RBAC_CLUSTER_ADMIN_ROLE = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
+ARM_PRINCIPAL_TYPES = frozenset({"User", "Group", "ServicePrincipal", "ForeignGroup", "Device"})
 
 DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 SECURE_TLS_VERSIONS = frozenset({"TLS1_2", "TLS1_3"})
@@ -339,6 +348,87 @@ def check_aks_access(props: Props, config: Config, stack: str) -> list[str]:
     return problems
 
 
+def check_image_registry_credentials(props: Props, config: Config) -> list[str]:
+    """A pushed image names its registry with a username and a password (a token obtained by the
+    program: the registry may not exist before the update, so no prior login can be relied on).
+    Only the presence of the password is checked; its value is unknown in a preview."""
+    if _get(props, "skipPush") is True:
+        return []
+    registry = _get(props, "registry")
+    keys = set(registry) if isinstance(registry, Mapping) else set()  # iterating reads no value
+    if "server" in keys:
+        server = registry["server"]
+        exempt = [str(p) for p in _items(config.get("credentialFreeRegistries", []))]
+        if isinstance(server, str) and any(fnmatchcase(server, pattern) for pattern in exempt):
+            return []
+    missing = [key for key in ("server", "username", "password") if key not in keys]
+    if missing:
+        return [
+            f"Image: registry.{'/'.join(missing)} missing, so the push relies on a `docker login` made "
+            "before the update. Pass the registry's server, username and a (secret) token "
+            "(infra/acr_token.py), or list a local registry in credentialFreeRegistries."
+        ]
+    return []
+
+
+def check_role_assignment_principal_type(props: Props) -> list[str]:
+    """Every role assignment names its principal type (else ARM looks the principal up in Entra ID,
+    which fails for an identity created moments earlier, and a wrong guess is rejected)."""
+    kind = _get(props, "principalType")
+    if kind not in ARM_PRINCIPAL_TYPES:
+        return [
+            f"Role assignment: principalType is {kind!r}. Set it to one of "
+            f"{', '.join(sorted(ARM_PRINCIPAL_TYPES))} (a managed identity is ServicePrincipal)."
+        ]
+    return []
+
+
+def _prop(resource: Any, key: str) -> Any:
+    """A top-level property of a stack-policy resource; None if unknown (a preview of a create)."""
+    try:
+        return _get(resource.props, key)
+    except UnknownValueError:
+        return None
+
+
+def _is_cluster_admin_grant(resource: Any) -> bool:
+    if resource.resource_type != ROLE_ASSIGNMENT_TYPE:
+        return False
+    role = _prop(resource, "roleDefinitionId")
+    return isinstance(role, str) and role.lower().endswith(f"/roledefinitions/{AKS_RBAC_CLUSTER_ADMIN_ROLE}")
+
+
+def check_k8s_provider_after_cluster_grant(resources: Sequence[Any]) -> list[tuple[str, str | None]]:
+    """In a stack with an AKS cluster, every Kubernetes provider depends on every AKS RBAC Cluster
+    Admin grant (with local accounts off, Kubernetes calls get 403 until the grant exists and has
+    propagated). (message, urn) per offending provider."""
+    if not any(r.resource_type == AKS_TYPE for r in resources):
+        return []
+    grants = {r.urn for r in resources if _is_cluster_admin_grant(r)}
+    problems: list[tuple[str, str | None]] = []
+    for provider in (r for r in resources if r.resource_type == K8S_PROVIDER_TYPE):
+        depends = {d.urn for d in provider.dependencies}
+        if not grants:
+            problems.append(
+                (
+                    f"Kubernetes provider '{provider.name}': the stack has an AKS cluster but no AKS RBAC "
+                    "Cluster Admin role assignment, so the deployer cannot reach the cluster. Grant it to "
+                    "the deployerPrincipals and make the provider depend on the grant.",
+                    provider.urn,
+                )
+            )
+        elif not grants <= depends:
+            problems.append(
+                (
+                    f"Kubernetes provider '{provider.name}' does not depend on the deployer's AKS RBAC "
+                    "Cluster Admin grant, so its first call can get 403. Add the grant (and the access "
+                    "wait, infra/cluster_access.py) to the provider's depends_on.",
+                    provider.urn,
+                )
+            )
+    return problems
+
+
 def check_storage(resource_type: str, props: Props) -> list[str]:
     """Storage accounts: no public blob access, TLS 1.2+, HTTPS only; blob containers: private."""
     if resource_type == BLOB_CONTAINER_TYPE:
@@ -495,6 +585,17 @@ LOAD_BALANCER_SCHEMA = PolicyConfigSchema(
         }
     }
 )
+IMAGE_CREDENTIALS_SCHEMA = PolicyConfigSchema(
+    properties={
+        "credentialFreeRegistries": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["localhost:*", "127.0.0.1:*"],
+            "description": "Registries (server patterns, shell-style wildcards) pushed to without "
+            "credentials: a laptop cluster's local registry.",
+        }
+    }
+)
 AKS_SCHEMA = PolicyConfigSchema(
     properties={
         "localStacks": {
@@ -591,6 +692,19 @@ POLICIES: list[ResourceValidationPolicy] = [
         schema=AKS_SCHEMA,
     ),
     _policy(
+        "pushed-images-have-registry-credentials",
+        "Every pushed image carries registry credentials (server, username, secret token).",
+        (DOCKER_IMAGE_TYPE,),
+        lambda args, cfg: check_image_registry_credentials(args.props, cfg),
+        schema=IMAGE_CREDENTIALS_SCHEMA,
+    ),
+    _policy(
+        "role-assignments-have-principal-type",
+        "Every Azure role assignment names its principalType.",
+        (ROLE_ASSIGNMENT_TYPE,),
+        lambda args, _cfg: check_role_assignment_principal_type(args.props),
+    ),
+    _policy(
         "storage-private-tls12",
         "Storage accounts forbid public blob access and require TLS 1.2+; blob containers are private.",
         (STORAGE_ACCOUNT_TYPE, BLOB_CONTAINER_TYPE),
@@ -618,5 +732,22 @@ POLICIES: list[ResourceValidationPolicy] = [
             args.resource_type, bool(args.opts.protect), cfg, current_stack()
         ),
         schema=PROTECTION_SCHEMA,
+    ),
+]
+
+
+def _validate_k8s_provider(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    for message, urn in check_k8s_provider_after_cluster_grant(args.resources):
+        report_violation(message, urn)
+
+
+STACK_POLICIES: list[StackValidationPolicy] = [
+    StackValidationPolicy(
+        name="k8s-provider-after-cluster-grant",
+        description="The Kubernetes provider of an AKS stack depends on the deployer's AKS RBAC "
+        "Cluster Admin grant.",
+        validate=_validate_k8s_provider,
+        enforcement_level=EnforcementLevel.MANDATORY,
+        severity=Severity.HIGH,
     ),
 ]

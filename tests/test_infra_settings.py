@@ -17,7 +17,8 @@ from infra.tracking import allowed_hosts, auth_config_ini, training_route
 from model.gate import GateThresholds
 from tools.stack_mocks import aks_user_kubeconfig, source_outputs
 
-BASE: dict[str, str] = {}
+DEPLOYER = {"objectId": "11111111-2222-3333-4444-555555555555", "principalType": "ServicePrincipal"}
+BASE = {"deployerPrincipals": json.dumps([DEPLOYER])}
 
 
 def settings(stack: str = "dev", **values: object):
@@ -221,3 +222,94 @@ def test_image_ref_override_is_optional_and_kept_verbatim() -> None:
     ref = "localhost:5001/cancer-classifier@sha256:" + "0f" * 32
     assert settings().image_ref_override is None
     assert settings(imageRefOverride=ref).image_ref_override == ref
+
+
+# ---------------------------------------------------------------- cluster posture and deployers
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "hint"),
+    [
+        ({"deployerPrincipals": []}, "ml-delivery:deployerPrincipals", "principalType: ServicePrincipal"),
+        ({"deployerPrincipals": [{"objectId": "me"}]}, "ml-delivery:deployerPrincipals", "objectId: <guid>"),
+        (
+            {"deployerPrincipals": [{"objectId": "not-a-guid", "principalType": "User"}]},
+            "ml-delivery:deployerPrincipals.objectId",
+            "<guid>",
+        ),
+        (
+            {"deployerPrincipals": [{**DEPLOYER, "principalType": "Robot"}]},
+            "ml-delivery:deployerPrincipals.principalType",
+            "User, Group, ServicePrincipal",
+        ),
+        ({"aksTier": "Gold"}, "ml-delivery:aksTier", "Free, Standard, Premium"),
+        ({"availabilityZones": ["4"]}, "ml-delivery:availabilityZones", "'1', '2', '3'"),
+        ({"availabilityZones": ["1", "1"]}, "ml-delivery:availabilityZones", "once each"),
+        (
+            {"maintenanceWindow": {"dayOfWeek": "Someday"}},
+            "ml-delivery:maintenanceWindow.dayOfWeek",
+            "Sunday",
+        ),
+        ({"maintenanceWindow": {"startTime": "2am"}}, "ml-delivery:maintenanceWindow.startTime", "02:00"),
+        (
+            {"maintenanceWindow": {"durationHours": 2}},
+            "ml-delivery:maintenanceWindow.durationHours",
+            "4 to 24",
+        ),
+        ({"maintenanceWindow": {"utcOffset": "CET"}}, "ml-delivery:maintenanceWindow.utcOffset", "+01:00"),
+        ({"maintenanceWindow": {"day": "Monday"}}, "ml-delivery:maintenanceWindow", "dayOfWeek"),
+        (
+            {"apiServerAuthorizedIpRanges": ["0.0.0.0/0"]},
+            "ml-delivery:apiServerAuthorizedIpRanges",
+            "your ranges",
+        ),
+        (
+            {"apiServerAuthorizedIpRanges": ["10.1.2.3/8"]},
+            "ml-delivery:apiServerAuthorizedIpRanges",
+            "host bits",
+        ),
+        (
+            {"privateCluster": "true", "apiServerAuthorizedIpRanges": ["203.0.113.0/24"]},
+            "ml-delivery:apiServerAuthorizedIpRanges",
+            "Remove one",
+        ),
+        ({"privateCluster": "maybe"}, "ml-delivery:privateCluster", "true or false"),
+    ],
+)
+def test_a_bad_cluster_value_names_the_key_the_stack_file_and_the_fix(
+    values: dict, key: str, hint: str
+) -> None:
+    message = config_error("prod", **values)
+    assert "Pulumi.prod.yaml" in message and f"'{key}'" in message and hint in message
+
+
+def test_cluster_posture_defaults_are_safe_and_configurable() -> None:
+    d = settings().cluster
+    assert (d.tier, d.availability_zones, d.private_cluster, d.api_authorized_ranges) == (
+        "Free",
+        (),
+        False,
+        (),
+    )
+    assert (d.maintenance.day_of_week, d.maintenance.duration_hours) == ("Sunday", 4)
+    assert [(p.object_id, p.principal_type) for p in d.deployers] == [
+        (DEPLOYER["objectId"], "ServicePrincipal")
+    ]
+    c = settings(
+        aksTier="Standard",
+        availabilityZones=["1", "2", "3"],
+        maintenanceWindow={
+            "dayOfWeek": "Saturday",
+            "startTime": "23:30",
+            "durationHours": 6,
+            "utcOffset": "+01:00",
+        },
+        privateCluster="true",
+    ).cluster
+    assert (c.tier, c.availability_zones, c.private_cluster) == ("Standard", ("1", "2", "3"), True)
+    assert (c.maintenance.start_time, c.maintenance.utc_offset) == ("23:30", "+01:00")
+
+
+def test_a_local_stack_needs_no_deployer_principals() -> None:
+    s = parse_settings({"mode": "local"}.get, project="ml-delivery", stack="local")
+    assert s.cluster.deployers == ()

@@ -16,8 +16,10 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
+    PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
+    StackValidationArgs,
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
@@ -583,3 +585,123 @@ def test_protection_is_not_required_elsewhere_or_of_other_types(monkeypatch: pyt
     assert run_with_protect(policies.STATEFUL_TYPES[0], protect=False) == []
     analyzing(monkeypatch, "prod")
     assert run_with_protect("azure-native:storage:BlobContainer", protect=False) == []
+
+
+# ---------------------------------------------------------------- pushed-images-have-registry-credentials
+
+ACR = "registrydev.azurecr.io"
+
+
+def image_props(registry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "imageName": f"{registry.get('server', ACR)}/cancer-classifier:v1",
+        "build": {"context": ".build/images/v1"},
+        "registry": registry,
+        "skipPush": False,
+    }
+
+
+@pytest.mark.parametrize(
+    "registry",
+    [
+        {"server": ACR, "username": "00000000-0000-0000-0000-000000000000", "password": "token"},
+        # a preview: the token is unknown, its presence is what counts
+        {"server": ACR, "username": "00000000-0000-0000-0000-000000000000", "password": UNKNOWN_STRING_VALUE},
+        {"server": "localhost:5001"},  # the local registry needs none (credentialFreeRegistries)
+    ],
+)
+def test_pushed_image_with_credentials_passes(registry: dict[str, Any]) -> None:
+    assert (
+        run_policy(
+            "pushed-images-have-registry-credentials", policies.DOCKER_IMAGE_TYPE, image_props(registry)
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("registry", "missing"),
+    [({"server": ACR}, "username/password"), ({"server": ACR, "username": "u"}, "password"), ({}, "server")],
+)
+def test_pushed_image_without_credentials_is_rejected(registry: dict[str, Any], missing: str) -> None:
+    props = {**image_props(registry), "imageName": f"{ACR}/cancer-classifier:v1"}
+    [message] = run_policy("pushed-images-have-registry-credentials", policies.DOCKER_IMAGE_TYPE, props)
+    assert f"registry.{missing}" in message and "docker login" in message
+
+
+def test_an_image_that_is_not_pushed_needs_no_credentials() -> None:
+    props = {**image_props({"server": ACR}), "skipPush": True}
+    assert run_policy("pushed-images-have-registry-credentials", policies.DOCKER_IMAGE_TYPE, props) == []
+
+
+# ---------------------------------------------------------------- role-assignments-have-principal-type
+
+
+@pytest.mark.parametrize(
+    ("kind", "count"), [("ServicePrincipal", 0), ("User", 0), ("Group", 0), (None, 1), ("Robot", 1)]
+)
+def test_role_assignment_principal_type(kind: str | None, count: int) -> None:
+    props: dict[str, Any] = {"principalId": "p", "roleDefinitionId": "/x", "scope": "/subscriptions/s"}
+    if kind is not None:
+        props["principalType"] = kind
+    messages = run_policy("role-assignments-have-principal-type", policies.ROLE_ASSIGNMENT_TYPE, props)
+    assert len(messages) == count
+    if count:
+        assert "principalType" in messages[0] and "ServicePrincipal" in messages[0]
+
+
+# ---------------------------------------------------------------- k8s-provider-after-cluster-grant
+
+ROLE_DEFINITIONS = "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions"
+ADMIN_ROLE = f"{ROLE_DEFINITIONS}/{policies.AKS_RBAC_CLUSTER_ADMIN_ROLE}"
+OTHER_ROLE = (
+    "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/4d97b98b-1d4f-4787-a291-c67834d212e7"
+)
+
+
+def stack_resources(provider_depends_on: list[str], grants: dict[str, str]) -> list[PolicyResource]:
+    """An AKS cluster, role assignments ``{name: roleDefinitionId}``, a Kubernetes provider."""
+
+    def resource(type_: str, name: str, props: dict[str, Any]) -> PolicyResource:
+        options = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
+        urn = f"urn:pulumi:dev::ml-delivery::{type_}::{name}"
+        return PolicyResource(type_, unknown_checking_proxy(props), urn, name, options, None, None, [], {})
+
+    cluster = resource(policies.AKS_TYPE, "aks", {"disableLocalAccounts": True})
+    assignments = {
+        n: resource(policies.ROLE_ASSIGNMENT_TYPE, n, {"roleDefinitionId": r}) for n, r in grants.items()
+    }
+    provider = resource(policies.K8S_PROVIDER_TYPE, "k8s", {})
+    provider.dependencies = [cluster] + [assignments[n] for n in provider_depends_on]
+    return [cluster, *assignments.values(), provider]
+
+
+def run_stack_policy(resources: list[PolicyResource]) -> list[tuple[str, str | None]]:
+    [policy] = [p for p in policies.STACK_POLICIES if p.name == "k8s-provider-after-cluster-grant"]
+    found: list[tuple[str, str | None]] = []
+    policy.validate(
+        StackValidationArgs(resources, {}), lambda message, urn=None: found.append((message, urn))
+    )
+    return found
+
+
+def test_k8s_provider_that_depends_on_the_cluster_grant_passes() -> None:
+    resources = stack_resources(["admin"], {"admin": ADMIN_ROLE, "subnet": OTHER_ROLE})
+    assert run_stack_policy(resources) == []
+
+
+def test_k8s_provider_that_races_the_cluster_grant_is_rejected() -> None:
+    resources = stack_resources(["subnet"], {"admin": ADMIN_ROLE, "subnet": OTHER_ROLE})
+    [(message, urn)] = run_stack_policy(resources)
+    assert "does not depend on the deployer's AKS RBAC Cluster Admin grant" in message
+    assert urn == resources[-1].urn
+
+
+def test_an_aks_stack_without_a_cluster_grant_is_rejected() -> None:
+    [(message, _)] = run_stack_policy(stack_resources([], {"subnet": OTHER_ROLE}))
+    assert "no AKS RBAC Cluster Admin role assignment" in message
+
+
+def test_a_stack_without_aks_has_no_grant_to_wait_for() -> None:
+    resources = [r for r in stack_resources([], {}) if r.resource_type != policies.AKS_TYPE]
+    assert run_stack_policy(resources) == []

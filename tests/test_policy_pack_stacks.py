@@ -24,7 +24,7 @@ from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
 from policy.evaluate import Subject, evaluate, load_pack_config, stack_config_path, subjects_of
-from policy.policies import POLICIES
+from policy.policies import K8S_PROVIDER_TYPE, POLICIES, STACK_POLICIES
 from tests.conftest import REPO_ROOT, stop_process
 
 STACKS = ("dev", "staging", "prod", "local")
@@ -72,7 +72,7 @@ def pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
 def configure(stub: analyzer_pb2_grpc.AnalyzerStub, config: Mapping[str, Mapping[str, Any]]) -> None:
     """Send a --policy-pack-config the way the engine does (every policy, its level and properties)."""
     request = analyzer_pb2.ConfigureAnalyzerRequest()
-    for policy in POLICIES:
+    for policy in (*POLICIES, *STACK_POLICIES):
         entry = {**config.get("all", {}), **config.get(policy.name, {})}
         level = entry.pop("enforcementLevel", None) or "mandatory"
         properties = struct_pb2.Struct()
@@ -100,11 +100,33 @@ def analyze(stub: analyzer_pb2_grpc.AnalyzerStub, stack: str, subject: Subject) 
     return [(d.policyName, d.enforcementLevel, d.message) for d in response.diagnostics]
 
 
+def analyze_stack(
+    stub: analyzer_pb2_grpc.AnalyzerStub, stack: str, subjects: tuple[Subject, ...]
+) -> list[tuple[str, int, str]]:
+    """(policy, level, message) of the stack policies over every resource, with its dependencies,
+    as the engine sends them after a preview or update (AnalyzeStack)."""
+    resources = []
+    for subject in subjects:
+        properties = struct_pb2.Struct()
+        json_format.ParseDict(json.loads(json.dumps(dict(subject.props), default=str)), properties)
+        resources.append(
+            analyzer_pb2.AnalyzerResource(
+                type=subject.type,
+                properties=properties,
+                urn=subject.urn_in(stack),
+                name=subject.name,
+                dependencies=list(subject.dependencies),
+            )
+        )
+    response = stub.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=resources))
+    return [(d.policyName, d.enforcementLevel, d.message) for d in response.diagnostics]
+
+
 def test_pack_advertises_every_policy_as_mandatory(pack: analyzer_pb2_grpc.AnalyzerStub) -> None:
     info = pack.GetAnalyzerInfo(empty_pb2.Empty())
     assert info.name == "ml-delivery-policies"
     advertised = {p.name: p for p in info.policies}
-    assert sorted(advertised) == sorted(p.name for p in POLICIES)
+    assert sorted(advertised) == sorted(p.name for p in (*POLICIES, *STACK_POLICIES))
     assert all(p.enforcementLevel == MANDATORY for p in info.policies)
     schema = advertised["no-unapproved-load-balancer"].configSchema
     assert "allowedServices" in schema.properties
@@ -143,6 +165,11 @@ def test_stack_has_no_mandatory_violation(stack: str) -> None:
             (policy, s.name, message)
             for s in subjects
             for policy, level, message in analyze(pack, stack, s)
+            if level == MANDATORY
+        )
+        over_grpc += sorted(
+            (policy, "stack", message)
+            for policy, level, message in analyze_stack(pack, stack, subjects)
             if level == MANDATORY
         )
     assert not over_grpc, f"{stack}: mandatory violations:\n" + "\n".join(
@@ -186,3 +213,27 @@ def test_every_load_balancer_allow_is_still_needed(stack: str) -> None:
         blocked = [v.policy for v in violations if v.level == "mandatory"]
         where = stack_config_path(stack).name
         assert blocked == ["no-unapproved-load-balancer"], f"{where}: '{allowed}' matches no LoadBalancer"
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_a_kubernetes_provider_racing_the_cluster_grant_is_blocked(
+    stack: str, pack: analyzer_pb2_grpc.AnalyzerStub
+) -> None:
+    """The program's provider depends on the grant; without that dependency both paths block it."""
+    subjects = stack_subjects(stack)
+    [provider] = [s for s in subjects if s.type == K8S_PROVIDER_TYPE]
+    grants = {s.urn for s in subjects if s.type == "azure-native:authorization:RoleAssignment"}
+    assert grants & set(provider.dependencies), f"{stack}: the provider does not wait for any role grant"
+    racing = tuple(
+        Subject(
+            s.type, s.name, s.props, s.protect, s.urn, tuple(d for d in s.dependencies if d not in grants)
+        )
+        if s is provider
+        else s
+        for s in subjects
+    )
+    config = load_pack_config(stack_config_path(stack))
+    configure(pack, config)
+    over_grpc = [p for p, level, _ in analyze_stack(pack, stack, racing) if level == MANDATORY]
+    in_process = [v.policy for v in evaluate(racing, stack=stack, config=config) if v.level == "mandatory"]
+    assert over_grpc == in_process == ["k8s-provider-after-cluster-grant"]

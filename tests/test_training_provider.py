@@ -78,7 +78,7 @@ def test_the_fingerprint_the_program_declares_is_the_one_training_logs(
 ) -> None:
     # The inputs exactly as __main__.py declares them for Pulumi.dev.yaml (which sets only some params),
     # MLflow reached as on Azure: through a port-forward to mlflow/mlflow:5000 (here a stand-in kubectl).
-    declared = run_stack("dev").one(DYNAMIC_TYPE).inputs
+    declared = run_stack("dev").one(DYNAMIC_TYPE, "model").inputs  # the TrainedModel
     assert set(declared["params"]) == set(ModelParams().as_dict())  # resolved, defaults filled in
     assert (declared["tracking_uri"], declared["tracking_service"]) == ("", "mlflow/mlflow:5000")
     fake_kubectl.serve(declared["tracking_service"], mlflow_server)

@@ -63,6 +63,20 @@ ARM_TYPES = {
     "azure-native:privatedns:PrivateZone": "Microsoft.Network/privateDnsZones",
     "azure-native:authorization:RoleAssignment": "Microsoft.Authorization/roleAssignments",
 }
+# Child resources of the AKS cluster: ARM ids under the cluster's id.
+AKS_CHILD_TYPES = {
+    "azure-native:containerservice:AgentPool": ("agentPools", "agentPoolName"),
+    "azure-native:containerservice:MaintenanceConfiguration": ("maintenanceConfigurations", "configName"),
+}
+
+
+def fake_jwt(claims: Mapping[str, Any]) -> str:
+    """An unsigned JWT with ``claims`` (what Entra and ACR return is signed; nothing here verifies)."""
+
+    def part(value: Mapping[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2ln"
 
 
 def unwrap_secrets(value: Any, path: str = "", found: list[str] | None = None) -> Any:
@@ -175,7 +189,9 @@ class StackRun:
     secret_outputs: set[str]
     unknown_outputs: set[str]
     invokes: list[str] = field(default_factory=list)
+    invoke_args: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (token, arguments)
     exports: list[dict[str, str]] = field(default_factory=list)
+    exchanges: list[dict[str, Any]] = field(default_factory=list)  # ACR token exchanges the run made
 
     def of_type(self, type_: str) -> list[Resource]:
         return [r for r in self.resources if r.type == type_]
@@ -211,6 +227,13 @@ def _config_value(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     return json.dumps(value)
+
+
+# What `pulumi config set --path 'deployerPrincipals[0].objectId' ...` gives a stack before its first up
+# (the committed stack files leave it to the team: a made-up object id would fail only deep into an up).
+CONFIGURED_DEPLOYERS: tuple[dict[str, str], ...] = (
+    {"objectId": "5f0c7a3e-2b1d-4c8e-9a6f-0d3b2e1c4a57", "principalType": "ServicePrincipal"},
+)
 
 
 def load_stack_config(stack: str, project: str, root: Path = ROOT) -> tuple[dict[str, str], list[str]]:
@@ -261,9 +284,11 @@ class _Mocks(pulumi.runtime.Mocks):
         self.organization = organization
         self.existing = existing
         self.invokes: list[str] = []
+        self.invoke_args: list[tuple[str, dict[str, Any]]] = []
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         self.invokes.append(args.token)
+        self.invoke_args.append((args.token, dict(args.args)))
         if args.token == "azure-native:authorization:getClientConfig":
             return {
                 "clientId": "00000000-0000-0000-0000-000000000004",
@@ -271,6 +296,9 @@ class _Mocks(pulumi.runtime.Mocks):
                 "subscriptionId": SUBSCRIPTION_ID,
                 "tenantId": TENANT_ID,
             }
+        if args.token == "azure-native:authorization:getClientToken":
+            audience = args.args.get("endpoint") or "https://management.azure.com/"
+            return {"token": fake_jwt({"aud": audience, "tid": TENANT_ID, "oid": DEPLOYER_OBJECT_ID})}
         if args.token == "azure-native:containerservice:listManagedClusterUserCredentials":
             server = f"https://{args.args.get('resourceName', 'aks')}.hcp.westeurope.azmk8s.io:443"
             value = base64.b64encode(aks_user_kubeconfig(server).encode()).decode()
@@ -304,6 +332,14 @@ class _Mocks(pulumi.runtime.Mocks):
             meta = args.inputs.get("metadata") or {}
             return f"{meta.get('namespace', 'default')}/{meta.get('name', args.name)}"
         arm = ARM_TYPES.get(args.typ)
+        if args.typ in AKS_CHILD_TYPES:
+            collection, name_key = AKS_CHILD_TYPES[args.typ]
+            cluster = args.inputs.get("resourceName", "aks")
+            return (
+                f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}/providers/"
+                f"Microsoft.ContainerService/managedClusters/{cluster}/{collection}/"
+                f"{args.inputs.get(name_key, args.name)}"
+            )
         if args.typ.startswith("azure-native:") and arm is not None:
             group = f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}"
             return group if arm == "" else f"{group}/providers/{arm}/{args.name}"
@@ -332,7 +368,9 @@ class _Mocks(pulumi.runtime.Mocks):
                 },
             }
         if typ == "azure-native:containerregistry:Registry":
-            return {"name": name, "loginServer": f"{name.lower()}.azurecr.io"}
+            # Azure appends a random suffix to the name; the stack's name stands in for it.
+            server = f"{name.lower()}{self.stack}.azurecr.io"
+            return {"name": name, "loginServer": server}
         if typ == "azure-native:managedidentity:UserAssignedIdentity":
             return {
                 "name": name,
@@ -353,6 +391,17 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == "random:index/randomPassword:RandomPassword":
             return {
                 "result": "mockpw" + _digest("password", name)[: max(int(inputs.get("length", 16)) - 6, 1)]
+            }
+        if typ == DYNAMIC_TYPE and "grant_ids" in inputs:  # infra.cluster_access.ClusterAccess
+            return {"allowed": True, "attempts": 1}
+        if typ == DYNAMIC_TYPE and "source_ref" in inputs:  # infra.image_import.ImportedImage
+            ref = str(inputs["source_ref"])
+            repository, _, digest = ref.split("/", 1)[1].partition("@")
+            server = inputs.get("target_login_server")
+            return {
+                "image_ref": f"{server}/{repository}@{digest}",
+                "digest": digest,
+                "repository": repository,
             }
         if typ == DYNAMIC_TYPE:
             model_name = inputs.get("model_name", "model")
@@ -441,6 +490,25 @@ def _stand_in_export(calls: list[dict[str, str]]) -> Any:
     return export
 
 
+def _stand_in_push_token(calls: list[dict[str, Any]]) -> Any:
+    """Replaces infra.acr_token.wait_for_push_token: records the exchange, returns an ACR-like token."""
+
+    def wait(login_server: str, aad_token: str, tenant_id: str, repositories: Any, **_: Any) -> str:
+        calls.append(
+            {
+                "login_server": login_server,
+                "aad_token": aad_token,
+                "tenant_id": tenant_id,
+                "repositories": tuple(repositories),
+            }
+        )
+        return fake_jwt(
+            {"iss": "Azure Container Registry", "aud": login_server, "grant_type": "refresh_token"}
+        )
+
+    return wait
+
+
 @contextlib.contextmanager
 def _stand_in_tunnel(*, tracking_uri: str = "", service: str = "", kubeconfig: str = "") -> Iterator[str]:
     """Replaces infra.image.tracking_endpoint: no cluster here; a tunnel shows as tunnel://<service>."""
@@ -450,19 +518,25 @@ def _stand_in_tunnel(*, tracking_uri: str = "", service: str = "", kubeconfig: s
 
 
 @contextlib.contextmanager
-def _program_environment(root: Path, exports: list[dict[str, str]]) -> Iterator[None]:
-    """cwd = project root (the program's relative paths), the stand-in exporter, no leaked PULUMI_* env."""
+def _program_environment(
+    root: Path, exports: list[dict[str, str]], exchanges: list[dict[str, Any]]
+) -> Iterator[None]:
+    """cwd = project root, the stand-in exporter, tunnel and token exchange, no leaked PULUMI_* env."""
+    import infra.acr_token
     import infra.image
 
     cwd, saved_export = Path.cwd(), infra.image.export_context
+    saved_wait = infra.acr_token.wait_for_push_token
     saved_tunnel = infra.image.tracking_endpoint
     infra.image.tracking_endpoint = lambda **kw: _stand_in_tunnel(**kw)  # late-bound: tests may patch it
     saved_env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PULUMI_CONFIG")}
     os.chdir(root)
     infra.image.export_context = _stand_in_export(exports)
+    infra.acr_token.wait_for_push_token = _stand_in_push_token(exchanges)  # type: ignore[assignment]
     try:
         yield
     finally:
+        infra.acr_token.wait_for_push_token = saved_wait  # type: ignore[assignment]
         infra.image.export_context = saved_export
         infra.image.tracking_endpoint = saved_tunnel
         os.chdir(cwd)
@@ -516,18 +590,22 @@ def run_stack(
     """
     project = project_name(root)
     stack_config, secret_keys = load_stack_config(stack, project, root)
+    if stack_config.get(f"{project}:mode") == "azure":
+        # the one value every Azure stack is given with `pulumi config set` before its first up
+        stack_config.setdefault(f"{project}:deployerPrincipals", _config_value(list(CONFIGURED_DEPLOYERS)))
     for key, value in (config or {}).items():
         stack_config[key if ":" in key else f"{project}:{key}"] = _config_value(value)
     mocks = _Mocks(stack, preview, stack_outputs, organization=organization, existing=existing)
     monitor = _RecordingMonitor(mocks)
     exports: list[dict[str, str]] = []
+    exchanges: list[dict[str, Any]] = []
 
     _reset_runtime()
     pulumi.runtime.set_all_config(stack_config, secret_keys)
     pulumi.runtime.set_mocks(
         mocks, project=project, stack=stack, preview=preview, monitor=monitor, organization=organization
     )
-    with _program_environment(root, exports):
+    with _program_environment(root, exports, exchanges):
         program = str(root / "__main__.py")
 
         def run_program() -> None:
@@ -576,7 +654,9 @@ def run_stack(
         secret_outputs=secret,
         unknown_outputs=unknown,
         invokes=list(mocks.invokes),
+        invoke_args=list(mocks.invoke_args),
         exports=exports,
+        exchanges=exchanges,
     )
 
 

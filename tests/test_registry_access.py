@@ -1,0 +1,330 @@
+"""The registry and cluster access code against real local endpoints: ACR's token exchange, ARM's
+importImage long-running operation and the registry's manifest lookup are served by an HTTP server
+on loopback that speaks their contracts; ``kubectl auth can-i`` is a real executable on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra import acr_token, cluster_access, image_import
+from infra.acr_token import AcrTokenError, wait_for_push_token
+from infra.cluster_access import ClusterAccessError, ClusterAccessProvider, can_i, wait_for_access
+from infra.image_import import ImageImportError, ImportedImageProvider, import_request, run_import
+from tools.stack_mocks import fake_jwt
+
+DIGEST = "sha256:" + "cd" * 32
+OTHER_DIGEST = "sha256:" + "ef" * 32
+SOURCE_REGISTRY = (
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-dev/providers/"
+    "Microsoft.ContainerRegistry/registries/registrydev"
+)
+TARGET_REGISTRY = SOURCE_REGISTRY.replace("rg-dev", "rg-staging").replace("registrydev", "registrystaging")
+
+
+class FakeAzure:
+    """State of the fake ARM + registry: what was asked, and what the registry holds."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.push_after = 0  # token exchanges answered without push before push is granted
+        self.manifests: dict[str, str] = {}  # "<repo>@<digest>" -> served digest
+        self.pending_polls = 0  # 202 answers the import's Location gives before 200
+        self.exchanges = 0
+
+
+def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            return None
+
+        def _body(self) -> dict[str, Any]:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            if self.headers.get("Content-Type", "").startswith("application/json"):
+                return dict(json.loads(raw))
+            return {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
+
+        def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            body = self._body()
+            azure.requests.append(("POST", self.path, body))
+            if self.path == "/oauth2/exchange":
+                azure.exchanges += 1
+                self._json(200, {"refresh_token": f"refresh-{azure.exchanges}"})
+            elif self.path == "/oauth2/token":
+                repo = body["scope"].split(":")[1]
+                actions = ["pull", "push"] if azure.exchanges > azure.push_after else ["pull"]
+                claims = {"access": [{"type": "repository", "name": repo, "actions": actions}]}
+                self._json(200, {"access_token": fake_jwt(claims)})
+            elif self.path.endswith("/importImage?api-version=2023-07-01"):
+                source = body["source"]["sourceImage"]
+                azure.manifests[source] = source.split("@", 1)[1]
+                port = self.server.server_address[1]
+                self._json(202, {}, {"Location": f"http://127.0.0.1:{port}/operations/1", "Retry-After": "0"})
+            else:
+                self._json(404, {})
+
+        def do_GET(self) -> None:
+            azure.requests.append(("GET", self.path, {}))
+            if self.path == "/operations/1":
+                if azure.pending_polls:
+                    azure.pending_polls -= 1
+                    port = self.server.server_address[1]
+                    self._json(
+                        202, {}, {"Location": f"http://127.0.0.1:{port}/operations/1", "Retry-After": "0"}
+                    )
+                else:
+                    self._json(200, {})
+            else:
+                self._json(404, {})
+
+        def do_HEAD(self) -> None:
+            azure.requests.append(("HEAD", self.path, {}))
+            repo, _, digest = self.path.removeprefix("/v2/").partition("/manifests/")
+            served = azure.manifests.get(f"{repo}@{digest}")
+            self.send_response(200 if served else 404)
+            if served:
+                self.send_header("Docker-Content-Digest", served)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Handler
+
+
+@pytest.fixture
+def azure() -> Iterator[tuple[FakeAzure, str]]:
+    state = FakeAzure()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Clock:
+    """A clock that advances only when the code under test sleeps (no real waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(seconds, 1.0)
+
+
+# ---------------------------------------------------------------- ACR push token
+
+
+def test_the_exchange_sends_the_acr_form_and_waits_for_push(azure: tuple[FakeAzure, str]) -> None:
+    state, server = azure
+    state.push_after = 2  # AcrPush propagates after two exchanges
+    clock = Clock()
+    token = wait_for_push_token(
+        server,
+        "entra-token",
+        "tenant-1",
+        ["cancer-classifier"],
+        scheme="http",
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    assert token == "refresh-3" and len(clock.sleeps) == 2
+    exchange = next(body for method, path, body in state.requests if path == "/oauth2/exchange")
+    assert exchange == {
+        "grant_type": "access_token",
+        "service": server,
+        "tenant": "tenant-1",
+        "access_token": "entra-token",
+    }
+    scope = next(body for method, path, body in state.requests if path == "/oauth2/token")
+    assert (
+        scope["grant_type"] == "refresh_token" and scope["scope"] == "repository:cancer-classifier:pull,push"
+    )
+    assert acr_token.ACR_TOKEN_USERNAME == "00000000-0000-0000-0000-000000000000"
+
+
+def test_the_push_wait_is_bounded_and_says_what_to_check(azure: tuple[FakeAzure, str]) -> None:
+    state, server = azure
+    state.push_after = 10**6  # AcrPush never arrives
+    clock = Clock()
+    with pytest.raises(AcrTokenError) as info:
+        wait_for_push_token(
+            server,
+            "t",
+            "tenant",
+            ["mlflow-server"],
+            scheme="http",
+            timeout=30,
+            sleep=clock.sleep,
+            clock=clock,
+        )
+    assert "no push permission yet on mlflow-server" in str(info.value)
+    assert "deployerPrincipals" in str(info.value) and clock.now >= 30
+
+
+# ---------------------------------------------------------------- ImportedImage
+
+
+def import_props(server: str, ref: str) -> dict[str, Any]:
+    return {
+        "source_ref": ref,
+        "source_registry_id": SOURCE_REGISTRY,
+        "target_registry_id": TARGET_REGISTRY,
+        "target_login_server": server,
+        "arm_token": "arm-token",
+        "tenant_id": "tenant-1",
+        "arm_endpoint": f"http://{server}",
+        "registry_scheme": "http",
+    }
+
+
+def test_import_copies_the_digest_waits_for_the_operation_and_verifies(azure: tuple[FakeAzure, str]) -> None:
+    state, server = azure
+    state.pending_polls = 2
+    clock = Clock()
+    outs = run_import(
+        import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    assert outs == {
+        "image_ref": f"{server}/cancer-classifier@{DIGEST}",
+        "digest": DIGEST,
+        "repository": "cancer-classifier",
+    }
+    [(_, path, body)] = [r for r in state.requests if "importImage" in r[1]]
+    assert path == f"{TARGET_REGISTRY}/importImage?api-version=2023-07-01"
+    assert body == {
+        "source": {"resourceId": SOURCE_REGISTRY, "sourceImage": f"cancer-classifier@{DIGEST}"},
+        "untaggedTargetRepositories": ["cancer-classifier"],
+        "mode": "NoForce",
+    }
+    assert len([r for r in state.requests if r[1] == "/operations/1"]) == 3  # two 202s, then 200
+    heads = [r for r in state.requests if r[0] == "HEAD"]
+    assert [h[1] for h in heads] == [f"/v2/cancer-classifier/manifests/{DIGEST}"] * 2  # before and after
+
+
+def test_a_digest_already_in_the_target_is_not_imported_again(azure: tuple[FakeAzure, str]) -> None:
+    state, server = azure
+    state.manifests[f"cancer-classifier@{DIGEST}"] = DIGEST
+    run_import(import_props(server, f"{server}/cancer-classifier@{DIGEST}"))
+    assert not [r for r in state.requests if "importImage" in r[1]]
+
+
+def test_an_import_that_serves_another_digest_fails(azure: tuple[FakeAzure, str]) -> None:
+    _, server = azure
+    original = image_import.served_digest
+    calls: list[str] = []
+
+    def served(*args: Any, **kwargs: Any) -> str | None:
+        calls.append("head")
+        found = original(*args, **kwargs)
+        return OTHER_DIGEST if found else None
+
+    image_import.served_digest = served  # type: ignore[assignment]
+    try:
+        with pytest.raises(ImageImportError) as info:
+            run_import(import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"))
+    finally:
+        image_import.served_digest = original  # type: ignore[assignment]
+    assert OTHER_DIGEST in str(info.value) and calls == ["head", "head"]
+
+
+def test_import_diff_ignores_the_token() -> None:
+    provider = ImportedImageProvider()
+    olds = {**import_props("t", f"r/cancer-classifier@{DIGEST}"), "arm_token": "old"}
+    assert provider.diff("id", olds, {**olds, "arm_token": "fresh"}).changes is False
+    assert provider.diff("id", olds, {**olds, "source_ref": f"r/cancer-classifier@{OTHER_DIGEST}"}).changes
+    assert provider.diff("id", olds, {**olds, "target_registry_id": SOURCE_REGISTRY}).changes
+
+
+def test_import_request_refuses_a_tag() -> None:
+    with pytest.raises(ImageImportError):
+        import_request("registrydev.azurecr.io/cancer-classifier:latest", SOURCE_REGISTRY)
+
+
+# ---------------------------------------------------------------- ClusterAccess
+
+
+@pytest.fixture
+def kubectl(tmp_path: Path) -> Path:
+    """A kubectl on PATH that answers `auth can-i` from a file and records its kubeconfig's mode."""
+    script = tmp_path / "kubectl"
+    script.write_text(
+        "#!/bin/sh\n"
+        "for last; do :; done\n"  # the kubeconfig path is the last argument
+        f'stat -c %a "$last" > {tmp_path}/mode\n'
+        f'echo "$@" > {tmp_path}/args\n'
+        f"answer=$(cat {tmp_path}/answer)\n"
+        'echo "$answer"\n'
+        '[ "$answer" = yes ]\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def test_can_i_asks_kubectl_with_a_private_kubeconfig(kubectl: Path) -> None:
+    (kubectl.parent / "answer").write_text("no\n")
+    assert can_i("apiVersion: v1\n", str(kubectl)) == (False, "no")
+    (kubectl.parent / "answer").write_text("yes\n")
+    assert can_i("apiVersion: v1\n", str(kubectl)) == (True, "yes")
+    assert (kubectl.parent / "mode").read_text().strip() == "600"
+    args = (kubectl.parent / "args").read_text().split()
+    assert args[:5] == ["auth", "can-i", "create", "namespaces", "--all-namespaces"]
+    leftover = args[args.index("--kubeconfig") + 1]
+    assert not os.path.exists(leftover)  # the temporary kubeconfig is removed
+
+
+def test_access_wait_retries_until_allowed_then_stops() -> None:
+    answers = iter([(False, "no"), (False, "Forbidden"), (True, "yes")])
+    clock = Clock()
+    outs = wait_for_access(
+        {"kubeconfig": "k"}, check=lambda _k: next(answers), sleep=clock.sleep, clock=clock
+    )
+    assert outs == {"allowed": True, "attempts": 3} and len(clock.sleeps) == 2
+
+
+def test_access_wait_is_bounded() -> None:
+    clock = Clock()
+    with pytest.raises(ClusterAccessError) as info:
+        wait_for_access(
+            {"kubeconfig": "k", "timeout_seconds": 60, "interval_seconds": 15},
+            check=lambda _k: (False, "no"),
+            sleep=clock.sleep,
+            clock=clock,
+        )
+    assert "deployerPrincipals" in str(info.value) and 60 <= clock.now < 60 + 15 + 1
+
+
+def test_access_diff_changes_only_with_the_grants() -> None:
+    provider = ClusterAccessProvider()
+    olds = {"kubeconfig": "a", "grant_ids": ["g1"]}
+    assert provider.diff("id", olds, {"kubeconfig": "b", "grant_ids": ["g1"]}).changes is False
+    assert provider.diff("id", olds, {"kubeconfig": "a", "grant_ids": ["g1", "g2"]}).changes is True
+    assert cluster_access.CAN_I[0:2] == ("auth", "can-i")
