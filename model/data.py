@@ -63,16 +63,22 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, *, source: str | Path) 
     target = spec.target
     if target not in [str(c) for c in frame.columns]:
         raise DataValidationError(
-            source, target, "target-column", f"no column '{target}' (the spec's target) among "
-            f"{_listed([str(c) for c in frame.columns])}", f"add it, or set `target:` in {spec.path.name}",
-        )  # fmt: skip
+            source,
+            target,
+            "target-column",
+            f"no column '{target}' (the spec's target) among {_listed([str(c) for c in frame.columns])}",
+            f"add it, or set `target:` in {spec.path.name}",
+        )
     features = spec.features if spec.features is not None else infer_features(frame, target)
     _check_columns(frame, [f.name for f in features], target, source, spec)
     if frame.empty:
         raise DataValidationError(
-            source, None, "not-empty", "the file has a header but no data rows",
+            source,
+            None,
+            "not-empty",
+            "the file has a header but no data rows",
             "point the spec's `data:` (or --data-path) at a file with rows",
-        )  # fmt: skip
+        )
     clean = pd.DataFrame(index=frame.index)
     for feature in features:
         _check_not_all_missing(frame, feature.name, source)
@@ -109,37 +115,55 @@ def _read_csv(path: Path, spec: ModelSpec) -> pd.DataFrame:
     if not path.exists():
         raise DataValidationError(path, None, "file-exists", "no such file", fix_path)
     if not path.is_file():
-        raise DataValidationError(path, None, "is-file", "the path is a directory", "pass the CSV file itself")
+        raise DataValidationError(
+            path, None, "is-file", "the path is a directory", "pass the CSV file itself"
+        )
     head = path.read_bytes()[:8192]
     if not head.strip():
         raise DataValidationError(
-            path, None, "not-empty", "the file is empty",
+            path,
+            None,
+            "not-empty",
+            "the file is empty",
             f"write a CSV with a header row (the features and '{spec.target}') and data rows",
-        )  # fmt: skip
+        )
     if b"\x00" in head:
         raise DataValidationError(
-            path, None, "is-csv", "the file is binary, not CSV text",
+            path,
+            None,
+            "is-csv",
+            "the file is binary, not CSV text",
             "export the data as comma-separated UTF-8 text with a header row",
-        )  # fmt: skip
+        )
     try:
         path.read_bytes().decode("utf-8")
         header = next(csv.reader([head.split(b"\n", 1)[0].decode("utf-8").rstrip("\r")]))
         frame = pd.read_csv(path, encoding="utf-8")
     except (UnicodeDecodeError, pd.errors.ParserError, csv.Error) as exc:
         raise DataValidationError(
-            path, None, "is-csv", f"the file cannot be parsed as UTF-8 CSV ({exc})",
+            path,
+            None,
+            "is-csv",
+            f"the file cannot be parsed as UTF-8 CSV ({exc})",
             "export the data as comma-separated UTF-8 text with a header row",
-        ) from exc  # fmt: skip
+        ) from exc
     empty = [i + 1 for i, name in enumerate(header) if not name.strip()]
     if empty:
         raise DataValidationError(
-            path, None, "named-columns", f"header column(s) {empty} have no name",
+            path,
+            None,
+            "named-columns",
+            f"header column(s) {empty} have no name",
             "give every column a name (or delete the unnamed ones)",
-        )  # fmt: skip
+        )
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
         raise DataValidationError(
-            path, duplicates[0], "unique-columns", f"duplicate column names {duplicates}", "keep one column per name"
+            path,
+            duplicates[0],
+            "unique-columns",
+            f"duplicate column names {duplicates}",
+            "keep one column per name",
         )
     return frame
 
@@ -159,18 +183,24 @@ def _check_columns(
     if unexpected:
         parts.append(f"unexpected columns {unexpected}")
     raise DataValidationError(
-        source, (missing or unexpected)[0], "expected-columns", "; ".join(parts),
+        source,
+        (missing or unexpected)[0],
+        "expected-columns",
+        "; ".join(parts),
         f"the header must hold exactly the {len(features)} features of `features:` in {spec.path.name} "
         f"plus '{target}' (any order); rename or drop columns, or change the spec",
-    )  # fmt: skip
+    )
 
 
 def _check_not_all_missing(frame: pd.DataFrame, column: str, source: str | Path) -> None:
     if frame[column].isna().all():
         raise DataValidationError(
-            source, column, "not-all-missing", "every value is empty/NaN",
+            source,
+            column,
+            "not-all-missing",
+            "every value is empty/NaN",
             "fill the column with measured values or drop it",
-        )  # fmt: skip
+        )
 
 
 def _typed_feature(series: pd.Series, feature: Feature, source: str | Path) -> pd.Series:
@@ -185,24 +215,33 @@ def _typed_feature(series: pd.Series, feature: Feature, source: str | Path) -> p
         bad = series[~as_text.isin(list(mapping))]
         if not bad.empty:
             raise DataValidationError(
-                source, feature.name, "boolean", f"values are not booleans ({_examples(bad)})",
+                source,
+                feature.name,
+                "boolean",
+                f"values are not booleans ({_examples(bad)})",
                 "write true/false (or 1/0)",
-            )  # fmt: skip
+            )
         return as_text.map(mapping).astype("bool")
     text = series.astype(str)
     blank = series[text.str.strip() == ""]
     if not blank.empty:
         raise DataValidationError(
-            source, feature.name, "non-empty-string", f"empty strings ({_examples(blank)})", "fill in a category"
+            source,
+            feature.name,
+            "non-empty-string",
+            f"empty strings ({_examples(blank)})",
+            "fill in a category",
         )
     if feature.categories is not None:
         bad = series[~text.isin(list(feature.categories))]
         if not bad.empty:
             raise DataValidationError(
-                source, feature.name, "in-categories", f"values outside the categories "
-                f"{list(feature.categories)} ({_examples(bad)})",
+                source,
+                feature.name,
+                "in-categories",
+                f"values outside the categories {list(feature.categories)} ({_examples(bad)})",
                 "fix the values, or add them to the feature's `categories:` in the spec",
-            )  # fmt: skip
+            )
     return text.astype(object)
 
 
@@ -211,9 +250,12 @@ def _check_no_missing(series: pd.Series, column: str, source: str | Path) -> Non
     if bad.size:
         lines = ", ".join(str(int(i) + 2) for i in bad[:_MAX_LISTED])
         raise DataValidationError(
-            source, column, "no-missing", f"{bad.size} missing value(s), first on CSV line(s) {lines}",
+            source,
+            column,
+            "no-missing",
+            f"{bad.size} missing value(s), first on CSV line(s) {lines}",
             "fill in or drop those rows; missing values are not imputed",
-        )  # fmt: skip
+        )
 
 
 def _numbers(series: pd.Series, column: str, source: str | Path, *, whole: bool) -> pd.Series:
@@ -221,30 +263,40 @@ def _numbers(series: pd.Series, column: str, source: str | Path, *, whole: bool)
         coerced = pd.to_numeric(series, errors="coerce")
         bad = series[coerced.isna() & series.notna()]
         raise DataValidationError(
-            source, column, "numeric",
+            source,
+            column,
+            "numeric",
             f"values are not numbers (dtype {series.dtype}; e.g. {_examples(bad) or 'booleans'})",
             "write plain decimal numbers (use '.' as the decimal point, no units or text)",
-        )  # fmt: skip
+        )
     values = series.to_numpy(dtype="float64")
     bad_rows = np.flatnonzero(~np.isfinite(values))
     if bad_rows.size:
         lines = ", ".join(str(int(i) + 2) for i in bad_rows[:_MAX_LISTED])
         raise DataValidationError(
-            source, column, "finite", f"{bad_rows.size} missing/NaN/inf value(s), first on CSV line(s) {lines}",
+            source,
+            column,
+            "finite",
+            f"{bad_rows.size} missing/NaN/inf value(s), first on CSV line(s) {lines}",
             "fill in or drop those rows; missing values are not imputed",
-        )  # fmt: skip
+        )
     if whole:
         fractional = series[values != np.round(values)]
         if not fractional.empty:
             raise DataValidationError(
-                source, column, "whole-number", f"values are not whole numbers ({_examples(fractional)})",
+                source,
+                column,
+                "whole-number",
+                f"values are not whole numbers ({_examples(fractional)})",
                 "declare the feature `double`, or fix the values",
-            )  # fmt: skip
+            )
         return pd.Series(values.astype("int64"), index=series.index)
     return pd.Series(values, index=series.index)
 
 
-def _check_classes(series: pd.Series, spec: ModelSpec, source: str | Path) -> tuple[pd.Series, tuple[int | str, ...]]:
+def _check_classes(
+    series: pd.Series, spec: ModelSpec, source: str | Path
+) -> tuple[pd.Series, tuple[int | str, ...]]:
     target = spec.target
     _check_no_missing(series, target, source)
     labels: pd.Series
@@ -253,9 +305,12 @@ def _check_classes(series: pd.Series, spec: ModelSpec, source: str | Path) -> tu
         fractional = series[values != np.round(values)]
         if not fractional.empty:
             raise DataValidationError(
-                source, target, "class-labels", f"class labels are not whole numbers ({_examples(fractional)})",
-                f"label each row with one class; for a numeric target use task: regression in {spec.path.name}",
-            )  # fmt: skip
+                source,
+                target,
+                "class-labels",
+                f"class labels are not whole numbers ({_examples(fractional)})",
+                f"label each row with one class; a numeric target is task: regression in {spec.path.name}",
+            )
         labels = pd.Series(values.astype("int64"), index=series.index)
     else:
         labels = series.astype(str)
@@ -265,32 +320,47 @@ def _check_classes(series: pd.Series, spec: ModelSpec, source: str | Path) -> tu
         bad = labels[~labels.map(lambda v: str(v) in known)]
         if not bad.empty:
             raise DataValidationError(
-                source, target, "target-in-classes", f"{len(bad)} value(s) outside the classes {allowed} "
-                f"({_examples(bad)})", f"label each row with one of {allowed}, or fix `classes:` in {spec.path.name}",
-            )  # fmt: skip
+                source,
+                target,
+                "target-in-classes",
+                f"{len(bad)} value(s) outside the classes {allowed} ({_examples(bad)})",
+                f"label each row with one of {allowed}, or fix `classes:` in {spec.path.name}",
+            )
         if ptypes.is_integer_dtype(labels) and not all(isinstance(v, int) for v in allowed):
             raise DataValidationError(
-                source, target, "target-in-classes", f"the file's labels are numbers but `classes:` lists {allowed}",
+                source,
+                target,
+                "target-in-classes",
+                f"the file's labels are numbers but `classes:` lists {allowed}",
                 "list the numeric class values in `classes:` (e.g. {0: no, 1: yes})",
-            )  # fmt: skip
-        classes: tuple[int | str, ...] = tuple(sorted(allowed, key=str)) if not ptypes.is_integer_dtype(labels) \
-            else tuple(sorted(int(v) for v in allowed))  # fmt: skip
+            )
+        classes: tuple[int | str, ...] = (
+            tuple(sorted(allowed, key=str))
+            if not ptypes.is_integer_dtype(labels)
+            else tuple(sorted(int(v) for v in allowed))
+        )
     else:
         classes = tuple(sorted(labels.unique().tolist()))
     wanted = "exactly 2" if spec.task == "binary" else "at least 3"
     if (spec.task == "binary" and len(classes) != 2) or (spec.task == "multiclass" and len(classes) < 3):
         raise DataValidationError(
-            source, target, "class-count", f"a {spec.task} target needs {wanted} classes, found {list(classes)}",
+            source,
+            target,
+            "class-count",
+            f"a {spec.task} target needs {wanted} classes, found {list(classes)}",
             "fix the labels, or set the task that matches them (binary/multiclass) in the spec",
-        )  # fmt: skip
+        )
     counts = {value: int((labels == value).sum()) for value in classes}
     short = {value: n for value, n in counts.items() if n < spec.min_rows_per_class}
     if short:
         raise DataValidationError(
-            source, target, "min-rows-per-class",
-            f"class counts {counts}; class(es) {sorted(short, key=str)} have fewer than {spec.min_rows_per_class} rows",
+            source,
+            target,
+            "min-rows-per-class",
+            f"class counts {counts}; class(es) {sorted(short, key=str)} have fewer than "
+            f"{spec.min_rows_per_class} rows",
             "add rows of the rare class, or lower `min_rows_per_class` in the spec knowingly",
-        )  # fmt: skip
+        )
     return labels, classes
 
 

@@ -97,7 +97,9 @@ def training_fingerprint(
 
     code_dir = Path(code_dir)
     if not spec.data.is_file():
-        raise FileNotFoundError(f"fingerprint: data file {spec.data} (key 'data' of {spec.path}) does not exist")
+        raise FileNotFoundError(
+            f"fingerprint: data file {spec.data} (key 'data' of {spec.path}) does not exist"
+        )
     if not code_dir.is_dir():
         raise NotADirectoryError(f"fingerprint: code directory {code_dir} does not exist")
     if packages is None:

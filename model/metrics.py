@@ -13,7 +13,7 @@ from model.metric_rules import MetricRule, metrics_for
 
 def _scorer(rule: MetricRule) -> Callable[..., Any]:
     module, function = rule.scorer.split(":", 1)
-    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), function)
 
 
 def compute_metrics(

@@ -38,9 +38,21 @@ SERIALIZATIONS: tuple[str, ...] = ("skops", "cloudpickle")
 DEFAULT_MIN_ROWS_PER_CLASS = 20
 
 KEYS: tuple[str, ...] = (
-    "name", "task", "data", "target", "features", "classes", "estimator", "params",
-    "preprocessing", "split", "min_rows_per_class", "gate", "packages", "serialization",
-)  # fmt: skip
+    "name",
+    "task",
+    "data",
+    "target",
+    "features",
+    "classes",
+    "estimator",
+    "params",
+    "preprocessing",
+    "split",
+    "min_rows_per_class",
+    "gate",
+    "packages",
+    "serialization",
+)
 REQUIRED_KEYS: tuple[str, ...] = ("name", "task", "data", "target", "estimator", "gate")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -116,7 +128,7 @@ class ModelSpec:
     @property
     def bento_name(self) -> str:
         """BentoML bento and service name: lowercase letters, digits and underscores."""
-        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
+        return bento_name_for(self.name)
 
     @property
     def label_value(self) -> str:
@@ -139,9 +151,7 @@ class ModelSpec:
         return {
             "task": self.task,
             "target": self.target,
-            "features": None
-            if self.features is None
-            else {f.name: f.as_dict() for f in self.features},
+            "features": None if self.features is None else {f.name: f.as_dict() for f in self.features},
             "classes": None if self.classes is None else [[c.value, c.name] for c in self.classes],
             "estimator": self.estimator,
             "params": dict(self.params),
@@ -160,6 +170,11 @@ class ModelSpec:
         return str(value)
 
 
+def bento_name_for(name: str) -> str:
+    """A registered model name as a BentoML bento/service name: lowercase letters, digits, ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "model"
+
+
 def load_spec(path: str | Path = DEFAULT_SPEC) -> ModelSpec:
     """Read and validate the spec at ``path``."""
     path = Path(path).resolve()
@@ -175,7 +190,9 @@ def load_spec(path: str | Path = DEFAULT_SPEC) -> ModelSpec:
 def parse_spec(raw: object, path: Path) -> ModelSpec:
     """Validate ``raw`` (the parsed YAML of ``path``) into a ModelSpec."""
     if not isinstance(raw, Mapping):
-        raise SpecError(path, "(file)", "is not a mapping of keys", "write `name: ...`, `task: ...` (see model.yaml)")
+        raise SpecError(
+            path, "(file)", "is not a mapping of keys", "write `name: ...`, `task: ...` (see model.yaml)"
+        )
     unknown = sorted(str(k) for k in raw if k not in KEYS)
     if unknown:
         raise SpecError(path, unknown[0], "is not a spec key", f"remove it; the keys are {', '.join(KEYS)}")
@@ -188,8 +205,11 @@ def parse_spec(raw: object, path: Path) -> ModelSpec:
 
     name = _text(raw, "name", fail)
     if not NAME_RE.match(name):
-        raise fail("name", f"{name!r} is not 1-63 letters, digits, '.', '_' or '-' starting alphanumeric",
-                   "use a name such as my-model")  # fmt: skip
+        raise fail(
+            "name",
+            f"{name!r} is not 1-63 letters, digits, '.', '_' or '-' starting alphanumeric",
+            "use a name such as my-model",
+        )
     task = _text(raw, "task", fail)
     if task not in TASKS:
         raise fail("task", f"{task!r} is not a task", f"use one of {', '.join(TASKS)}")
@@ -197,12 +217,17 @@ def parse_spec(raw: object, path: Path) -> ModelSpec:
     target = _text(raw, "target", fail)
     estimator = _text(raw, "estimator", fail)
     if not ESTIMATOR_RE.match(estimator):
-        raise fail("estimator", f"{estimator!r} is not an import path",
-                   "write package.module.Class (e.g. sklearn.ensemble.RandomForestClassifier) "
-                   "or package.module:factory")  # fmt: skip
+        raise fail(
+            "estimator",
+            f"{estimator!r} is not an import path",
+            "write package.module.Class (e.g. sklearn.ensemble.RandomForestClassifier) "
+            "or package.module:factory",
+        )
     params = raw.get("params") or {}
     if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
-        raise fail("params", f"must map keyword names to values, got {params!r}", "write e.g. params: {C: 1.0}")
+        raise fail(
+            "params", f"must map keyword names to values, got {params!r}", "write e.g. params: {C: 1.0}"
+        )
     _check_json(params, "params", fail)
     features = _features(raw.get("features"), target, fail)
     classes = _classes(raw.get("classes"), task, fail)
@@ -216,17 +241,32 @@ def parse_spec(raw: object, path: Path) -> ModelSpec:
         raise fail("packages", f"{packages!r} is not a list of distribution names", "write e.g. [lightgbm]")
     serialization = str(raw.get("serialization", "skops"))
     if serialization not in SERIALIZATIONS:
-        raise fail("serialization", f"{serialization!r} is not supported", f"use one of {', '.join(SERIALIZATIONS)}")
+        raise fail(
+            "serialization", f"{serialization!r} is not supported", f"use one of {', '.join(SERIALIZATIONS)}"
+        )
     try:
-        gate = parse_gate(raw["gate"], task)  # type: ignore[arg-type]
+        gate = parse_gate(raw["gate"], task)
     except GateConfigError as exc:
         raise fail(f"gate.{exc.key}".rstrip("."), exc.problem, exc.fix) from None
     return ModelSpec(
-        path=path, name=name, task=task, data=data, target=target, estimator=estimator, gate=gate,
-        params=dict(params), features=features, classes=classes, numeric_scaling=numeric,
-        categorical_encoding=categorical, test_size=test_size, seed=seed, min_rows_per_class=min_rows,
-        packages=tuple(packages), serialization=serialization,
-    )  # fmt: skip
+        path=path,
+        name=name,
+        task=task,
+        data=data,
+        target=target,
+        estimator=estimator,
+        gate=gate,
+        params=dict(params),
+        features=features,
+        classes=classes,
+        numeric_scaling=numeric,
+        categorical_encoding=categorical,
+        test_size=test_size,
+        seed=seed,
+        min_rows_per_class=min_rows,
+        packages=tuple(packages),
+        serialization=serialization,
+    )
 
 
 def _text(raw: Mapping[str, Any], key: str, fail: Any) -> str:
@@ -247,7 +287,9 @@ def _check_json(value: object, key: str, fail: Any) -> None:
     elif isinstance(value, float) and not math.isfinite(value):
         raise fail(key, f"{value} is not finite", "use a finite number")
     elif value is not None and not isinstance(value, str | int | float | bool):
-        raise fail(key, f"{value!r} is not a plain YAML value", "use strings, numbers, booleans, lists or maps")
+        raise fail(
+            key, f"{value!r} is not a plain YAML value", "use strings, numbers, booleans, lists or maps"
+        )
 
 
 def _features(raw: object, target: str, fail: Any) -> tuple[Feature, ...] | None:
@@ -270,9 +312,17 @@ def _features(raw: object, target: str, fail: Any) -> tuple[Feature, ...] | None
                 raise fail(f"{key}.{extra[0]}", "is not a feature key", "use type and categories")
             if "categories" in entry:
                 cats = entry["categories"]
-                if kind != "string" or not isinstance(cats, list) or not cats or len(set(map(str, cats))) != len(cats):
-                    raise fail(f"{key}.categories", f"{cats!r} is not a list of distinct values of a string feature",
-                               "write {type: string, categories: [a, b]}")  # fmt: skip
+                if (
+                    kind != "string"
+                    or not isinstance(cats, list)
+                    or not cats
+                    or len(set(map(str, cats))) != len(cats)
+                ):
+                    raise fail(
+                        f"{key}.categories",
+                        f"{cats!r} is not a list of distinct values of a string feature",
+                        "write {type: string, categories: [a, b]}",
+                    )
                 categories = tuple(str(c) for c in cats)
         else:
             kind = entry
@@ -296,12 +346,20 @@ def _classes(raw: object, task: str, fail: Any) -> tuple[ClassLabel, ...] | None
     labels = []
     for value, name in pairs:
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise fail(f"classes.{value}", "a class value must be an integer or a string", "use the target's values; quote yes/no/true/false (YAML reads them as booleans)")
+            raise fail(
+                f"classes.{value}",
+                "a class value must be an integer or a string",
+                "use the target's values; quote yes/no/true/false (YAML reads them as booleans)",
+            )
         labels.append(ClassLabel(value, str(name)))
-    if len({str(label.value) for label in labels}) != len(labels) or len({lb.name for lb in labels}) != len(labels):
+    if len({str(label.value) for label in labels}) != len(labels) or len({lb.name for lb in labels}) != len(
+        labels
+    ):
         raise fail("classes", "holds a value or name twice", "list each class once")
     if task == "binary" and len(labels) != 2:
-        raise fail("classes", f"a binary model has 2 classes, not {len(labels)}", "list two, or use task: multiclass")
+        raise fail(
+            "classes", f"a binary model has 2 classes, not {len(labels)}", "list two, or use task: multiclass"
+        )
     if task == "multiclass" and len(labels) < 3:
         raise fail("classes", f"{len(labels)} classes is not multiclass", "use task: binary")
     return tuple(labels)
@@ -310,17 +368,24 @@ def _classes(raw: object, task: str, fail: Any) -> tuple[ClassLabel, ...] | None
 def _preprocessing(raw: object, fail: Any) -> tuple[str, str]:
     raw = raw or {}
     if not isinstance(raw, Mapping):
-        raise fail("preprocessing", f"{raw!r} is not a mapping", "write {numeric: standard, categorical: onehot}")
+        raise fail(
+            "preprocessing", f"{raw!r} is not a mapping", "write {numeric: standard, categorical: onehot}"
+        )
     extra = sorted(set(raw) - {"numeric", "categorical"})
     if extra:
         raise fail(f"preprocessing.{extra[0]}", "is not a preprocessing key", "use numeric and categorical")
     numeric = str(raw.get("numeric", "standard"))
     categorical = str(raw.get("categorical", "onehot"))
     if numeric not in NUMERIC_SCALINGS:
-        raise fail("preprocessing.numeric", f"{numeric!r} is unknown", f"use one of {', '.join(NUMERIC_SCALINGS)}")
+        raise fail(
+            "preprocessing.numeric", f"{numeric!r} is unknown", f"use one of {', '.join(NUMERIC_SCALINGS)}"
+        )
     if categorical not in CATEGORICAL_ENCODINGS:
-        raise fail("preprocessing.categorical", f"{categorical!r} is unknown",
-                   f"use one of {', '.join(CATEGORICAL_ENCODINGS)}")  # fmt: skip
+        raise fail(
+            "preprocessing.categorical",
+            f"{categorical!r} is unknown",
+            f"use one of {', '.join(CATEGORICAL_ENCODINGS)}",
+        )
     return numeric, categorical
 
 

@@ -70,8 +70,11 @@ HELDOUT_ARTIFACT = "heldout/heldout.csv"
 GATE_PASSED_REASON = "all thresholds met"
 # Keys of the logged model's MLflow metadata that the service reads (model.service).
 METADATA_TASK, METADATA_CLASSES, METADATA_CLASS_NAMES, METADATA_CATEGORIES = (
-    "task", "classes", "class_names", "categories",
-)  # fmt: skip
+    "task",
+    "classes",
+    "class_names",
+    "categories",
+)
 
 Progress = Callable[[str], None]
 
@@ -139,20 +142,26 @@ def make_estimator(spec: ModelSpec) -> Any:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise SpecError(
-            spec.path, "estimator", f"cannot import {path!r} ({type(exc).__name__}: {exc})",
+            spec.path,
+            "estimator",
+            f"cannot import {path!r} ({type(exc).__name__}: {exc})",
             "install its package (and list it under `packages:`) or fix the import path",
-        ) from exc  # fmt: skip
+        ) from exc
     try:
         estimator = target(**dict(spec.params))
     except TypeError as exc:
-        raise SpecError(spec.path, "params", f"{path} refused them ({exc})", "use its keyword arguments") from exc
+        raise SpecError(
+            spec.path, "params", f"{path} refused them ({exc})", "use its keyword arguments"
+        ) from exc
     for method in ("fit", "predict", *(["predict_proba"] if spec.is_classifier else [])):
         if not callable(getattr(estimator, method, None)):
             raise SpecError(
-                spec.path, "estimator", f"{path} gives a {type(estimator).__name__} without {method}()",
+                spec.path,
+                "estimator",
+                f"{path} gives a {type(estimator).__name__} without {method}()",
                 "use an estimator with the scikit-learn API"
                 + (" that predicts probabilities" if method == "predict_proba" else ""),
-            )  # fmt: skip
+            )
     return estimator
 
 
@@ -163,7 +172,9 @@ def build_pipeline(spec: ModelSpec, dataset: Dataset) -> Pipeline:
     strings = [f for f in dataset.features if f.type == "string"]
     steps: list[tuple[str, Any, list[str]]] = []
     if numeric:
-        steps.append(("numeric", StandardScaler() if spec.numeric_scaling == "standard" else "passthrough", numeric))
+        steps.append(
+            ("numeric", StandardScaler() if spec.numeric_scaling == "standard" else "passthrough", numeric)
+        )
     if booleans:
         steps.append(("boolean", "passthrough", booleans))
     if strings:
@@ -226,7 +237,8 @@ def train_and_register(config: TrainConfig, progress: Progress = _stderr) -> Tra
             "re-gating it with the current gate, no training"
         )
         result = replace(
-            _result(existing.run_id, name, existing.version, existing.metrics, fingerprint, spec.task), reused=True
+            _result(existing.run_id, name, existing.version, existing.metrics, fingerprint, spec.task),
+            reused=True,
         )
         rival = champion if champion and champion.version != existing.version else None
         failures = evaluate_gate(existing.metrics, spec.gate, rival.metrics if rival else None)
@@ -262,7 +274,9 @@ def fit_and_evaluate(dataset: Dataset, spec: ModelSpec, progress: Progress = _st
     """Split, fit and score; no tracking."""
     train, heldout = split(dataset, spec)
     how = "stratified, " if spec.is_classifier else ""
-    progress(f"fitting {spec.estimator} on {len(train)} rows, holding out {len(heldout)} ({how}seed {spec.seed})")
+    progress(
+        f"fitting {spec.estimator} on {len(train)} rows, holding out {len(heldout)} ({how}seed {spec.seed})"
+    )
     x_names, target = dataset.feature_names, dataset.target
     pipeline = build_pipeline(spec, dataset).fit(train[x_names], train[target])
     x_test, y_test = heldout[x_names], heldout[target].to_numpy()
@@ -350,7 +364,10 @@ def _log_plots(fitted: Fitted, spec: ModelSpec) -> None:
     if fitted.classes is not None and fitted.proba is not None:
         names = [spec.class_name(c) for c in fitted.classes]
         figures = [
-            (plots.confusion_matrix_figure(y, fitted.predictions, fitted.classes, names), "plots/confusion_matrix.png"),
+            (
+                plots.confusion_matrix_figure(y, fitted.predictions, fitted.classes, names),
+                "plots/confusion_matrix.png",
+            ),
             (plots.roc_curve_figure(y, fitted.proba, fitted.classes, names), "plots/roc_curve.png"),
         ]
     else:
@@ -496,7 +513,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     """(config, whether to print JSON) from the command line."""
     p = _Parser(prog="python -m model.train", description=__doc__.splitlines()[0])
     p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the model spec (default: model.yaml)")
-    p.add_argument("--data-path", type=Path, default=None, help="train on this CSV instead of the spec's data")
+    p.add_argument(
+        "--data-path", type=Path, default=None, help="train on this CSV instead of the spec's data"
+    )
     p.add_argument("--model-output", type=Path, default=None, help="write the MLflow model folder here")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last stdout line")
     p.add_argument("--model-name", default=None, help="default: the spec's name")
@@ -505,10 +524,22 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     p.add_argument("--min-rows-per-class", type=_positive_int, default=None)
     p.add_argument("--test-size", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--param", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
-                   help="override one estimator parameter (repeatable)")  # fmt: skip
-    p.add_argument("--gate", type=_assignment, action="append", default=[], metavar="METRIC.min=VALUE",
-                   help="override one gate bound, or champion_margin=VALUE (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--param",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one estimator parameter (repeatable)",
+    )
+    p.add_argument(
+        "--gate",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="METRIC.min=VALUE",
+        help="override one gate bound, or champion_margin=VALUE (repeatable)",
+    )
     a = p.parse_args(argv)
     try:
         spec = load_spec(a.spec)
@@ -574,7 +605,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc.result.to_json() if as_json else json.dumps(exc.result.gate_failures))
         return 2
     except SpecError as exc:
-        print(f"the model spec cannot be trained, nothing was logged or registered:\n  {exc}", file=sys.stderr)
+        print(
+            f"the model spec cannot be trained, nothing was logged or registered:\n  {exc}", file=sys.stderr
+        )
         return 64
     except Exception as exc:  # everything else: print the cause, not a traceback, and exit 3
         print(describe_failure(exc, config), file=sys.stderr)
