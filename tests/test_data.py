@@ -258,7 +258,8 @@ def test_inferred_types_follow_the_values() -> None:
 
     frame = pd.DataFrame({"a": [1.5, 2.0], "b": [1, 2], "c": [True, False], "d": ["x", "y"], "t": [0, 1]})
     assert infer_features(frame, "t") == (
-        Feature("a", "double"), Feature("b", "long"), Feature("c", "boolean"), Feature("d", "string", ("x", "y")),
-    )  # fmt: skip
-
-
+        Feature("a", "double"),
+        Feature("b", "long"),
+        Feature("c", "boolean"),
+        Feature("d", "string", ("x", "y")),
+    )

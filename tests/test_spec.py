@@ -151,5 +151,7 @@ def test_importing_the_spec_pulls_in_no_ml_library() -> None:
         "heavy = [m for m in ('mlflow', 'sklearn', 'pandas', 'numpy', 'bentoml') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
