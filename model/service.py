@@ -1,7 +1,8 @@
 """The BentoML 1.4 services that serve a registered MLflow model over HTTP, whatever its spec.
 
 ``model.bento`` builds ``model.service:Classifier`` (binary and multiclass) or
-``model.service:Regressor`` (regression), named after the spec (the name of the served model's tag). Both expose:
+``model.service:Regressor`` (regression), named after the spec (the name of the served model's
+tag). Both expose:
 
 - ``POST /predict``  ``{"rows": [{feature: value, ...}, ...]}`` -> one answer per row: the class
   name for a classifier (``"malignant"``), a number for a regressor (``151.2``)
