@@ -370,3 +370,9 @@ def _examples(bad: pd.Series) -> str:
 
 def _listed(names: list[str], limit: int = 8) -> str:
     return str(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def request_rows(frame: pd.DataFrame, features: tuple[Feature, ...]) -> list[dict[str, object]]:
+    """Rows of ``frame`` as the JSON the serving API takes: each feature as its type's JSON value."""
+    cast: dict[str, type] = {"double": float, "long": int, "boolean": bool, "string": str}
+    return [{f.name: cast[f.type](row[f.name]) for f in features} for _, row in frame.iterrows()]

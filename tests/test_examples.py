@@ -15,10 +15,11 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from model.data import load_dataset
+from model.data import load_dataset, request_rows
 from model.metric_rules import metric_names
 from model.train import load_heldout
 from tests.conftest import ServedExample
+from tools import smoke
 
 pytestmark = pytest.mark.servers
 
@@ -32,9 +33,7 @@ PLOTS = {
 
 def json_rows(example: ServedExample, frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Held-out rows as JSON values of each feature's declared or inferred type."""
-    cast = {"double": float, "long": int, "boolean": bool, "string": str}
-    features = load_dataset(example.spec).features
-    return [{f.name: cast[f.type](row[f.name]) for f in features} for _, row in frame.iterrows()]
+    return request_rows(frame, load_dataset(example.spec).features)
 
 
 def post(example: ServedExample, path: str, rows: list[dict[str, Any]]) -> requests.Response:
@@ -119,3 +118,12 @@ def test_an_unknown_category_is_a_4xx_listing_the_categories(served_example: Any
     response = post(churn, "/predict", [{**row, "plan": "gold"}])
     assert response.status_code == 400, response.text
     assert "rows[0].plan must be one of 'basic', 'standard', 'premium', got 'gold'" in response.text
+
+
+def test_the_deploy_smoke_test_passes_in_the_tasks_terms(example: ServedExample) -> None:
+    rows, expected = smoke.sample_rows(example.spec, None, 30)
+    logged: list[str] = []
+    smoke.run_smoke(
+        example.url, example.spec, rows, expected, min_agreement=0.7, ready_timeout=60, log=logged.append
+    )
+    assert any(("class names" in line) or ("numbers, rmse" in line) for line in logged), logged
