@@ -24,7 +24,6 @@ from infra.settings import Settings, load_settings
 from infra.tracking import TrackingServer
 from infra.training import TrainedModel, training_fingerprint
 
-REPOSITORY = "cancer-classifier"
 ROLLBACK_VERSION_LABEL = "rollback"  # the serving pods' model-version label when the lineage is unknown
 
 
@@ -128,9 +127,8 @@ def train_and_build(
     model = TrainedModel(
         "model",
         fingerprint=training_fingerprint(t, settings.stack),
-        data_path=str(Path(t.data_path).resolve()),
-        requirements_path=str(Path(t.requirements_path).resolve()),
-        params=t.params,
+        spec_path=str(Path(t.spec_path).resolve()),
+        task=t.spec.task,
         gate=settings.gate.as_dict(),
         experiment_name=settings.tracking.experiment_name,
         model_name=settings.tracking.model_name,
@@ -143,7 +141,7 @@ def train_and_build(
         "serving-image",
         model_uri=model.model_uri,
         model_fingerprint=model.model_fingerprint,
-        repository=REPOSITORY,
+        repository=t.spec.image_repository,
         base_image=settings.serving.base_image,
         tracking_uri=tracking.training_uri,
         tracking_username=tracking.admin_username,
@@ -179,6 +177,7 @@ def main() -> None:
     )
     if settings.image_ref_override is not None:
         pulumi.export("imageRefOverride", settings.image_ref_override)
+    pulumi.export("task", settings.training.spec.task)  # promotion re-gates over this task's metrics
     pulumi.export("endpoint", serving.endpoint)
     for key, value in parts.items():
         pulumi.export(key, value)
