@@ -105,6 +105,10 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
             result = train_and_register(config)
         except GateFailedError as exc:
             raise TrainingError(f"TrainedModel: {exc}. Nothing was built or deployed.") from exc
+        except SpecError as exc:
+            raise TrainingError(
+                f"TrainedModel: {exc}. Fix the model spec ('modelSpec'); nothing was registered."
+            ) from exc
     if result.fingerprint != props["fingerprint"]:
         raise TrainingError(
             f"TrainedModel: training logged fingerprint {result.fingerprint} but the program computed "
