@@ -43,4 +43,3 @@ MAX_ROWS_ENV = "SERVING_MAX_ROWS"
 # The serving image's base unless a stack or test overrides it (model.service declares it, model.bento
 # builds on it). Tests build on a Debian stand-in (tools/base_image.py); users keep this one.
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
-

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -372,7 +373,7 @@ def _listed(names: list[str], limit: int = 8) -> str:
     return str(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def request_rows(frame: pd.DataFrame, features: tuple[Feature, ...]) -> list[dict[str, object]]:
+def request_rows(frame: pd.DataFrame, features: tuple[Feature, ...]) -> list[dict[str, Any]]:
     """Rows of ``frame`` as the JSON the serving API takes: each feature as its type's JSON value."""
     cast: dict[str, type] = {"double": float, "long": int, "boolean": bool, "string": str}
     return [{f.name: cast[f.type](row[f.name]) for f in features} for _, row in frame.iterrows()]
