@@ -9,8 +9,8 @@ error or malformed answer is reported loudly and makes the exit code 1. Optional
 Target: the real serving image (default: the one the last e2e run built, .build/e2e/image.json), run as
 the pod runs it (read-only, uid 1034, no capabilities; tools/container_run.py) and removed afterwards;
 or, with --url, a server already running on loopback (e.g. `make demo` with --keep-running). Traffic
-goes to loopback only. The load generator shares the machine's cores with the server: on 2 cores
-the numbers are a floor, comparable between runs on the same machine, not a capacity figure.
+goes to loopback only. The load generator shares the host's cores with the server: on a small host
+the numbers are a floor, comparable between runs on the same host, not a capacity figure.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def summarize(scenario: Scenario, samples: Sequence[Sample], wall_s: float) -> R
 
 
 def loopback_address(url: str) -> tuple[str, int]:
-    """(host, port) of an http:// URL on this machine; anything else is refused (loopback only)."""
+    """(host, port) of an http:// URL on the local host; anything else is refused (loopback only)."""
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.path not in ("", "/"):
         raise ValueError(
