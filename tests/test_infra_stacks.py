@@ -230,7 +230,8 @@ def test_dev_trained_model_feeds_image_feeds_deployment() -> None:
     assert model.inputs["spec_path"] == str((ROOT / config["ml-delivery:modelSpec"]).resolve())
     assert model.inputs["fingerprint"] == training_fingerprint(spec)
     assert model.inputs["task"] == "binary" and run.outputs["task"] == "binary"
-    assert model.inputs["gate"] == spec.gate.as_dict() == {
+    assert model.inputs["gate"] == spec.gate.as_dict()
+    assert spec.gate.as_dict() == {
         "accuracy": {"min": 0.9},
         "f1": {"min": 0.9},
         "roc_auc": {"min": 0.95},
@@ -479,3 +480,22 @@ def test_local_mlflow_stays_reachable_on_its_node_port_and_reaches_only_dns() ->
     spec = mlflow_network_policy(stack("local"))
     assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 5000}]}]
     assert sorted(egress_ports(spec)) == [53]
+
+
+def test_another_model_spec_names_the_model_image_and_labels_and_gates_its_own_metrics() -> None:
+    run = run_stack(
+        "dev", config={"modelSpec": "examples/wine/model.yaml", "gate": {"f1_macro": {"min": 0.95}}}
+    )
+    model = run.one(DYNAMIC_TYPE)
+    spec = load_spec(ROOT / "examples" / "wine" / "model.yaml")
+    assert (model.inputs["task"], model.inputs["model_name"], run.outputs["task"]) == (
+        "multiclass", "wine-cultivar", "multiclass",
+    )  # fmt: skip
+    assert model.inputs["fingerprint"] == training_fingerprint(spec)
+    assert model.inputs["gate"]["f1_macro"] == {"min": 0.95} and model.inputs["gate"]["accuracy"] == {
+        "min": 0.9
+    }
+    images = [i.inputs["imageName"] for i in run.of_type(IMAGE)]
+    assert any("/wine-cultivar:" in name for name in images), images
+    labels = deployment(run, SERVING_NS).inputs["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "wine-cultivar"
