@@ -122,8 +122,9 @@ class ModelSpec:
 
     @property
     def image_repository(self) -> str:
-        """Container image repository: lowercase ``[a-z0-9._-]``."""
-        return re.sub(r"[^a-z0-9._-]", "-", self.name.lower())
+        """Container image repository: lowercase letters and digits joined by single ``-`` (the
+        Docker reference grammar allows no separator at an end or two in a row)."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or "model"
 
     @property
     def bento_name(self) -> str:

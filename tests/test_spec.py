@@ -3,6 +3,7 @@ every bad key is named with its file and a fix; the gate reads the metric table.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def test_derived_names_are_sanitised_for_each_system() -> None:
     from dataclasses import replace
 
     odd = replace(spec, name="My.Model_V2-")
-    assert odd.image_repository == "my.model_v2-"
+    assert odd.image_repository == "my-model-v2"
+    assert re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*", replace(spec, name="A..b__c--d").image_repository)
     assert odd.bento_name == "my_model_v2"
     assert odd.label_value == "My.Model_V2"
 
