@@ -29,9 +29,10 @@ $(CHECKOV): requirements-checkov.txt | $(UV)
 
 checkov-venv: $(CHECKOV)
 
-## make demo: the embedded default, no cloud account: MLflow server + train + bento + serve + predictions
+## make demo [SPEC=examples/wine/model.yaml]: no cloud account: MLflow server + train + bento + serve +
+## predictions, for the model spec SPEC (default model.yaml)
 demo: $(STAMP)
-	$(PY) -m tools.demo
+	$(PY) -m tools.demo $(if $(SPEC),--spec "$(SPEC)")
 
 ## make system-deps: Debian packages the container tier runs (engine, registry, base-image stand-in);
 ## apt-get runs only when one is missing. command:package pairs.

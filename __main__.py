@@ -26,8 +26,6 @@ from infra.settings import ConfigError, Settings, load_settings
 from infra.tracking import TrackingServer
 from infra.training import TrainedModel, training_fingerprint
 
-REPOSITORY = "cancer-classifier"
-
 
 def after(value: pulumi.Input[str], *resources: pulumi.Resource) -> pulumi.Output[str]:
     """``value``, available only once ``resources`` exist (a data dependency for every consumer)."""
@@ -53,7 +51,7 @@ def own_registry_ref(settings: Settings, ref: str, login_server: pulumi.Input[st
 
 def push_repositories(settings: Settings, plan: ReleasePlan) -> tuple[str, ...]:
     """The repositories this run pushes to: the serving image when it builds, MLflow when it runs one."""
-    repos = (REPOSITORY,) if plan.trains else ()
+    repos = (settings.training.spec.image_repository,) if plan.trains else ()
     if plan.runs_mlflow and settings.tracking.image is None:
         repos += (MLFLOW_REPOSITORY,)
     return repos
@@ -89,9 +87,8 @@ def build(
     model = TrainedModel(
         "model",
         fingerprint=training_fingerprint(t, settings.stack),
-        data_path=str(Path(t.data_path).resolve()),
-        requirements_path=str(Path(t.requirements_path).resolve()),
-        params=t.params,
+        spec_path=str(Path(t.spec_path).resolve()),
+        task=t.spec.task,
         gate=settings.gate.as_dict(),
         experiment_name=settings.tracking.experiment_name,
         model_name=settings.tracking.model_name,
@@ -106,7 +103,7 @@ def build(
         "serving-image",
         model_uri=model.model_uri,
         model_fingerprint=model.model_fingerprint,
-        repository=REPOSITORY,
+        repository=t.spec.image_repository,
         base_image=settings.serving.base_image,
         tracking_uri=tracking.training_uri,
         tracking_service=tracking.training_service,
@@ -216,6 +213,7 @@ def main() -> None:
     )
     if plan.override is not None:
         pulumi.export("imageRefOverride", plan.override)
+    pulumi.export("task", settings.training.spec.task)  # promotion re-gates over this task's metrics
     pulumi.export("endpoint", serving.endpoint)
     pulumi.export("imageRef", release.image_ref)  # always in this stack's own registry
     for key, value in release.lineage_outputs().items():

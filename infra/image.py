@@ -92,7 +92,7 @@ def export_context(model_uri: str, fingerprint: str, *, tracking_uri: str, base_
     """Export the bento for one registered version (the edge: runs BentoML in a child process)."""
     from model.bento import bento_version, export_build_context
 
-    out_dir = BUILD_ROOT / bento_version(fingerprint)
+    out_dir = BUILD_ROOT / bento_version(fingerprint, base_image)
     ctx = export_build_context(
         model_uri, fingerprint, out_dir, base_image=base_image, tracking_uri=tracking_uri
     )

@@ -1,8 +1,10 @@
 """Promotion: staging/prod deploy exactly what the source stack built, after checking it.
 
 ``promoteFrom: <org>/<project>/<stack>`` names the source. Its outputs (image ref, model version,
-metrics, fingerprint, registry id) are read through a StackReference and validated: a missing or
-malformed output, or metrics that fail this stack's gate, stop the update with a clear error.
+metrics, fingerprint, registry id, task) are read through a StackReference and validated: a missing
+or malformed output, a task other than this stack's model spec's, or metrics that fail this stack's
+gate (the spec's gate with this stack's overrides, over the task's metric table) stop the update
+with a clear error.
 No TrainedModel and no Image exist in a promoting stack: the digest is imported into this stack's own
 registry (``infra.image_import``, ARM importImage keeps the digest) and deployed from there, so
 this environment never pulls from another's registry at runtime.
@@ -27,11 +29,13 @@ from pulumi_azure_native import authorization
 from infra.image_import import ImportedImage
 from infra.settings import DIGEST_REF_RE
 from model.fingerprint import FINGERPRINT_RE
-from model.gate import GateThresholds, evaluate_gate
+from model.gate import Gate, evaluate_gate
+from model.metric_rules import metric_names
 
 REQUIRED_OUTPUTS = ("imageRef", "modelVersion", "metrics", "fingerprint", "registryId")
 MLFLOW_IMAGE_OUTPUT = "mlflowImageRef"  # required unless this stack pins mlflowImage itself
 OVERRIDE_OUTPUT = "imageRefOverride"  # exported by a stack that runs a rollback
+TASK_OUTPUT = "task"  # the model spec's task: which row of the metric table the metrics belong to
 REGISTRY_ID_RE = re.compile(
     r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerRegistry/registries/[^/]+$",
     re.IGNORECASE,
@@ -84,7 +88,7 @@ def validate_source(
     outputs: Mapping[str, Any],
     source: str,
     stack: str,
-    gate: GateThresholds,
+    gate: Gate,
     *,
     need_mlflow_image: bool = True,
 ) -> PromotedModel:
@@ -111,9 +115,18 @@ def validate_source(
     raw_metrics = outputs["metrics"]
     if not isinstance(raw_metrics, Mapping):
         raise fail(f"output metrics is not a mapping: {raw_metrics!r}")
+    task = outputs.get(TASK_OUTPUT)
+    if task not in (None, "", gate.task):
+        raise fail(
+            f"output {TASK_OUTPUT} is {task!r} but this stack's model spec is a {gate.task} model: set the "
+            f"same modelSpec on both stacks"
+        )
     metrics: dict[str, float] = {}
-    for name in ("accuracy", "f1", "roc_auc", "log_loss"):
+    bounded = {b.metric for b in gate.bounds}
+    for name in metric_names(gate.task):
         value = raw_metrics.get(name)
+        if value is None and name not in bounded:
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise fail(f"output metrics.{name} is missing or not a number ({value!r})")
         metrics[name] = float(value)
@@ -151,7 +164,7 @@ class Promotion(pulumi.ComponentResource):
         *,
         source: str,
         stack: str,
-        gate: GateThresholds,
+        gate: Gate,
         target_registry_id: pulumi.Input[str],
         target_login_server: pulumi.Input[str],
         import_grants: list[pulumi.Resource],
@@ -163,7 +176,7 @@ class Promotion(pulumi.ComponentResource):
             f"{name}-source", stack_name=source, opts=pulumi.ResourceOptions(parent=self)
         )
         if image_ref_override is None:
-            keys = (*REQUIRED_OUTPUTS, OVERRIDE_OUTPUT)
+            keys = (*REQUIRED_OUTPUTS, OVERRIDE_OUTPUT, TASK_OUTPUT)
             promoted = pulumi.Output.all(*(ref.get_output(key) for key in keys)).apply(
                 lambda values: validate_source(
                     dict(zip(keys, values, strict=True)), source, stack, gate, need_mlflow_image=False

@@ -99,7 +99,13 @@ class ModelServing(pulumi.ComponentResource):
         super().__init__("ml-delivery:infra:ModelServing", name, None, opts)
         s = settings.serving
         ns = s.namespace
-        labels = {"app": APP, "app.kubernetes.io/part-of": settings.project}
+        # The model's name from its spec, sanitised to a label value; the selector stays `app` only
+        # (a Deployment's selector is immutable, so another model must not change it).
+        labels = {
+            "app": APP,
+            "app.kubernetes.io/part-of": settings.project,
+            "app.kubernetes.io/name": settings.training.spec.label_value,
+        }
         selector = {"app": APP}
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns",

@@ -23,8 +23,8 @@ from typing import TypeVar
 import pulumi
 
 from infra.network import AKS_POD_CIDR, AKS_SERVICE_CIDR, subnet_prefixes
-from model.gate import GateThresholds
-from model.params import ModelParams, ParamsError
+from model.gate import Gate, GateConfigError
+from model.spec import ModelSpec, SpecError, load_spec
 
 PROJECT = "ml-delivery"
 
@@ -124,8 +124,8 @@ class TrackingSettings:
     admin_username: str = "admin"
     # None: generated with pulumi_random. Set before the first up; rotation: see the module docstring.
     admin_password: pulumi.Output[str] | None = None
-    experiment_name: str = "cancer-classifier"
-    model_name: str = "cancer-classifier"
+    experiment_name: str = ""  # default: the model spec's name
+    model_name: str = ""  # default: the model spec's name
     postgres_sku: str = "Standard_B1ms"
     postgres_tier: str = "Burstable"
     postgres_version: str = "16"
@@ -137,9 +137,8 @@ class TrackingSettings:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    data_path: str = "data/train.csv"
-    requirements_path: str = "requirements.txt"
-    params: ModelParams = field(default_factory=ModelParams)  # resolved: defaults filled in
+    spec: ModelSpec  # read from spec_path: the model's name, task, data, estimator, params and gate
+    spec_path: str = "model.yaml"
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,7 @@ class Settings:
     tracking: TrackingSettings
     training: TrainingSettings
     serving: ServingSettings
-    gate: GateThresholds
+    gate: Gate  # the spec's gate with this stack's `gate` overrides
     tags: Mapping[str, str]
     # Rollback: deploy exactly this digest instead of what the stack builds or promotes.
     image_ref_override: str | None = None
@@ -275,26 +274,35 @@ class _Reader:
         return tuple(items)
 
 
-def _gate(reader: _Reader) -> GateThresholds:
-    names = {
-        "minAccuracy": "min_accuracy",
-        "minF1": "min_f1",
-        "minRocAuc": "min_roc_auc",
-        "maxLogLoss": "max_log_loss",
-        "championMargin": "champion_margin",
-    }
+def _spec(reader: _Reader) -> tuple[str, ModelSpec]:
+    """The stack's model spec (``modelSpec``, default model.yaml, relative to the project folder)."""
+    for moved, where in (("dataPath", "data"), ("modelParams", "params (and split)")):
+        if reader.raw(moved) is not None:
+            raise reader.fail(
+                moved, reader.raw(moved), "is no longer read",
+                f"Move it into the model spec as `{where}` (modelSpec, default model.yaml); remove the key.",
+            )  # fmt: skip
+    path = reader.required_str("modelSpec", TrainingSettings.spec_path)
+    try:
+        return path, load_spec(path)
+    except SpecError as exc:
+        raise reader.fail(
+            "modelSpec", path, f"is not a usable model spec: {exc}", "Fix the spec or point modelSpec at one."
+        ) from None
+
+
+def _gate(reader: _Reader, spec: ModelSpec) -> Gate:
+    """The spec's gate with this stack's overrides, e.g. ``{accuracy: {min: 0.92}, champion_margin: 0.01}``,
+    checked against the metric table of the spec's task."""
     given = reader.obj("gate", dict, {})
-    values: dict[str, float] = {}
-    for key, value in given.items():
-        if key not in names:
-            raise reader.fail("gate", given, f"has an unknown field {key!r}", f"Use: {', '.join(names)}.")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise reader.fail(f"gate.{key}", value, "is not a number", "Set a number such as 0.9.")
-        bounded = key != "maxLogLoss"
-        if value < 0 or (bounded and value > 1):
-            raise reader.fail(f"gate.{key}", value, "is out of range", "Use 0..1 (maxLogLoss: >= 0).")
-        values[names[key]] = float(value)
-    return GateThresholds(**values)
+    try:
+        return spec.gate.with_overrides(given)
+    except GateConfigError as exc:
+        key = f"gate.{exc.key}" if exc.key else "gate"
+        value = given.get(exc.key.split(".")[0], given) if exc.key else given
+        raise reader.fail(
+            key, value, exc.problem, f"{exc.fix} (a {spec.task} model: {spec.path.name})."
+        ) from None
 
 
 def _serving(reader: _Reader) -> ServingSettings:
@@ -495,7 +503,7 @@ TUNNEL_HINT = (
 
 
 def _tracking(
-    reader: _Reader, mode: str, trains: bool, admin_password: pulumi.Output[str] | None
+    reader: _Reader, mode: str, trains: bool, admin_password: pulumi.Output[str] | None, spec: ModelSpec
 ) -> TrackingSettings:
     d = TrackingSettings()
     for key, why in RETIRED_TRACKING_KEYS.items():
@@ -541,11 +549,11 @@ def _tracking(
         )
         or d.admin_username,
         admin_password=admin_password,
-        experiment_name=reader.required_str("mlflowExperimentName", d.experiment_name),
+        experiment_name=reader.required_str("mlflowExperimentName", spec.name),
         model_name=reader.matching(
-            "modelName", d.model_name, re.compile(r"^[A-Za-z0-9_.-]+$"), "cancer-classifier"
+            "modelName", spec.registered_model_name, re.compile(r"^[A-Za-z0-9_.-]+$"), "my-model"
         )
-        or d.model_name,
+        or spec.registered_model_name,
         postgres_sku=reader.required_str("postgresSku", d.postgres_sku),
         postgres_tier=reader.required_str("postgresTier", d.postgres_tier, POSTGRES_TIERS),
         postgres_version=reader.required_str("postgresVersion", d.postgres_version, ("14", "15", "16", "17")),
@@ -599,16 +607,7 @@ def parse_settings(
             "Remove it; azure stacks create their own registry.",
         )
 
-    raw_params = reader.obj("modelParams", dict, {})
-    try:
-        params = ModelParams.from_mapping(raw_params)
-    except ParamsError as exc:
-        raise reader.fail(
-            "modelParams",
-            raw_params,
-            f"is invalid ({exc})",
-            "Fix the value or remove the key for the default.",
-        ) from None
+    spec_path, spec = _spec(reader)
     tags = reader.obj("tags", dict, {})
     return Settings(
         project=project,
@@ -627,20 +626,16 @@ def parse_settings(
             username=registry_username,
             password=registry_password,
         ),
-        tracking=_tracking(reader, mode, promote_from is None, get_secret("mlflowAdminPassword")),
-        training=TrainingSettings(
-            data_path=reader.required_str("dataPath", TrainingSettings.data_path),
-            requirements_path=reader.required_str("requirementsPath", TrainingSettings.requirements_path),
-            params=params,
-        ),
+        tracking=_tracking(reader, mode, promote_from is None, get_secret("mlflowAdminPassword"), spec),
+        training=TrainingSettings(spec=spec, spec_path=spec_path),
         serving=_serving(reader),
-        gate=_gate(reader),
+        gate=_gate(reader, spec),
         tags={"project": project, "stack": stack, **{str(k): str(v) for k, v in tags.items()}},
         image_ref_override=reader.matching(
             "imageRefOverride",
             None,
             REGISTRY_DIGEST_REF_RE,
-            "myregistry.azurecr.io/cancer-classifier@sha256:<64 hex> (an earlier imageRef output)",
+            "myregistry.azurecr.io/my-model@sha256:<64 hex> (an earlier imageRef output)",
         ),
         protect_stateful=reader.bool_("protectStatefulResources", mode != "local"),
     )

@@ -1,9 +1,10 @@
 """TrainedModel: a Pulumi dynamic resource that trains and registers the model when its inputs change.
 
-The program resolves the stack's ``modelParams`` through ``model.params.ModelParams`` and computes
-the fingerprint with ``model.fingerprint.compute_fingerprint`` over ``fingerprint_params`` - the
-same code ``model.train`` runs, so the fingerprint here IS the model's lineage fingerprint (the
-provider checks it). ``diff``: a new fingerprint or model name is an update that trains; a new gate
+The program reads the stack's model spec (``modelSpec``, via ``model.spec.load_spec``) and computes
+the training fingerprint with ``model.fingerprint.training_fingerprint`` - the same code
+``model.train`` runs, so the fingerprint here IS the model's lineage fingerprint (the provider
+checks it). Pure at program time: spec parsing and fingerprinting import no ML library.
+``diff``: a new fingerprint or model name is an update that trains; a new gate
 alone is an update that re-gates the registered version without training (``train_and_register``
 reuses a version with the same fingerprint and gates it again); anything else is no change.
 Preview never calls create/update, so preview never trains. A failed gate fails the update and
@@ -27,7 +28,8 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from infra.settings import ConfigError, TrainingSettings
-from model.params import ModelParams, fingerprint_params
+from model.gate import GateConfigError, parse_gate
+from model.spec import ModelSpec, SpecError, load_spec
 
 # Keys of the resource's properties (the dynamic provider's protocol uses them verbatim).
 OUTPUT_KEYS = ("run_id", "model_uri", "version", "metrics", "model_fingerprint", "model_name")
@@ -38,29 +40,32 @@ class TrainingError(RuntimeError):
     """Training could not produce a gated model version; the message says why and what to do."""
 
 
-def input_fingerprint(data_path: str | Path, params: ModelParams, requirements_path: str | Path) -> str:
-    """The fingerprint ``train_and_register`` will log for these inputs (program time; reads files only)."""
-    from model.fingerprint import compute_fingerprint
+def input_fingerprint(spec: ModelSpec) -> str:
+    """The fingerprint ``train_and_register`` will log for this spec (program time; reads files and
+    installed-package metadata only)."""
+    from model.fingerprint import training_fingerprint as fingerprint
 
-    return compute_fingerprint(data_path, fingerprint_params(params), requirements_path)
+    return fingerprint(spec)
 
 
 def training_fingerprint(training: TrainingSettings, stack: str) -> str:
-    """``input_fingerprint`` of a stack's training settings; a ConfigError names the keys if it cannot."""
+    """``input_fingerprint`` of a stack's training settings; a ConfigError names the key if it cannot."""
     try:
-        return input_fingerprint(training.data_path, training.params, training.requirements_path)
-    except (OSError, TypeError, ValueError) as exc:
+        return input_fingerprint(training.spec)
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
         raise ConfigError(
-            f"Pulumi.{stack}.yaml: cannot fingerprint the training inputs (dataPath={training.data_path!r}, "
-            f"requirementsPath={training.requirements_path!r}, modelParams): {exc}"
+            f"Pulumi.{stack}.yaml: config key 'ml-delivery:modelSpec' = {training.spec_path!r}: cannot "
+            f"fingerprint the training inputs: {exc}"
         ) from exc
 
 
-def same_gate(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
-    """Whether two gates are equal as numbers (the engine may turn 1 into 1.0)."""
-    if old is None or new is None:
-        return old is new
-    return set(old) == set(new) and all(float(old[k]) == float(new[k]) for k in old)
+def same_gate(old: Any, new: Any) -> bool:
+    """Whether two gates are equal, numbers compared as numbers (the engine may turn 1 into 1.0)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return set(old) == set(new) and all(same_gate(old[k], new[k]) for k in old)
+    if isinstance(old, int | float) and isinstance(new, int | float) and not isinstance(old, bool):
+        return float(old) == float(new)
+    return bool(old == new)
 
 
 @contextmanager
@@ -83,23 +88,21 @@ def tracking_env(username: str | None, password: str | None) -> Iterator[None]:
 
 def train(props: Mapping[str, Any]) -> dict[str, Any]:
     """Run model.train for the resource's inputs; returns the output properties."""
-    from model.train import GateFailedError, GateThresholds, TrainConfig, train_and_register
+    from model.train import GateFailedError, TrainConfig, train_and_register
 
     try:
-        params = ModelParams.from_mapping(props.get("params"))
-        thresholds = GateThresholds(**dict(props["gate"]))
-    except (TypeError, ValueError) as exc:
+        spec = load_spec(Path(props["spec_path"]))
+        spec = spec.with_gate(parse_gate(dict(props["gate"]), spec.task))
+    except (GateConfigError, SpecError, TypeError) as exc:
         raise TrainingError(
-            f"TrainedModel: bad training config ({exc}). Fix 'modelParams' / 'gate' in the stack file."
+            f"TrainedModel: bad training config ({exc}). Fix the model spec ('modelSpec') or 'gate' "
+            "in the stack file."
         ) from exc
     config = TrainConfig(
-        data_path=Path(props["data_path"]),
-        params=params,
-        thresholds=thresholds,
+        spec=spec,
         model_name=props["model_name"],
         experiment_name=props["experiment_name"],
         tracking_uri=props["tracking_uri"],
-        requirements_path=Path(props["requirements_path"]),
     )
     from infra.tunnel import TunnelError, tracking_endpoint
 
@@ -115,12 +118,17 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
             result = train_and_register(replace(config, tracking_uri=uri))
     except GateFailedError as exc:
         raise TrainingError(f"TrainedModel: {exc}. Nothing was built or deployed.") from exc
+    except SpecError as exc:
+        raise TrainingError(
+            f"TrainedModel: {exc}. Fix the model spec ('modelSpec'); nothing was registered."
+        ) from exc
     except TunnelError as exc:
         raise TrainingError(f"TrainedModel: cannot reach MLflow to train: {exc}") from exc
     if result.fingerprint != props["fingerprint"]:
         raise TrainingError(
             f"TrainedModel: training logged fingerprint {result.fingerprint} but the program computed "
-            f"{props['fingerprint']}: model/ code, data or requirements changed during `pulumi up`, or "
+            f"{props['fingerprint']}: the spec, its data, the training code or the model's packages changed "
+            "during `pulumi up`, or "
             "the two computations diverged. Run `pulumi up` again from an unchanged checkout."
         )
     return {
@@ -132,6 +140,7 @@ def train(props: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": dict(result.metrics),
         "model_fingerprint": result.fingerprint,
         "model_name": result.model_name,
+        "task": spec.task,
         "reused": result.reused,
     }
 
@@ -166,7 +175,7 @@ class TrainedModel(pulumi.dynamic.Resource):
     """A registered, gated model version for one fingerprint of the training inputs."""
 
     fingerprint: pulumi.Output[str]
-    gate: pulumi.Output[dict[str, float]]
+    gate: pulumi.Output[dict[str, Any]]
     run_id: pulumi.Output[str]
     model_uri: pulumi.Output[str]
     version: pulumi.Output[str]
@@ -179,10 +188,9 @@ class TrainedModel(pulumi.dynamic.Resource):
         name: str,
         *,
         fingerprint: str,
-        data_path: str,
-        requirements_path: str,
-        params: ModelParams,
-        gate: Mapping[str, float],
+        spec_path: str,
+        task: str,
+        gate: Mapping[str, Any],
         tracking_uri: pulumi.Input[str],
         tracking_service: pulumi.Input[str],
         kubeconfig: pulumi.Input[str],
@@ -194,9 +202,8 @@ class TrainedModel(pulumi.dynamic.Resource):
     ) -> None:
         props: dict[str, Any] = {
             "fingerprint": fingerprint,
-            "data_path": data_path,
-            "requirements_path": requirements_path,
-            "params": params.as_dict(),  # resolved: the values the fingerprint covers
+            "spec_path": spec_path,
+            "task": task,
             "gate": dict(gate),
             "tracking_uri": tracking_uri,  # local: the node-port URL; Azure: "" (tunnel)
             "tracking_service": tracking_service,  # Azure: <namespace>/<service>:<port>; local: ""

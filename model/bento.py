@@ -6,9 +6,12 @@ that BentoML's process-wide state (model store home, the imported service module
 never leaks between calls, and importing this module stays free of side effects and heavy imports.
 
 The child process:
-1. imports ``models:/<name>/<version>`` into the BentoML model store as ``<name>:<v>`` where ``<v>``
-   is the first 32 hex chars of the training fingerprint (reused when already there from the same run);
-2. builds the bento ``cancer_classifier:<v>`` from ``model.service`` with exactly the model's captured,
+1. imports ``models:/<name>/<version>`` into the BentoML model store as ``<bento name>:<v>`` where
+   ``<v>`` is the first 32 hex chars of the build identity (``model.fingerprint.build_identity``: the
+   training fingerprint + the serving code + the base image), reused when already there from the same run;
+2. builds the bento ``<bento name>:<v>`` (the registered name sanitised, ``model.spec.bento_name_for``)
+   from ``model.service:Classifier`` or ``:Regressor`` (the task in the model's metadata), named
+   after the model, with exactly the model's captured,
    ``==``-pinned requirements, plus the installed closure of BentoML for packages the model does not
    name; reused when a bento of that version was built from the same run and base image;
 3. exports it as a folder (``env/docker/Dockerfile`` + ``models/``), fixes every timestamp to the MLflow
@@ -40,20 +43,19 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from model.container import DEFAULT_BASE_IMAGE
-from model.fingerprint import FINGERPRINT_RE
+from model.fingerprint import FINGERPRINT_RE, SERVING_SOURCES, build_identity
+from model.spec import bento_name_for
 
 MODEL_DIR = Path(__file__).resolve().parent
 REPO_ROOT = MODEL_DIR.parent
-VERSION_LENGTH = 32  # hex chars of the fingerprint used as bento/model/image version (128 bits)
-BENTO_NAME = "cancer_classifier"
-SERVICE_IMPORT = "model.service:CancerClassifier"
-# The service's own modules, copied into the bento's src/ (model.train and friends stay out of the image).
-SERVICE_SOURCES: tuple[str, ...] = (
-    "model/__init__.py",
-    "model/container.py",
-    "model/service.py",
-    "model/validation.py",
-)
+VERSION_LENGTH = 32  # hex chars of the build identity used as bento/model/image version (128 bits)
+# The service class per task; the service's own modules (model.fingerprint.SERVING_SOURCES) are
+# copied into the bento's src/ (model.train and friends stay out of the image).
+SERVICE_IMPORTS = {
+    "binary": "model.service:Classifier",
+    "multiclass": "model.service:Classifier",
+    "regression": "model.service:Regressor",
+}
 # Packages BentoML itself adds to the image requirements; not the model's, so not parity-checked.
 BENTOML_PACKAGE = "bentoml"
 
@@ -106,14 +108,15 @@ class BuildContext:
 # ---- pure helpers -------------------------------------------------------------------------------
 
 
-def bento_version(fingerprint: str) -> str:
-    """The bento / BentoML model / image version for a training fingerprint (a valid BentoML tag)."""
+def bento_version(fingerprint: str, base_image: str = DEFAULT_BASE_IMAGE) -> str:
+    """The bento / BentoML model / image version: the build identity of a training fingerprint on a
+    base image, shortened to a valid BentoML tag. Serving code or base image changes move it."""
     if not FINGERPRINT_RE.match(fingerprint):
         raise BentoBuildError(
             f"fingerprint {fingerprint!r} is not a sha256 hex digest (64 lowercase hex chars): "
             "pass TrainResult.fingerprint from model.train"
         )
-    return fingerprint[:VERSION_LENGTH]
+    return build_identity(fingerprint, base_image)[:VERSION_LENGTH]
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, str]:
@@ -353,8 +356,9 @@ def _build_in_this_process(
     from model.pins import pinned_closure
 
     name, version = parse_model_uri(model_uri)
-    tag_version = bento_version(fingerprint)
-    model_tag, bento_tag = f"{name}:{tag_version}", f"{BENTO_NAME}:{tag_version}"
+    tag_version = bento_version(fingerprint, base_image)
+    bento_name = bento_name_for(name)
+    model_tag, bento_tag = f"{bento_name}:{tag_version}", f"{bento_name}:{tag_version}"
     run_id = _run_of(MlflowClient(), name, version)
     labels = {"fingerprint": fingerprint, "mlflow_model_uri": model_uri, "mlflow_run_id": run_id}
     notes: list[str] = []
@@ -374,6 +378,7 @@ def _build_in_this_process(
         (mlmodel_dir / "requirements.txt").read_text(encoding="utf-8"), f"{model_uri}/requirements.txt"
     )
     created = _mlmodel_creation_time(mlmodel_dir)
+    service_import = _service_import(mlmodel_dir, model_uri)
 
     bento_labels = {**labels, "base_image": base_image}
     bento = _stored_or_none(bentoml.bentos.get, bento_tag, NotFound)
@@ -389,15 +394,15 @@ def _build_in_this_process(
         if "model.service" in sys.modules:
             raise BentoBuildError("model.service was imported before its model tag was set: a bug here")
         with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
-            for rel in SERVICE_SOURCES:
+            for rel in SERVING_SOURCES:
                 (Path(ctx) / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO_ROOT / rel, Path(ctx) / rel)
             bento = bentoml.bentos.build(
-                SERVICE_IMPORT,
-                name=BENTO_NAME,
+                service_import,
+                name=bento_name,
                 version=tag_version,
                 labels=bento_labels,
-                include=list(SERVICE_SOURCES),
+                include=list(SERVING_SOURCES),
                 python={"packages": [f"{n}=={v}" for n, v in wanted.items()], "lock_packages": False},
                 docker={"base_image": base_image},
                 # UV_NO_CACHE: without BuildKit's cache mount uv leaves its cache (randomly named
@@ -439,7 +444,7 @@ def _build_in_this_process(
     return BuildContext(
         path=out_dir,
         dockerfile=out_dir / "env/docker/Dockerfile",
-        image_name=BENTO_NAME,
+        image_name=bento_name,
         image_tag=tag_version,
         requirements=image_pins,
         bento_tag=bento_tag,
@@ -447,6 +452,20 @@ def _build_in_this_process(
         reused=reused,
         notes=notes,
     )
+
+
+def _service_import(mlmodel_dir: Path, model_uri: str) -> str:
+    """The service class for the model's task (its MLflow metadata, written by model.train)."""
+    import yaml
+
+    meta = yaml.safe_load((mlmodel_dir / "MLmodel").read_text(encoding="utf-8")).get("metadata") or {}
+    task = meta.get("task")
+    if task not in SERVICE_IMPORTS:
+        raise BentoBuildError(
+            f"{model_uri} has no task in its MLflow metadata (got {task!r}): train it with model.train "
+            "from a model spec, which records the task"
+        )
+    return SERVICE_IMPORTS[str(task)]
 
 
 def _run_of(client: Any, name: str, version: str) -> str:

@@ -1,23 +1,46 @@
-"""Held-out metrics: pure functions over labels and predicted probabilities.
-
-Higher is better for accuracy, f1 and roc_auc; lower is better for log_loss. f1 is for the positive
-class 1 (benign), as scikit-learn computes it by default.
-"""
+"""Held-out metrics of a task, computed from the metric table (``model.metric_rules``)."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
-from sklearn import metrics as skm
+
+from model.metric_rules import MetricRule, metrics_for
+
+
+def _scorer(rule: MetricRule) -> Callable[..., Any]:
+    module, function = rule.scorer.split(":", 1)
+    return getattr(importlib.import_module(module), function)
 
 
 def compute_metrics(
-    y_true: np.ndarray, proba_positive: np.ndarray, threshold: float = 0.5
+    task: str,
+    y_true: np.ndarray,
+    predictions: np.ndarray,
+    proba: np.ndarray | None = None,
+    classes: Sequence[object] | None = None,
 ) -> dict[str, float]:
-    """accuracy, f1, roc_auc and log_loss of positive-class probabilities on a held-out set."""
-    y_pred = (proba_positive >= threshold).astype("int64")
-    return {
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "f1": float(skm.f1_score(y_true, y_pred)),
-        "roc_auc": float(skm.roc_auc_score(y_true, proba_positive)),
-        "log_loss": float(skm.log_loss(y_true, proba_positive, labels=[0, 1])),
-    }
+    """Every metric of ``task``'s row of the table. ``proba`` (classifiers) is the probability
+    matrix in the order of ``classes``; the positive class of a binary task is ``classes[1]``."""
+    out: dict[str, float] = {}
+    for rule in metrics_for(task):
+        kwargs = dict(rule.kwargs)
+        if rule.input == "labels":
+            arg: Any = predictions
+            if rule.name == "f1" and classes is not None:
+                kwargs["pos_label"] = classes[1]
+        elif rule.input == "values":
+            arg = predictions
+        elif rule.input == "proba_positive":
+            assert proba is not None
+            arg = proba[:, 1]
+        else:
+            assert proba is not None
+            arg = proba
+            if classes is not None:
+                kwargs["labels"] = list(classes)
+        out[rule.name] = float(_scorer(rule)(y_true, arg, **kwargs))
+    return out

@@ -1,22 +1,30 @@
 """Exact pins of the packages a logged model needs, taken from the running (training) environment.
 
 The serving image is built from the model's captured requirements, so they must name every package
-of the dependency closure at the version training ran with (DESIGN invariant 3). MLflow's own
-inference pins only top-level packages, and MLFLOW_LOCK_MODEL_DEPENDENCIES re-resolves against the
-index (network, and possibly other versions); walking the installed distributions is exact and offline.
+of the dependency closure at the version training ran with. The roots are what
+``mlflow.pyfunc.load_model`` needs for a serialised scikit-learn pipeline (``MODEL_ROOTS``) plus the
+distribution that provides the spec's estimator (``lightgbm`` for ``lightgbm.LGBMClassifier``) and
+the spec's ``packages``. MLflow's own inference pins only top-level packages, and
+MLFLOW_LOCK_MODEL_DEPENDENCIES re-resolves against the index (network, and possibly other
+versions); walking the installed distributions is exact and offline. Pure metadata reads: the Pulumi
+program fingerprints these pins at program time without importing any of them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-# What `mlflow.pyfunc.load_model` needs for a skops-serialised sklearn pipeline. mlflow-skinny is the
-# same code as mlflow at the same version without the tracking server and UI.
+if TYPE_CHECKING:
+    from model.spec import ModelSpec
+
+# mlflow-skinny is the same code as mlflow at the same version without the tracking server and UI.
 MODEL_ROOTS: tuple[str, ...] = (
     "mlflow-skinny",
     "scikit-learn",
@@ -26,6 +34,25 @@ MODEL_ROOTS: tuple[str, ...] = (
     "scipy",
     "cloudpickle",
 )
+
+
+@functools.cache
+def _top_level_distributions() -> dict[str, tuple[str, ...]]:
+    return {name: tuple(dists) for name, dists in metadata.packages_distributions().items()}
+
+
+def estimator_distribution(estimator: str) -> str | None:
+    """The installed distribution whose top-level module holds ``estimator``; None for local code
+    (a factory in this repository), which the training fingerprint covers by its bytes instead."""
+    top = estimator.split(":", 1)[0].split(".", 1)[0]
+    dists = _top_level_distributions().get(top)
+    return canonicalize_name(dists[0]) if dists else None
+
+
+def model_roots(spec: ModelSpec) -> tuple[str, ...]:
+    """MODEL_ROOTS plus the estimator's distribution and the spec's extra ``packages``."""
+    extra = [estimator_distribution(spec.estimator), *spec.packages]
+    return tuple(dict.fromkeys([*MODEL_ROOTS, *(canonicalize_name(e) for e in extra if e)]))
 
 
 def pinned_closure(roots: Iterable[str] = MODEL_ROOTS) -> list[str]:
@@ -42,7 +69,7 @@ def pinned_closure(roots: Iterable[str] = MODEL_ROOTS) -> list[str]:
         except metadata.PackageNotFoundError as exc:
             raise RuntimeError(
                 f"package '{name}' is required by the model but not installed in this environment; "
-                "install the locked requirements (make venv) before training"
+                "install the locked requirements (make venv), or fix the spec's estimator/packages"
             ) from exc
         seen[name] = dist.version
         for spec in dist.requires or []:

@@ -10,10 +10,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from model.gate import METRIC_NAMES
+from model.metric_rules import BY_NAME
 
 FINGERPRINT_TAG = "fingerprint"
 GATE_TAG = "gate"  # "passed" | "failed"
+TASK_TAG = "task"  # the spec's task: which row of the metric table the metrics belong to
 GATE_REASON_TAG = "gate_reason"
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
@@ -29,9 +30,9 @@ class VersionInfo:
 
 
 def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
-    """The gate metrics logged on ``run_id`` (only those present)."""
+    """The metric-table metrics logged on ``run_id`` (only those present)."""
     logged = client.get_run(run_id).data.metrics
-    return {name: float(logged[name]) for name in METRIC_NAMES if name in logged}
+    return {name: float(value) for name, value in logged.items() if name in BY_NAME}
 
 
 def find_gated_version(

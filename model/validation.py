@@ -5,15 +5,17 @@ model signature and calls ``validate_rows`` before a request joins an adaptive b
 request is answered 400 on its own and never fails the batch it would have joined. Every problem is
 reported with the row index and feature name and what to send instead.
 
-JSON integers are accepted for floating-point features and converted (MLflow's schema enforcement
-would reject int64 for a double column, DESIGN.md); booleans, strings, null, NaN and infinities are not.
+Per signature type: ``double``/``float`` take JSON numbers (integers are converted: MLflow's schema
+enforcement would reject int64 for a double column), ``long``/``integer`` whole numbers in range,
+``boolean`` JSON true/false, ``string`` JSON strings (and, when the model lists the feature's
+categories, one of them). Null, NaN and infinities are refused everywhere.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_MAX_ROWS = 1000
 MAX_REPORTED_PROBLEMS = 10  # a message lists at most this many problems, then "... and N more"
@@ -21,7 +23,8 @@ MAX_REPORTED_PROBLEMS = 10  # a message lists at most this many problems, then "
 _FLOAT_TYPES = frozenset({"double", "float"})
 _INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}  # int64, int32
 _INT_TYPES = frozenset(_INT_BOUNDS)
-Number = float | int
+_OTHER_TYPES = frozenset({"boolean", "string"})
+Value = float | int | bool | str
 
 
 class RequestValidationError(ValueError):
@@ -41,17 +44,20 @@ class RowSchema:
 
     columns: tuple[tuple[str, str], ...]
     max_rows: int = DEFAULT_MAX_ROWS
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # string feature -> allowed
 
     def __post_init__(self) -> None:
         if not self.columns:
             raise ValueError("the model signature has no input columns: log the model with a signature")
         unsupported = [
-            f"{name} ({kind})" for name, kind in self.columns if kind not in _FLOAT_TYPES | _INT_TYPES
+            f"{name} ({kind})"
+            for name, kind in self.columns
+            if kind not in _FLOAT_TYPES | _INT_TYPES | _OTHER_TYPES
         ]
         if unsupported:
             raise ValueError(
-                f"model signature columns with non-numeric types are not supported by this service: "
-                f"{', '.join(unsupported)}; log the model with numeric (double/long) inputs"
+                f"model signature columns of types this service does not serve: {', '.join(unsupported)}; "
+                "declare the features as double, long, boolean or string in the model spec"
             )
         if self.max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
@@ -61,11 +67,11 @@ class RowSchema:
         return tuple(name for name, _ in self.columns)
 
 
-def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Number]]:
+def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Value]]:
     """Return ``rows`` with every value checked and typed for the model, or raise RequestValidationError."""
     if not isinstance(rows, list):
         raise RequestValidationError(
-            [f"'rows' must be a JSON array of objects (feature: number), got {_json_type(rows)}"]
+            [f"'rows' must be a JSON array of objects (feature: value), got {_json_type(rows)}"]
         )
     if not rows:
         raise RequestValidationError(["'rows' is empty: send at least one row"])
@@ -77,7 +83,7 @@ def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Number]]:
             ]
         )
     problems: list[str] = []
-    clean: list[dict[str, Number]] = []
+    clean: list[dict[str, Value]] = []
     for index, row in enumerate(rows):
         typed, row_problems = _validate_row(index, row, schema)
         problems.extend(row_problems)
@@ -87,9 +93,9 @@ def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Number]]:
     return clean
 
 
-def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str, Number], list[str]]:
+def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str, Value], list[str]]:
     if not isinstance(row, Mapping):
-        return {}, [f"rows[{index}] must be an object of feature: number, got {_json_type(row)}"]
+        return {}, [f"rows[{index}] must be an object of feature: value, got {_json_type(row)}"]
     problems: list[str] = []
     missing = [name for name in schema.names if name not in row]
     if missing:
@@ -103,11 +109,11 @@ def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str,
             f"rows[{index}] has unknown feature(s) {_quoted(extra)}: the model takes only its "
             f"{len(schema.names)} signature features (e.g. {_quoted(schema.names[:3])})"
         )
-    typed: dict[str, Number] = {}
+    typed: dict[str, Value] = {}
     for name, kind in schema.columns:
         if name not in row:
             continue
-        value, problem = _typed_value(row[name], kind)
+        value, problem = _typed_value(row[name], kind, schema.categories.get(name))
         if problem:
             problems.append(f"rows[{index}].{name} {problem}")
         else:
@@ -115,7 +121,19 @@ def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str,
     return typed, problems
 
 
-def _typed_value(value: object, kind: str) -> tuple[Number, str | None]:
+def _typed_value(
+    value: object, kind: str, categories: Sequence[str] | None = None
+) -> tuple[Value, str | None]:
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value, None
+        return False, f"must be true or false, got {_json_type(value)}"
+    if kind == "string":
+        if not isinstance(value, str):
+            return "", f"must be a string, got {_json_type(value)}"
+        if categories is not None and value not in categories:
+            return "", f"must be one of {_quoted(list(categories), 10)}, got {_short(value)}"
+        return value, None
     # bool is an int subclass in Python; JSON true/false is not a measurement.
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0, f"must be a number, got {_json_type(value)}"

@@ -31,10 +31,13 @@ from model.bento import (
     slim_install_step,
     tree_digest,
 )
+from model.fingerprint import build_identity
+from model.spec import bento_name_for
 from model.train import TrainResult
 from tests.conftest import SERVING_MODEL_NAME
 
 MODEL_NAME = SERVING_MODEL_NAME
+BENTO_NAME = bento_name_for(MODEL_NAME)  # serving_tests_model
 FINGERPRINT = "ab" * 32
 
 
@@ -83,8 +86,9 @@ def test_check_parity_accepts_extra_serving_packages() -> None:
     check_parity({"numpy": "2.4.6"}, {"numpy": "2.4.6", "bentoml": "1.4.40", "starlette": "1.0"})
 
 
-def test_bento_version_is_a_fingerprint_prefix_and_refuses_anything_else() -> None:
-    assert bento_version(FINGERPRINT) == FINGERPRINT[:32]
+def test_bento_version_is_the_build_identity_prefix_and_refuses_anything_else() -> None:
+    assert bento_version(FINGERPRINT) == build_identity(FINGERPRINT, "python:3.11-slim")[:32]
+    assert bento_version(FINGERPRINT, "registry.test/other:3.11") != bento_version(FINGERPRINT)
     for bad in ("", "abc", FINGERPRINT.upper(), FINGERPRINT + "0"):
         with pytest.raises(BentoBuildError, match="sha256 hex digest"):
             bento_version(bad)
@@ -239,10 +243,11 @@ def model_pins(trained: TrainResult, mlflow_server: str) -> dict[str, str]:
 def test_context_layout_and_identity(first: BuildContext, trained: TrainResult) -> None:
     assert first.dockerfile == first.path / "env" / "docker" / "Dockerfile"
     assert first.dockerfile.is_file()
-    assert first.image_tag == trained.fingerprint[:32]
-    assert first.bento_tag == f"cancer_classifier:{first.image_tag}"
-    assert first.model_tag == f"{MODEL_NAME}:{first.image_tag}"
-    mlmodel = first.path / "models" / MODEL_NAME / first.image_tag / "mlflow_model" / "MLmodel"
+    assert first.image_tag == bento_version(trained.fingerprint)
+    assert first.image_name == BENTO_NAME
+    assert first.bento_tag == f"{BENTO_NAME}:{first.image_tag}"
+    assert first.model_tag == f"{BENTO_NAME}:{first.image_tag}"
+    mlmodel = first.path / "models" / BENTO_NAME / first.image_tag / "mlflow_model" / "MLmodel"
     assert mlmodel.is_file(), "the exported context must carry the model (models/)"
     bento_yaml = (first.path / "bento.yaml").read_text()
     assert f"mlflow_model_uri: {trained.model_uri}" in bento_yaml
@@ -272,7 +277,7 @@ def test_dockerfile_uses_the_base_image_without_compilers_or_git(
     assert "build-essential" not in dockerfile and " git" not in dockerfile
     assert f"{INSTALL_STEP}{PRUNE_STEP}\n" in dockerfile  # test folders go in the install's own layer
     assert "ENV SERVING_MODEL_TAG=$SERVING_MODEL_TAG" in dockerfile
-    assert f"ARG SERVING_MODEL_TAG={MODEL_NAME}:{trained.fingerprint[:32]}" in dockerfile
+    assert f"ARG SERVING_MODEL_TAG={BENTO_NAME}:{bento_version(trained.fingerprint)}" in dockerfile
 
 
 @pytest.mark.servers
@@ -307,6 +312,7 @@ def test_another_base_image_rebuilds_with_that_base(
         tracking_uri=mlflow_server, bentoml_home=work / "home-a",
     )  # fmt: skip
     assert not other.reused
+    assert other.image_tag == bento_version(trained.fingerprint, standin) != first.image_tag
     assert f"FROM {standin} AS base-container" in other.dockerfile.read_text()
     assert other.requirements == first.requirements
 
@@ -370,7 +376,7 @@ def test_parity_is_checked_inside_the_export_of_a_reused_bento(
         trained.model_uri, trained.fingerprint, out, tracking_uri=mlflow_server, bentoml_home=home,
     )  # fmt: skip
     before = list(tree_digest(out))
-    stored = home / "bentos" / "cancer_classifier" / good.image_tag / "env" / "python" / "requirements.txt"
+    stored = home / "bentos" / BENTO_NAME / good.image_tag / "env" / "python" / "requirements.txt"
     numpy = model_pins["numpy"]
     text = stored.read_text()
     assert f"numpy=={numpy}\n" in text

@@ -29,7 +29,7 @@ def test_demo_runs_twice_reuses_the_second_time_and_stops_its_servers(
     for _ in range(2):
         mlflow_port, serve_port = free_port(), free_port()
         code = demo.run(
-            REPO_ROOT / "data" / "train.csv", demo_dir, keep_running=False,
+            REPO_ROOT / "model.yaml", demo_dir, keep_running=False,
             mlflow_port=mlflow_port, serve_port=serve_port,
         )  # fmt: skip
         out = capsys.readouterr().out
@@ -47,6 +47,7 @@ def test_demo_runs_twice_reuses_the_second_time_and_stops_its_servers(
     for out in outputs:
         assert "[demo] 5/5 done" in out
         assert out.count("malignant") >= demo.SAMPLES_PER_CLASS  # the actual column, at least
+        assert "P(predicted)" in out and "benign" in out  # class names, not 0/1
         assert "stopping bentoml serve" in out and "stopping mlflow server" in out
         ui = f"--artifacts-destination {demo_dir / 'mlflow' / 'artifacts'}"
         assert ui in out, "the printed mlflow ui command must reach the demo's artifacts"

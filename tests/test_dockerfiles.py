@@ -90,11 +90,12 @@ def test_project_dockerfile_is_clean(dockerfile: Path) -> None:
 def test_generated_bento_dockerfile_passes_hadolint(mlflow_server: str, tmp_path: Path) -> None:
     """Train a model on the real MLflow server, export its bento, lint the generated Dockerfile."""
     from model.bento import export_build_context
+    from model.spec import load_spec
     from model.train import TrainConfig, train_and_register
 
     result = train_and_register(
         TrainConfig(
-            data_path=REPO_ROOT / "data" / "train.csv",
+            spec=load_spec(REPO_ROOT / "model.yaml"),
             tracking_uri=mlflow_server,
             experiment_name="hadolint",
         )

@@ -1,150 +1,154 @@
-"""model.fingerprint: deterministic, and sensitive to exactly the inputs that can change the model."""
+"""model.fingerprint: the training fingerprint moves exactly when a retrain could change the model;
+the build identity moves when the serving code or base image change too. Deterministic."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from model.fingerprint import MODEL_DIR, canonical_json, compute_fingerprint
-from tests.conftest import REPO_ROOT
+from model.fingerprint import (
+    BUILD_SOURCES,
+    MODEL_DIR,
+    build_identity,
+    canonical_json,
+    local_estimator_file,
+    training_code_files,
+    training_fingerprint,
+)
+from model.pins import MODEL_ROOTS, estimator_distribution, model_roots, pinned_closure
+from model.spec import ModelSpec, load_spec
+from tests.conftest import EXAMPLE_SPECS, REPO_ROOT
 
-PARAMS: dict[str, object] = {"C": 1.0, "max_iter": 100, "test_size": 0.25, "random_state": 42}
+PACKAGES = ["numpy==2.0.0", "scikit-learn==1.9.1"]
 
 
 @pytest.fixture
-def inputs(tmp_path: Path) -> dict[str, Path]:
-    """A private copy of the data, code and lock, safe to edit."""
+def spec(tmp_path: Path) -> ModelSpec:
+    """The default spec on a private copy of its data, safe to edit."""
     data = tmp_path / "train.csv"
     shutil.copyfile(REPO_ROOT / "data" / "train.csv", data)
-    reqs = tmp_path / "requirements.txt"
-    shutil.copyfile(REPO_ROOT / "requirements.txt", reqs)
+    return load_spec(EXAMPLE_SPECS["default"]).with_data(data)
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
     code = tmp_path / "model"
     (code / "sub").mkdir(parents=True)
-    (code / "a.py").write_text("A = 1\n")
+    (code / "train.py").write_text("A = 1\n")
     (code / "sub" / "b.py").write_text("B = 2\n")
-    return {"data_path": data, "requirements_path": reqs, "code_dir": code}
+    (code / "service.py").write_text("SERVING = 1\n")
+    return code
 
 
-def fp(inputs: dict[str, Path], params: dict[str, object] = PARAMS) -> str:
-    return compute_fingerprint(params=params, **inputs)
+def fp(spec: ModelSpec, code: Path, packages: list[str] = PACKAGES) -> str:
+    return training_fingerprint(spec, code_dir=code, packages=packages)
 
 
-def test_same_inputs_same_hex_digest(inputs: dict[str, Path]) -> None:
-    first = fp(inputs)
-    assert first == fp(inputs)
-    assert len(first) == 64 and int(first, 16) >= 0
+def test_same_inputs_same_hex_digest(spec: ModelSpec, code: Path) -> None:
+    first = fp(spec, code)
+    assert first == fp(spec, code) and len(first) == 64
+    assert fp(spec, code, list(reversed(PACKAGES))) == first  # pins are sorted
 
 
-def test_param_key_order_does_not_matter_but_values_do(inputs: dict[str, Path]) -> None:
-    assert fp(inputs, dict(reversed(PARAMS.items()))) == fp(inputs)
-    assert fp(inputs, {**PARAMS, "C": 0.5}) != fp(inputs)
-    assert fp(inputs, {**PARAMS, "extra": None}) != fp(inputs)
+def test_spec_training_keys_change_it_but_name_gate_and_data_path_do_not(spec: ModelSpec, code: Path) -> None:
+    before = fp(spec, code)
+    assert fp(replace(spec, params={"C": 0.5, "max_iter": 1000}), code) != before
+    assert fp(replace(spec, seed=1), code) != before
+    assert fp(replace(spec, estimator="sklearn.svm.SVC"), code) != before
+    assert fp(replace(spec, numeric_scaling="none"), code) != before
+    assert fp(replace(spec, min_rows_per_class=5), code) != before
+    assert fp(replace(spec, name="renamed"), code) == before  # the name is its own retrain key
+    assert fp(spec.with_gate(spec.gate.with_overrides({"accuracy": {"min": 0.5}})), code) == before
+    moved = spec.data.parent / "moved.csv"
+    shutil.copyfile(spec.data, moved)
+    assert fp(spec.with_data(moved), code) == before  # same bytes elsewhere
 
 
-def test_one_data_byte_changes_it(inputs: dict[str, Path]) -> None:
-    before = fp(inputs)
-    raw = bytearray(inputs["data_path"].read_bytes())
+def test_one_data_byte_changes_it(spec: ModelSpec, code: Path) -> None:
+    before = fp(spec, code)
+    raw = bytearray(spec.data.read_bytes())
     raw[-2] = ord("0") if raw[-2] != ord("0") else ord("1")
-    inputs["data_path"].write_bytes(bytes(raw))
-    assert fp(inputs) != before
+    spec.data.write_bytes(bytes(raw))
+    assert fp(spec, code) != before
 
 
-def test_requirements_lock_changes_it(inputs: dict[str, Path]) -> None:
-    before = fp(inputs)
-    with inputs["requirements_path"].open("a") as handle:
-        handle.write("six==1.17.0\n")
-    assert fp(inputs) != before
+def test_model_packages_change_it(spec: ModelSpec, code: Path) -> None:
+    assert fp(spec, code, ["numpy==2.0.1", "scikit-learn==1.9.1"]) != fp(spec, code)
 
 
-def test_python_code_changes_it_other_files_do_not(inputs: dict[str, Path]) -> None:
-    code = inputs["code_dir"]
-    before = fp(inputs)
-    (code / "notes.md").write_text("not code\n")
-    (code / "__pycache__").mkdir()
-    (code / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\x00\x01")
-    assert fp(inputs) == before
+def test_training_code_changes_it_serving_code_does_not(spec: ModelSpec, code: Path) -> None:
+    before = fp(spec, code)
+    (code / "service.py").write_text("SERVING = 2\n")
+    (code / "notes.md").write_text("docs")
+    assert fp(spec, code) == before
     (code / "sub" / "b.py").write_text("B = 3\n")
-    edited = fp(inputs)
-    assert edited != before
-    (code / "c.py").write_text("")
-    assert fp(inputs) != edited
+    assert fp(spec, code) != before
 
 
-def test_moving_a_file_changes_it(inputs: dict[str, Path]) -> None:
-    code = inputs["code_dir"]
-    before = fp(inputs)
-    (code / "sub" / "b.py").rename(code / "b.py")
-    assert fp(inputs) != before
+def test_the_real_training_code_excludes_exactly_the_serving_modules() -> None:
+    names = {rel for rel, _ in training_code_files(MODEL_DIR)}
+    assert {"train.py", "data.py", "spec.py", "gate.py", "metric_rules.py", "fingerprint.py"} <= names
+    assert names.isdisjoint({"service.py", "validation.py", "container.py", "bento.py"})
 
 
-def test_bytes_cannot_slide_across_a_file_boundary(inputs: dict[str, Path]) -> None:
-    """Without the length prefixes, a.py holding b.py's label and bytes would hash like the two files."""
-    code = inputs["code_dir"]
-    two_files = fp(inputs)
-    (code / "sub" / "b.py").unlink()
-    (code / "a.py").write_bytes(b"A = 1\ncode:sub/b.py\0B = 2\n")
-    assert fp(inputs) != two_files
+def test_the_requirements_lock_and_infra_code_are_not_inputs(spec: ModelSpec) -> None:
+    """A Pulumi package bump or an infra edit must not retrain: only the model's own pins count."""
+    roots = model_roots(spec)
+    assert roots == MODEL_ROOTS  # LogisticRegression is scikit-learn, already a root
+    closure = {line.split("==")[0] for line in pinned_closure(roots)}
+    assert not {name for name in closure if name.startswith("pulumi")}
+    assert "bentoml" not in closure
 
 
-def test_bytes_cannot_slide_from_the_data_into_the_code(inputs: dict[str, Path]) -> None:
-    """The data file absorbing the first code file's label and bytes must change the digest."""
-    code = inputs["code_dir"]
-    before = fp(inputs)
-    data = inputs["data_path"]
-    data.write_bytes(data.read_bytes() + b"code:a.py\0" + (code / "a.py").read_bytes())
-    (code / "a.py").unlink()
-    assert fp(inputs) != before
+def test_the_estimators_distribution_joins_the_model_roots() -> None:
+    assert estimator_distribution("sklearn.ensemble.RandomForestClassifier") == "scikit-learn"
+    assert estimator_distribution("examples.churn.factory:gradient_boosting") is None
+    churn = load_spec(EXAMPLE_SPECS["churn"])
+    assert local_estimator_file(churn.estimator) == REPO_ROOT / "examples" / "churn" / "factory.py"
+    assert "packaging" in model_roots(replace(churn, packages=("packaging",)))
 
 
-# The format, spelled out for a tiny fixed input: each part is "<label>\0<byte length>\0<bytes>". A change
-# of format changes every fingerprint (so every stack retrains): this test makes that a deliberate act.
-TINY_EXPECTED = "e3411c39866cc7e5134c8f9fdd4289e3eb064bebc2ed9e8332fae646b9714fbf"
+def test_a_local_factory_file_is_covered(spec: ModelSpec, code: Path, tmp_path: Path) -> None:
+    churn = load_spec(EXAMPLE_SPECS["churn"])
+    factory = REPO_ROOT / "examples" / "churn" / "factory.py"
+    original = factory.read_bytes()
+    before = fp(churn, code)
+    try:
+        factory.write_bytes(original + b"\n# a comment\n")
+        assert fp(churn, code) != before
+    finally:
+        factory.write_bytes(original)
+    assert fp(churn, code) == before
 
 
-def test_a_tiny_fixed_input_has_a_fixed_digest(tmp_path: Path) -> None:
-    data, reqs, code = tmp_path / "d.csv", tmp_path / "r.txt", tmp_path / "code"
-    data.write_bytes(b"x,target\n1,0\n")
-    reqs.write_bytes(b"numpy==2.0.0\n")
-    (code / "pkg").mkdir(parents=True)
-    (code / "z.py").write_bytes(b"Z = 1\n")
-    (code / "pkg" / "m.py").write_bytes(b"")
-    stream = (
-        b"data\x0013\x00x,target\n1,0\n"
-        b"code:pkg/m.py\x000\x00"
-        b"code:z.py\x006\x00Z = 1\n"
-        b'params\x0015\x00{"C":1.0,"n":2}'
-        b"requirements\x0013\x00numpy==2.0.0\n"
-    )
-    got = compute_fingerprint(data, {"n": 2, "C": 1.0}, reqs, code)
-    assert got == hashlib.sha256(stream).hexdigest()
-    assert got == TINY_EXPECTED
+def test_build_identity_covers_fingerprint_serving_code_and_base_image(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    for rel in BUILD_SOURCES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"# {rel}\n")
+    one, two = "a" * 64, "b" * 64
+    base = build_identity(one, "python:3.11-slim", root=root)
+    assert base == build_identity(one, "python:3.11-slim", root=root)
+    assert build_identity(two, "python:3.11-slim", root=root) != base
+    assert build_identity(one, "python:3.12-slim", root=root) != base
+    (root / "model" / "service.py").write_text("# changed\n")
+    assert build_identity(one, "python:3.11-slim", root=root) != base
+    with pytest.raises(ValueError, match="not a training fingerprint"):
+        build_identity("short", "python:3.11-slim", root=root)
 
 
-def test_the_default_code_dir_is_the_model_package(tmp_path: Path) -> None:
-    args = (REPO_ROOT / "data" / "train.csv", PARAMS, REPO_ROOT / "requirements.txt")
-    copy = tmp_path / "model"
-    shutil.copytree(MODEL_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert MODEL_DIR == REPO_ROOT / "model"
-    assert compute_fingerprint(*args) == compute_fingerprint(*args, code_dir=copy)
-    (copy / "fingerprint.py").write_text((copy / "fingerprint.py").read_text() + "# edited\n")
-    assert compute_fingerprint(*args) != compute_fingerprint(*args, code_dir=copy)
-
-
-def test_unserialisable_or_non_finite_params_are_refused(inputs: dict[str, Path]) -> None:
-    with pytest.raises(TypeError, match="JSON-serialisable"):
-        fp(inputs, {"C": object()})
+def test_unserialisable_or_non_finite_values_are_refused() -> None:
     with pytest.raises(ValueError, match="finite"):
-        fp(inputs, {"C": float("nan")})
-    assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+        canonical_json({"C": float("nan")})
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        canonical_json({"C": object()})
 
 
-def test_missing_inputs_are_named(inputs: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"data file .*missing\.csv"):
-        compute_fingerprint(tmp_path / "missing.csv", PARAMS, inputs["requirements_path"], inputs["code_dir"])
-    with pytest.raises(FileNotFoundError, match="requirements lock"):
-        compute_fingerprint(inputs["data_path"], PARAMS, tmp_path / "nope.txt", inputs["code_dir"])
+def test_missing_inputs_are_named(spec: ModelSpec, code: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"data file .*nope\.csv \(key 'data' of"):
+        fp(spec.with_data(tmp_path / "nope.csv"), code)
     with pytest.raises(NotADirectoryError, match="code directory"):
-        compute_fingerprint(inputs["data_path"], PARAMS, inputs["requirements_path"], tmp_path / "nocode")
+        fp(spec, tmp_path / "no-code")

@@ -14,11 +14,12 @@ from infra.network import subnet_prefixes
 from infra.promotion import PromotionError, validate_source
 from infra.settings import ConfigError, parse_settings
 from infra.tracking import allowed_hosts, auth_config_ini, training_route
-from model.gate import GateThresholds
+from model.spec import load_spec
 from tools.stack_mocks import aks_user_kubeconfig, source_outputs
 
 DEPLOYER = {"objectId": "11111111-2222-3333-4444-555555555555", "principalType": "ServicePrincipal"}
 BASE = {"deployerPrincipals": json.dumps([DEPLOYER])}
+DEFAULT_GATE = load_spec("model.yaml").gate
 
 
 def settings(stack: str = "dev", **values: object):
@@ -37,7 +38,9 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
     assert (s.mode, s.location, s.promote_from) == ("azure", "westeurope", None)
     assert s.cluster.kubernetes_version is None  # AKS picks its version unless pinned
     assert s.registry.sku == "Basic" and s.tracking.image is None
-    assert s.gate == GateThresholds()
+    assert s.gate == DEFAULT_GATE  # the spec's gate, no override
+    assert (s.training.spec_path, s.training.spec.name) == ("model.yaml", "cancer-classifier")
+    assert (s.tracking.model_name, s.tracking.experiment_name) == ("cancer-classifier", "cancer-classifier")
     assert s.serving.service_type == "ClusterIP"
 
 
@@ -49,8 +52,10 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
         ({"servingMinReplicas": "two"}, "ml-delivery:servingMinReplicas", "whole number"),
         ({"servingMinReplicas": 3, "servingMaxReplicas": 2}, "ml-delivery:servingMaxReplicas", "Raise"),
         ({"servingCpuLimit": "lots"}, "ml-delivery:servingCpuLimit", "500m or 1Gi"),
-        ({"gate": {"minAccuracy": 1.5}}, "ml-delivery:gate.minAccuracy", "0..1"),
-        ({"gate": {"minAccurcy": 0.9}}, "ml-delivery:gate", "unknown field"),
+        ({"gate": {"accuracy": {"max": 0.9}}}, "ml-delivery:gate.accuracy.max", "accuracy: {min: ...}"),
+        ({"gate": {"rmse": {"max": 9}}}, "ml-delivery:gate.rmse", "accuracy, f1, roc_auc, log_loss"),
+        ({"gate": {"accuracy": {"min": "high"}}}, "ml-delivery:gate.accuracy.min", "finite number"),
+        ({"modelSpec": "no-such.yaml"}, "ml-delivery:modelSpec", "no such file"),
         ({"promoteFrom": "dev"}, "ml-delivery:promoteFrom", "organization/ml-delivery/dev"),
         ({"promoteFrom": "o/p/dev"}, "ml-delivery:promoteFrom", "another stack"),
         # MLflow is never public in an Azure stack: the old exposure keys say what replaced them.
@@ -80,10 +85,8 @@ def test_defaults_are_a_working_azure_training_stack() -> None:
         ({"kubernetesVersion": "latest"}, "ml-delivery:kubernetesVersion", "1.33"),
         ({"kubeloginMode": "password"}, "ml-delivery:kubeloginMode", "workloadidentity"),
         ({"registryServer": "localhost:5001"}, "ml-delivery:registryServer", "mode: local"),
-        ({"modelParams": [1, 2]}, "ml-delivery:modelParams", "dict"),
-        ({"modelParams": {"C": -1}}, "ml-delivery:modelParams", "C must be > 0"),
-        ({"modelParams": {"max_iter": 10.5}}, "ml-delivery:modelParams", "whole number"),
-        ({"modelParams": {"learning_rate": 0.1}}, "ml-delivery:modelParams", "known ones are C, max_iter"),
+        ({"modelParams": {"C": 2}}, "ml-delivery:modelParams", "model spec as `params"),
+        ({"dataPath": "data/train.csv"}, "ml-delivery:dataPath", "model spec as `data`"),
         (
             {"imageRefOverride": "acr.azurecr.io/cancer-classifier:v1"},
             "ml-delivery:imageRefOverride",
@@ -121,9 +124,12 @@ def test_a_local_clusterip_mlflow_needs_a_tracking_uri() -> None:
 
 
 def test_kubernetes_version_can_be_pinned_and_gate_overrides_apply() -> None:
-    s = settings(kubernetesVersion="1.33", gate={"minAccuracy": 0.95, "maxLogLoss": 0.2})
+    s = settings(kubernetesVersion="1.33", gate={"accuracy": {"min": 0.95}, "log_loss": {"max": 0.2}})
     assert s.cluster.kubernetes_version == "1.33"
-    assert (s.gate.min_accuracy, s.gate.max_log_loss, s.gate.min_f1) == (0.95, 0.2, GateThresholds().min_f1)
+    bounds = {b.metric: b.value for b in s.gate.bounds}
+    assert (bounds["accuracy"], bounds["log_loss"], bounds["f1"]) == (0.95, 0.2, 0.9)  # f1 from the spec
+    wine = settings(modelSpec="examples/wine/model.yaml", gate={"f1_macro": {"min": 0.95}})
+    assert (wine.gate.task, wine.tracking.model_name) == ("multiclass", "wine-cultivar")
 
 
 def test_promoting_stack_needs_no_training_route_to_mlflow() -> None:
@@ -181,7 +187,7 @@ def test_subnets_are_carved_without_overlap() -> None:
 
 def test_validate_source_accepts_well_formed_outputs() -> None:
     outputs = source_outputs("dev")
-    promoted = validate_source(outputs, "o/p/dev", "staging", GateThresholds())
+    promoted = validate_source(outputs, "o/p/dev", "staging", DEFAULT_GATE)
     assert promoted.image_ref == outputs["imageRef"]
     assert promoted.registry_id == outputs["registryId"]
 
@@ -199,23 +205,31 @@ def test_validate_source_accepts_well_formed_outputs() -> None:
             "accuracy=0.5000 < 0.9000 (threshold): short by 0.4000",
         ),
         ({"mlflowImageRef": "ghcr.io/mlflow/mlflow:v3"}, "mlflowImageRef"),
+        ({"task": "regression"}, "output task is 'regression' but this stack's model spec is a binary model"),
     ],
 )
 def test_validate_source_refuses_bad_outputs(change: dict, expected: str) -> None:
     outputs = {**source_outputs("dev"), **change}
     with pytest.raises(PromotionError) as info:
-        validate_source(outputs, "o/p/dev", "staging", GateThresholds())
+        validate_source(outputs, "o/p/dev", "staging", DEFAULT_GATE)
     assert expected in str(info.value) and "o/p/dev" in str(info.value)
 
 
-def test_model_params_are_resolved_with_defaults_and_normalised_types() -> None:
-    from model.params import ModelParams
-
-    s = settings(modelParams={"C": 2, "max_iter": 500.0})
-    assert s.training.params == ModelParams(C=2.0, max_iter=500)
-    assert s.training.params.as_dict() == {"C": 2.0, "max_iter": 500, "test_size": 0.25, "random_state": 42}
-    assert isinstance(s.training.params.C, float) and isinstance(s.training.params.max_iter, int)
-    assert settings().training.params == ModelParams()
+def test_a_regression_spec_is_promoted_over_its_own_metric_table() -> None:
+    gate = load_spec("examples/diabetes/model.yaml").gate
+    outputs = {
+        **source_outputs("dev"),
+        "task": "regression",
+        "metrics": {"rmse": 50.0, "mae": 40.0, "r2": 0.5},
+    }
+    assert validate_source(outputs, "o/p/dev", "staging", gate).metrics == {
+        "rmse": 50.0,
+        "mae": 40.0,
+        "r2": 0.5,
+    }
+    worse = {**outputs, "metrics": {"rmse": 70.0, "mae": 40.0, "r2": 0.5}}
+    with pytest.raises(PromotionError, match=r"rmse=70\.0000 > 60\.0000"):
+        validate_source(worse, "o/p/dev", "staging", gate)
 
 
 def test_image_ref_override_is_optional_and_kept_verbatim() -> None:

@@ -15,8 +15,8 @@ from infra import roles
 from infra.promotion import PromotionError
 from infra.settings import ConfigError
 from model import container
-from model.fingerprint import compute_fingerprint
-from model.params import ModelParams, fingerprint_params
+from model.fingerprint import training_fingerprint
+from model.spec import load_spec
 from tools.stack_mocks import (
     CONFIGURED_DEPLOYERS,
     DEFAULT_ORGANIZATION,
@@ -327,20 +327,18 @@ def test_mlflow_server_has_auth_on_and_secrets_only_by_reference(name: str) -> N
 def test_dev_trained_model_feeds_image_feeds_deployment() -> None:
     run = stack("dev")
     config = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
-    model = trained_model(run)
-    # The stack file sets C and max_iter only: the program resolves the defaults, as model.train does.
-    resolved = ModelParams.from_mapping(config["ml-delivery:modelParams"])
-    assert set(config["ml-delivery:modelParams"]) < set(resolved.as_dict())
-    assert model.inputs["params"] == resolved.as_dict()
-    expected = compute_fingerprint(
-        ROOT / config["ml-delivery:dataPath"], fingerprint_params(resolved), ROOT / "requirements.txt"
-    )
-    assert model.inputs["fingerprint"] == expected
-    assert model.inputs["gate"] == {
-        "min_accuracy": 0.9,
-        "min_f1": 0.9,
-        "min_roc_auc": 0.95,
-        "max_log_loss": 0.35,
+    model = run.one(DYNAMIC_TYPE, "model")
+    # The stack names the spec; the program fingerprints it exactly as model.train does.
+    spec = load_spec(ROOT / config["ml-delivery:modelSpec"])
+    assert model.inputs["spec_path"] == str((ROOT / config["ml-delivery:modelSpec"]).resolve())
+    assert model.inputs["fingerprint"] == training_fingerprint(spec)
+    assert model.inputs["task"] == "binary" and run.outputs["task"] == "binary"
+    assert model.inputs["gate"] == spec.gate.as_dict()
+    assert spec.gate.as_dict() == {
+        "accuracy": {"min": 0.9},
+        "f1": {"min": 0.9},
+        "roc_auc": {"min": 0.95},
+        "log_loss": {"max": 0.35},
         "champion_margin": 0.01,
     }
     assert "tracking_password" in model.secret_paths
@@ -513,6 +511,8 @@ def test_local_stack_needs_no_azure() -> None:
 def test_a_bad_stack_file_value_stops_the_program_with_its_key(tmp_path: Path) -> None:
     shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
     (tmp_path / "__main__.py").symlink_to(ROOT / "__main__.py")
+    (tmp_path / "model.yaml").symlink_to(ROOT / "model.yaml")  # the project's model spec (modelSpec)
+    (tmp_path / "data").symlink_to(ROOT / "data")
     (tmp_path / "Pulumi.broken.yaml").write_text(
         "config:\n  ml-delivery:acrSku: Gold\n  ml-delivery:deployerPrincipals:\n"
         "    - {objectId: 11111111-2222-3333-4444-555555555555, principalType: User}\n"
@@ -768,3 +768,22 @@ def test_an_azure_stack_without_its_deployers_stops_at_program_start_naming_the_
         ConfigError, match=rf"Pulumi\.{name}\.yaml: config key .ml-delivery:deployerPrincipals."
     ):
         run_stack(name, config={"deployerPrincipals": []})
+
+
+def test_another_model_spec_names_the_model_image_and_labels_and_gates_its_own_metrics() -> None:
+    run = run_stack(
+        "dev", config={"modelSpec": "examples/wine/model.yaml", "gate": {"f1_macro": {"min": 0.95}}}
+    )
+    model = run.one(DYNAMIC_TYPE, "model")
+    spec = load_spec(ROOT / "examples" / "wine" / "model.yaml")
+    assert (model.inputs["task"], model.inputs["model_name"], run.outputs["task"]) == (
+        "multiclass", "wine-cultivar", "multiclass",
+    )  # fmt: skip
+    assert model.inputs["fingerprint"] == training_fingerprint(spec)
+    assert model.inputs["gate"]["f1_macro"] == {"min": 0.95} and model.inputs["gate"]["accuracy"] == {
+        "min": 0.9
+    }
+    images = [i.inputs["imageName"] for i in run.of_type(IMAGE)]
+    assert any("/wine-cultivar:" in name for name in images), images
+    labels = deployment(run, SERVING_NS).inputs["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "wine-cultivar"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,14 +25,15 @@ import requests
 
 from model.bento import BuildContext, export_build_context
 from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG_ENV, READINESS_PATH
-from model.data import FEATURES
 from model.train import TrainResult, load_heldout
 from model.validation import RequestValidationError, RowSchema, validate_rows
 from tests.conftest import REPO_ROOT, SERVING_MODEL_NAME
+from tests.test_data import DEFAULT, FEATURES
 from tools.processes import bentoml_serve_command, free_port, running
 
 MODEL_NAME = SERVING_MODEL_NAME
 MAX_ROWS = 50
+CLASS_NAMES = [DEFAULT.class_name(value) for value in (0, 1)]  # ["malignant", "benign"]
 
 # ---- the validator on its own ----------------------------------------------------------------------
 
@@ -70,6 +72,37 @@ def test_validate_rows_names_the_problem(rows: Any, fragments: list[str]) -> Non
         assert fragment in str(info.value)
 
 
+TYPED = RowSchema(
+    columns=(("plan", "string"), ("autopay", "boolean"), ("n", "long")),
+    categories={"plan": ("basic", "premium")},
+)
+
+
+def test_validate_rows_takes_strings_in_their_categories_and_json_booleans() -> None:
+    rows = validate_rows([{"plan": "basic", "autopay": False, "n": 2}], TYPED)
+    assert rows == [{"plan": "basic", "autopay": False, "n": 2}]
+
+
+@pytest.mark.parametrize(
+    ("row", "fragment"),
+    [
+        (
+            {"plan": "gold", "autopay": True, "n": 1},
+            "rows[0].plan must be one of 'basic', 'premium', got 'gold'",
+        ),
+        ({"plan": 3, "autopay": True, "n": 1}, "rows[0].plan must be a string, got a number"),
+        ({"plan": "basic", "autopay": 1, "n": 1}, "rows[0].autopay must be true or false, got a number"),
+        (
+            {"plan": "basic", "autopay": "yes", "n": 1},
+            "rows[0].autopay must be true or false, got the string",
+        ),
+    ],
+)
+def test_validate_rows_names_typed_problems(row: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(RequestValidationError, match=re.escape(fragment)):
+        validate_rows([row], TYPED)
+
+
 def test_validate_rows_reports_every_problem_up_to_a_limit() -> None:
     schema = RowSchema(columns=(("a", "double"),), max_rows=100)
     with pytest.raises(RequestValidationError) as info:
@@ -82,8 +115,8 @@ def test_validate_rows_reports_every_problem_up_to_a_limit() -> None:
 def test_row_schema_refuses_unservable_signatures() -> None:
     with pytest.raises(ValueError, match="no input columns"):
         RowSchema(columns=())
-    with pytest.raises(ValueError, match=r"name \(string\)"):
-        RowSchema(columns=(("name", "string"),))
+    with pytest.raises(ValueError, match=r"when \(datetime\)"):
+        RowSchema(columns=(("when", "datetime"),))
     with pytest.raises(ValueError, match="max_rows"):
         RowSchema(columns=(("a", "double"),), max_rows=0)
 
@@ -139,12 +172,13 @@ def heldout(trained: TrainResult, mlflow_server: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def pyfunc_predictions(trained: TrainResult, mlflow_server: str, heldout: pd.DataFrame) -> list[int]:
+def pyfunc_predictions(trained: TrainResult, mlflow_server: str, heldout: pd.DataFrame) -> list[str]:
+    """The model's own predictions as the class names the API answers."""
     import mlflow
 
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(trained.model_uri)
-    return [int(v) for v in model.predict(heldout[list(FEATURES)])]
+    return [CLASS_NAMES[int(v)] for v in model.predict(heldout[list(FEATURES)])]
 
 
 def as_rows(frame: pd.DataFrame) -> list[dict[str, float]]:
@@ -158,22 +192,22 @@ def post(url: str, path: str, body: Any) -> requests.Response:
 
 @pytest.mark.servers
 def test_predictions_over_http_equal_mlflow_pyfunc(
-    server: str, heldout: pd.DataFrame, pyfunc_predictions: list[int]
+    server: str, heldout: pd.DataFrame, pyfunc_predictions: list[str]
 ) -> None:
     rows = as_rows(heldout)
     assert len(rows) > MAX_ROWS  # the held-out set is sent in chunks below the limit
-    got: list[int] = []
+    got: list[str] = []
     for start in range(0, len(rows), MAX_ROWS):
         response = post(server, "/predict", {"rows": rows[start : start + MAX_ROWS]})
         assert response.status_code == 200, response.text
         got.extend(response.json())
     assert got == pyfunc_predictions
-    assert set(got) == {0, 1}
+    assert set(got) == {"malignant", "benign"}
 
 
 @pytest.mark.servers
 def test_concurrent_single_rows_are_batched_and_answered_in_order(
-    server: str, heldout: pd.DataFrame, pyfunc_predictions: list[int]
+    server: str, heldout: pd.DataFrame, pyfunc_predictions: list[str]
 ) -> None:
     rows = as_rows(heldout)[:40]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -188,14 +222,16 @@ def test_predict_proba_matches_the_model(
     trained: TrainResult,
     mlflow_server: str,
     heldout: pd.DataFrame,
-    pyfunc_predictions: list[int],
+    pyfunc_predictions: list[str],
 ) -> None:
     import mlflow
 
     rows = as_rows(heldout)[:MAX_ROWS]
     response = post(server, "/predict_proba", {"rows": rows})
     assert response.status_code == 200, response.text
-    proba = np.asarray(response.json())
+    answer = response.json()
+    assert all(list(row) == CLASS_NAMES for row in answer)  # class names, in the model's class order
+    proba = np.asarray([list(row.values()) for row in answer])
     assert proba.shape == (len(rows), 2)
     mlflow.set_tracking_uri(mlflow_server)
     expected = (
@@ -204,7 +240,7 @@ def test_predict_proba_matches_the_model(
         .predict_proba(heldout[list(FEATURES)][:MAX_ROWS])
     )
     np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-12)
-    assert list(proba.argmax(axis=1)) == pyfunc_predictions[:MAX_ROWS]
+    assert [CLASS_NAMES[i] for i in proba.argmax(axis=1)] == pyfunc_predictions[:MAX_ROWS]
 
 
 @pytest.mark.servers
@@ -325,11 +361,12 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     probe = (
         "import json, model.service as s\n"
         "print(json.dumps({'file': s.__file__, 'served': str(s.SERVED_MODEL.tag),"
-        " 'bento_model': s.CancerClassifier.inner.bento_model is s.SERVED_MODEL,"
-        " 'models': [str(m.tag) for m in s.CancerClassifier.models],"
-        " 'apis': sorted(s.CancerClassifier.apis)}))"
+        " 'bento_model': s.Classifier.inner.bento_model is s.SERVED_MODEL,"
+        " 'models': [str(m.tag) for m in s.Classifier.models],"
+        " 'names': [s.Classifier.name, s.Regressor.name],"
+        " 'apis': [sorted(s.Classifier.apis), sorted(s.Regressor.apis)]}))"
     )
-    tag = "env-chosen-model:0123abcd"
+    tag = "env_chosen_model:0123abcd"
     env = {**os.environ, MODEL_TAG_ENV: tag, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
     proc = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
@@ -341,4 +378,5 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     assert seen["served"] == tag
     assert seen["bento_model"] is True
     assert seen["models"] == [tag]
-    assert seen["apis"] == ["predict", "predict_proba"]
+    assert seen["names"] == ["env_chosen_model", "env_chosen_model"]  # the service is named after the model
+    assert seen["apis"] == [["predict", "predict_proba"], ["predict"]]

@@ -21,27 +21,25 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from model import train as train_mod
-from model.data import FEATURES, TARGET, DataValidationError
-from model.gate import GateThresholds, evaluate_gate
-from model.pins import pinned_closure
-from model.train import (
-    GateFailedError,
-    ModelParams,
-    TrainConfig,
-    TrainResult,
-    load_heldout,
-    train_and_register,
-)
-from tests.conftest import REPO_ROOT, free_port
-from tests.test_data import BAD_CASES
+from model.data import DataValidationError
+from model.pins import model_roots, pinned_closure
+from model.spec import ModelSpec, load_spec
+from model.train import GateFailedError, TrainConfig, TrainResult, load_heldout, train_and_register
+from tests.conftest import EXAMPLE_SPECS, REPO_ROOT, free_port
+from tests.test_data import BAD_CASES, FEATURES, LISTED, TARGET
 
 pytestmark = pytest.mark.servers
 
 DATA = REPO_ROOT / "data" / "train.csv"
+DEFAULT = load_spec(EXAMPLE_SPECS["default"])
 # Fast and good: converges in well under a second, accuracy ~0.986 on the held-out quarter.
-GOOD = ModelParams(C=1.0, max_iter=200)
+GOOD = replace(DEFAULT, params={"C": 1.0, "max_iter": 200})
 # Deliberately worse (heavy regularisation): passes the default thresholds, ~0.94 accuracy.
-WORSE = ModelParams(C=0.01, max_iter=200)
+WORSE = replace(DEFAULT, params={"C": 0.01, "max_iter": 200})
+
+
+def gated(spec: ModelSpec, **bounds: object) -> ModelSpec:
+    return spec.with_gate(spec.gate.with_overrides(bounds))
 
 
 Trained = tuple[TrainConfig, TrainResult]
@@ -62,8 +60,7 @@ def code_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_config(mlflow_server: str, code_snapshot: Path) -> TrainConfig:
     """Good data and params, a model and experiment name of its own, the frozen code snapshot."""
     return TrainConfig(
-        data_path=DATA,
-        params=GOOD,
+        spec=GOOD,
         model_name=unique("clf"),
         experiment_name=unique("exp"),
         tracking_uri=mlflow_server,
@@ -106,7 +103,9 @@ def test_training_logs_params_metrics_plots_heldout_and_registers(
     assert (result.gate_passed, result.reused, result.version) == (True, False, "1")
     assert result.model_uri == f"models:/{config.model_name}/1"
     run = client.get_run(result.run_id)
-    assert run.data.params["C"] == "1.0" and run.data.params["max_iter"] == "200"
+    assert run.data.params["spec.params.C"] == "1.0" and run.data.params["spec.params.max_iter"] == "200"
+    assert run.data.params["gate.accuracy.min"] == "0.9"
+    assert run.data.tags["task"] == "binary"
     assert (run.data.params["n_train"], run.data.params["n_heldout"]) == ("426", "143")
     assert run.data.tags["fingerprint"] == result.fingerprint
     for name in ("accuracy", "f1", "roc_auc", "log_loss"):
@@ -131,6 +130,7 @@ def test_heldout_rows_round_trip_and_pyfunc_agrees_with_logged_metrics(
     heldout = load_heldout(result.run_id, tracking_uri=mlflow_server)
     assert list(heldout.columns) == [*FEATURES, TARGET]
     assert len(heldout) == 143
+    assert heldout[list(FEATURES)].dtypes.map(str).unique().tolist() == ["float64"]
     assert heldout[TARGET].value_counts().to_dict() == {1: 90, 0: 53}  # stratified: 357/212 of 569
     mlflow.set_tracking_uri(mlflow_server)
     pyfunc = mlflow.pyfunc.load_model(result.model_uri)
@@ -147,7 +147,7 @@ def test_model_requirements_pin_the_training_environment_exactly(trained: Traine
     lines = [
         ln for ln in (out / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")
     ]
-    assert lines == pinned_closure()
+    assert lines == pinned_closure(model_roots(GOOD))
     pins = dict(line.split("==", 1) for line in lines)
     for needed in ("scikit-learn", "skops", "mlflow-skinny", "pandas", "numpy", "scipy"):
         assert needed in pins, f"{needed} missing from the model's requirements"
@@ -194,7 +194,7 @@ def test_reused_version_is_gated_again_with_current_thresholds(mlflow_server: st
     config, first = trained
     client = client_for(mlflow_server)
     runs_before = run_count(client, config.experiment_name)
-    stricter = replace(config, model_output=None, thresholds=GateThresholds(min_roc_auc=0.99999))
+    stricter = replace(config, model_output=None, spec=gated(config.spec, roc_auc={"min": 0.99999}))
     with pytest.raises(GateFailedError, match="roc_auc") as caught:
         train_and_register(stricter)
     assert caught.value.result.reused is True and caught.value.result.version == first.version
@@ -204,7 +204,7 @@ def test_reused_version_is_gated_again_with_current_thresholds(mlflow_server: st
 def test_threshold_failure_tags_the_version_and_sets_no_alias(
     mlflow_server: str, make_config: Callable[..., TrainConfig]
 ) -> None:
-    config = make_config(thresholds=GateThresholds(min_accuracy=0.999))
+    config = make_config(spec=gated(GOOD, accuracy={"min": 0.999}))
     with pytest.raises(GateFailedError) as caught:
         train_and_register(config)
     failure = caught.value.failures[0]
@@ -225,7 +225,7 @@ def test_a_worse_model_than_the_champion_is_refused(
     client = client_for(mlflow_server)
     good = train_and_register(make_config())
     client.set_registered_model_alias(good.model_name, "champion", good.version)
-    worse_config = make_config(model_name=good.model_name, params=WORSE)
+    worse_config = make_config(model_name=good.model_name, spec=WORSE)
     with pytest.raises(GateFailedError) as caught:
         train_and_register(worse_config)
     rules = {(f.metric, f.rule) for f in caught.value.failures}
@@ -257,7 +257,7 @@ def test_bad_data_fails_before_anything_is_logged_or_registered(
 ) -> None:
     client = client_for(mlflow_server)
     before = registry_snapshot(client)
-    config = make_config(data_path=writer(tmp_path / f"{case}.csv"))
+    config = make_config(spec=LISTED.with_data(writer(tmp_path / f"{case}.csv")))
     with pytest.raises(DataValidationError, match=re.escape(f"rule '{rule}'")):
         train_and_register(config)
     assert registry_snapshot(client) == before
@@ -269,7 +269,7 @@ def test_missing_data_file_registers_nothing(
 ) -> None:
     client = client_for(mlflow_server)
     before = registry_snapshot(client)
-    config = make_config(data_path=REPO_ROOT / "data" / "does-not-exist.csv")
+    config = make_config(spec=GOOD.with_data(REPO_ROOT / "data" / "does-not-exist.csv"))
     with pytest.raises(
         DataValidationError, match=re.escape("does-not-exist.csv: whole file: rule 'file-exists'")
     ):
@@ -293,7 +293,9 @@ def cli_args(mlflow_server: str, *extra: str) -> list[str]:
 def test_cli_gate_failure_exits_2_naming_metric_and_shortfall(
     mlflow_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = train_mod.main(cli_args(mlflow_server, "--json", "--max-iter", "200", "--min-roc-auc", "0.99999"))
+    code = train_mod.main(
+        cli_args(mlflow_server, "--json", "--param", "max_iter=200", "--gate", "roc_auc.min=0.99999")
+    )
     assert code == 2
     out, err = capsys.readouterr()
     result = json.loads(out.strip().splitlines()[-1])
@@ -311,7 +313,18 @@ def test_cli_bad_data_exits_1_and_bad_usage_exits_64(
     with pytest.raises(SystemExit) as caught:
         train_mod.main(["--test-size", "1.5"])
     assert caught.value.code == 64
-    assert "test_size must be in (0, 1)" in capsys.readouterr().err
+    assert "--test-size must be in (0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        train_mod.main(["--gate", "rmse.max=3"])
+    assert caught.value.code == 64
+    err = capsys.readouterr().err
+    assert (
+        "metric 'rmse' is not defined for task 'binary'" in err and "accuracy, f1, roc_auc, log_loss" in err
+    )
+    with pytest.raises(SystemExit) as caught:
+        train_mod.main(["--spec", str(REPO_ROOT / "no-such-spec.yaml")])
+    assert caught.value.code == 64
+    assert "no-such-spec.yaml: key '(file)': no such file" in capsys.readouterr().err
 
 
 def test_cli_min_rows_per_class_below_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -323,15 +336,23 @@ def test_cli_min_rows_per_class_below_one_is_a_usage_error(capsys: pytest.Captur
         assert "--min-rows-per-class" in err and f"must be an integer >= 1, got {bad}" in err
 
 
-def test_cli_missing_lock_exits_3_naming_the_file(
+def test_cli_unimportable_estimator_exits_64_naming_the_key_before_anything_is_registered(
     mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    missing = tmp_path / "no-such-requirements.txt"
-    assert train_mod.main(cli_args(mlflow_server, "--requirements", str(missing))) == 3
+    client = client_for(mlflow_server)
+    before = registry_snapshot(client)
+    text = (
+        EXAMPLE_SPECS["default"]
+        .read_text()
+        .replace("sklearn.linear_model.LogisticRegression", "no_such_package.Model")
+        .replace("data/train.csv", str(DATA))
+    )
+    (spec := tmp_path / "spec.yaml").write_text(text)
+    assert train_mod.main(cli_args(mlflow_server, "--spec", str(spec))) == 64
     err = capsys.readouterr().err
-    assert "training failed (not a data or gate problem)" in err
-    assert f"requirements lock {missing} does not exist" in err
+    assert f"{spec}: key 'estimator': cannot import 'no_such_package.Model'" in err
     assert "Traceback" not in err
+    assert registry_snapshot(client) == before
 
 
 def test_cli_unreachable_mlflow_exits_3_naming_the_uri(
@@ -370,7 +391,7 @@ def test_cli_subprocess_prints_json_last_and_writes_the_model(mlflow_server: str
     }
     proc = subprocess.run(
         [sys.executable, "-m", "model.train", "--data-path", str(DATA), "--model-output", str(out_dir),
-         "--json", "--max-iter", "200", "--model-name", unique("clf")],
+         "--json", "--param", "max_iter=200", "--model-name", unique("clf")],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -379,20 +400,14 @@ def test_cli_subprocess_prints_json_last_and_writes_the_model(mlflow_server: str
     )
     result = TrainResult(**json.loads(proc.stdout))
     assert result.gate_passed and result.model_uri.endswith("/1")
-    assert "[train] fitting on 426 rows" in proc.stderr
+    assert "[train] fitting sklearn.linear_model.LogisticRegression on 426 rows" in proc.stderr
     assert (out_dir / "MLmodel").is_file() and (out_dir / "model.skops").is_file()
 
 
-def test_gate_rules_are_pure_and_directional() -> None:
-    metrics = {"accuracy": 0.95, "f1": 0.96, "roc_auc": 0.99, "log_loss": 0.12}
-    assert evaluate_gate(metrics, GateThresholds()) == []
-    lossy = evaluate_gate({**metrics, "log_loss": 0.5}, GateThresholds(max_log_loss=0.3))
-    assert [(f.metric, f.rule, round(f.shortfall, 6)) for f in lossy] == [("log_loss", "threshold", 0.2)]
-    champion = {"accuracy": 0.97, "f1": 0.96, "roc_auc": 0.99, "log_loss": 0.05}
-    vs = evaluate_gate(metrics, GateThresholds(champion_margin=0.01), champion)
-    assert {(f.metric, f.rule) for f in vs} == {("accuracy", "champion"), ("log_loss", "champion")}
-    assert evaluate_gate(metrics, GateThresholds(champion_margin=0.1), champion) == []
-    with pytest.raises(ValueError, match="missing"):
-        evaluate_gate({"accuracy": 1.0}, GateThresholds())
-    with pytest.raises(ValueError, match="min_f1"):
-        GateThresholds(min_f1=float("nan"))
+def test_the_default_spec_gives_todays_results(
+    mlflow_server: str, make_config: Callable[..., TrainConfig]
+) -> None:
+    """model.yaml as shipped (max_iter 1000): the held-out numbers the README quotes."""
+    result = train_and_register(make_config(spec=DEFAULT))
+    rounded = {k: round(v, 4) for k, v in result.metrics.items()}
+    assert (rounded["accuracy"], rounded["f1"], rounded["roc_auc"]) == (0.986, 0.9889, 0.9977)

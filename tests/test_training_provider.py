@@ -13,27 +13,44 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from infra.training import OUTPUT_KEYS, TrainedModelProvider, TrainingError, input_fingerprint
-from model.gate import GateThresholds
-from model.params import ModelParams, ParamsError
+from model.spec import SpecError, load_spec
 from tests.conftest import FAKE_KUBECONFIG, REPO_ROOT, FakeKubectl
 from tools.stack_mocks import DYNAMIC_TYPE, run_stack
 
 pytestmark = pytest.mark.servers
 
-# As the Pulumi engine delivers them: every number a float (max_iter must reach sklearn as an int).
-PARAMS: dict[str, Any] = {"C": 1.0, "max_iter": 1000.0, "random_state": 42.0}
+PARAMS: dict[str, Any] = {"C": 1.0, "max_iter": 1000}
+# As the Pulumi engine delivers them: every number a float.
+GATE: dict[str, Any] = {
+    "accuracy": {"min": 0.9}, "f1": {"min": 0.9}, "roc_auc": {"min": 0.95}, "log_loss": {"max": 0.35},
+    "champion_margin": 0.01,
+}  # fmt: skip
+
+
+def with_bound(metric: str, kind: str, value: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**(gate or GATE), metric: {kind: value}}
+
+
+def write_spec(data: Path, params: dict[str, Any]) -> Path:
+    """The default spec on ``data`` with ``params``, written next to the data (one file per params)."""
+    raw = yaml.safe_load((REPO_ROOT / "model.yaml").read_text())
+    raw.update(data=str(data), params=params)
+    path = data.parent / f"spec-{abs(hash(repr(sorted(params.items()))))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def props(mlflow_server: str, data: Path, **overrides: Any) -> dict[str, Any]:
     """The resource's inputs as the Pulumi engine hands them to the provider."""
+    spec_path = write_spec(data, overrides.pop("params", PARAMS))
     base: dict[str, Any] = {
-        "data_path": str(data),
-        "requirements_path": str(REPO_ROOT / "requirements.txt"),
-        "params": dict(PARAMS),
-        "gate": GateThresholds().as_dict(),
+        "spec_path": str(spec_path),
+        "task": "binary",
+        "gate": GATE,
         "tracking_uri": mlflow_server,
         "tracking_service": "",
         "kubeconfig": "",
@@ -44,11 +61,9 @@ def props(mlflow_server: str, data: Path, **overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     try:
-        params = ModelParams.from_mapping(base["params"])
-    except ParamsError:
-        base["fingerprint"] = "0" * 64  # the program refuses such params before; the provider must too
-    else:
-        base["fingerprint"] = input_fingerprint(base["data_path"], params, base["requirements_path"])
+        base["fingerprint"] = input_fingerprint(load_spec(spec_path))
+    except SpecError:
+        base["fingerprint"] = "0" * 64  # the program refuses such a spec before; the provider must too
     return base
 
 
@@ -76,10 +91,10 @@ def runs_with(mlflow_server: str, experiment: str, fingerprint: str) -> list[str
 def test_the_fingerprint_the_program_declares_is_the_one_training_logs(
     mlflow_server: str, fake_kubectl: FakeKubectl
 ) -> None:
-    # The inputs exactly as __main__.py declares them for Pulumi.dev.yaml (which sets only some params),
-    # MLflow reached as on Azure: through a port-forward to mlflow/mlflow:5000 (here a stand-in kubectl).
+    # The inputs exactly as __main__.py declares them for Pulumi.dev.yaml, MLflow reached as on Azure:
+    # through a port-forward to mlflow/mlflow:5000 (here a stand-in kubectl).
     declared = run_stack("dev").one(DYNAMIC_TYPE, "model").inputs  # the TrainedModel
-    assert set(declared["params"]) == set(ModelParams().as_dict())  # resolved, defaults filled in
+    assert declared["spec_path"] == str(REPO_ROOT / "model.yaml") and declared["task"] == "binary"
     assert (declared["tracking_uri"], declared["tracking_service"]) == ("", "mlflow/mlflow:5000")
     fake_kubectl.serve(declared["tracking_service"], mlflow_server)
     news = {
@@ -105,7 +120,7 @@ def test_a_gate_change_regates_without_training_and_a_param_change_trains(
     mlflow_server: str, data: Path
 ) -> None:
     provider = TrainedModelProvider()
-    news = props(mlflow_server, data)
+    news = props(mlflow_server, data, gate={**GATE, "log_loss": {"max": 1}, "champion_margin": 0})  # ints
     name, experiment = news["model_name"], news["experiment_name"]
     created = provider.create(news)
     outs = created.outs or {}
@@ -115,22 +130,26 @@ def test_a_gate_change_regates_without_training_and_a_param_change_trains(
 
     # The engine hands back numbers as floats: an equal gate is no change.
     as_floats = props(
-        mlflow_server, data, model_name=name, gate={k: float(v) for k, v in news["gate"].items()}
+        mlflow_server, data, model_name=name, gate={**GATE, "log_loss": {"max": 1.0}, "champion_margin": 0.0}
     )
     assert provider.diff(created.id, outs, as_floats).changes is False
 
     # A looser threshold: an update, every output stable, and the update re-gates version 1 without a run.
-    looser = props(mlflow_server, data, model_name=name, gate={**news["gate"], "min_accuracy": 0.8})
+    looser = props(
+        mlflow_server, data, model_name=name, gate=with_bound("accuracy", "min", 0.8, news["gate"])
+    )
     diff = provider.diff(created.id, outs, looser)
     assert diff.changes is True and diff.replaces == [] and set(diff.stables or []) == set(OUTPUT_KEYS)
     regated = provider.update(created.id, outs, looser).outs or {}
-    assert regated["reused"] is True and regated["gate"]["min_accuracy"] == 0.8
+    assert regated["reused"] is True and regated["gate"]["accuracy"] == {"min": 0.8}
     assert {k: regated[k] for k in OUTPUT_KEYS} == {k: outs[k] for k in OUTPUT_KEYS}
     assert versions(mlflow_server, name) == ["1"]
     assert runs_with(mlflow_server, experiment, news["fingerprint"]) == runs
 
     # A threshold the model misses: an update that fails naming the metric, still without training.
-    strict = props(mlflow_server, data, model_name=name, gate={**news["gate"], "min_roc_auc": 0.99999})
+    strict = props(
+        mlflow_server, data, model_name=name, gate=with_bound("roc_auc", "min", 0.99999, news["gate"])
+    )
     assert provider.diff(created.id, regated, strict).changes is True
     with pytest.raises(TrainingError, match="roc_auc"):
         provider.update(created.id, regated, strict)
@@ -150,7 +169,7 @@ def test_a_gate_change_regates_without_training_and_a_param_change_trains(
 
 def test_a_version_that_failed_its_gate_is_regated_not_retrained(mlflow_server: str, data: Path) -> None:
     provider = TrainedModelProvider()
-    impossible = props(mlflow_server, data, gate={**GateThresholds().as_dict(), "min_accuracy": 1.0})
+    impossible = props(mlflow_server, data, gate=with_bound("accuracy", "min", 1.0))
     name, experiment, fingerprint = (impossible[k] for k in ("model_name", "experiment_name", "fingerprint"))
     before = set(runs_with(mlflow_server, experiment, fingerprint))
     with pytest.raises(TrainingError, match="accuracy"):
@@ -182,7 +201,8 @@ def test_create_then_same_fingerprint_no_change_then_changed_data_updates(
     assert outs["fingerprint"] == news["fingerprint"]
     assert len(outs["model_fingerprint"]) == 64
     assert {"accuracy", "f1", "roc_auc", "log_loss"} <= set(outs["metrics"])
-    assert outs["metrics"]["accuracy"] >= GateThresholds().min_accuracy
+    assert outs["metrics"]["accuracy"] >= GATE["accuracy"]["min"]
+    assert outs["task"] == "binary"
     assert MlflowClient(mlflow_server).get_run(outs["run_id"]).info.status == "FINISHED"
     assert "tracking_password" not in outs  # credentials are inputs only
 
@@ -209,7 +229,7 @@ def test_create_then_same_fingerprint_no_change_then_changed_data_updates(
 
 
 def test_a_failed_gate_is_a_clear_error_and_nothing_is_aliased(mlflow_server: str, data: Path) -> None:
-    impossible = {**GateThresholds().as_dict(), "min_accuracy": 1.0, "max_log_loss": 0.0}
+    impossible = with_bound("log_loss", "max", 0.0, with_bound("accuracy", "min", 1.0))
     news = props(mlflow_server, data, gate=impossible)
     with pytest.raises(TrainingError) as info:
         TrainedModelProvider().create(news)
@@ -220,12 +240,12 @@ def test_a_failed_gate_is_a_clear_error_and_nothing_is_aliased(mlflow_server: st
     assert not model.aliases  # no 'candidate' for a version that failed
 
 
-def test_bad_model_params_name_the_stack_key(mlflow_server: str, data: Path) -> None:
-    news = props(mlflow_server, data, params={"C": -1.0})
-    with pytest.raises(TrainingError, match="modelParams"):
-        TrainedModelProvider().create(news)
+def test_bad_params_or_gate_name_the_spec_or_stack_key(mlflow_server: str, data: Path) -> None:
     news = props(mlflow_server, data, params={"learning_rate": 0.1})
-    with pytest.raises(TrainingError, match="modelParams"):
+    with pytest.raises(TrainingError, match=r"key 'params'.*LogisticRegression refused them"):
+        TrainedModelProvider().create(news)
+    news = props(mlflow_server, data, gate=with_bound("rmse", "max", 3.0))
+    with pytest.raises(TrainingError, match=r"gate\.rmse.*modelSpec.*'gate'"):
         TrainedModelProvider().create(news)
 
 

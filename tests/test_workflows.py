@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from model.spec import load_spec
 from tests.conftest import REPO_ROOT
 from tools import smoke
 
@@ -541,19 +542,21 @@ def test_promotion_guard_needs_the_dev_image_output(tmp_path: Path) -> None:
 
 
 def test_smoke_samples_rows_of_the_training_data() -> None:
-    rows, labels = smoke.sample_rows(REPO_ROOT / "data" / "train.csv", 5)
+    spec = load_spec(REPO_ROOT / "model.yaml")
+    rows, labels = smoke.sample_rows(spec, None, 5)
     assert len(rows) == len(labels) == 5
-    assert all(set(row) == set(smoke.FEATURES) for row in rows)
-    assert set(labels) <= {0, 1}
+    assert all(len(row) == 30 and all(isinstance(v, float) for v in row.values()) for row in rows)
+    assert set(labels) <= {"malignant", "benign"}
 
 
 def test_smoke_rejects_bad_sample_data(tmp_path: Path) -> None:
+    spec = load_spec(REPO_ROOT / "model.yaml")
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="header lacks column"):
-        smoke.sample_rows(bad, 1)
-    with pytest.raises(ValueError, match="cannot read"):
-        smoke.sample_rows(tmp_path / "missing.csv", 1)
+    with pytest.raises(ValueError, match="no column 'target'"):
+        smoke.sample_rows(spec, bad, 1)
+    with pytest.raises(ValueError, match="rule 'file-exists'"):
+        smoke.sample_rows(spec, tmp_path / "missing.csv", 1)
 
 
 def test_smoke_finds_the_service_behind_a_cluster_endpoint() -> None:
@@ -566,14 +569,20 @@ def test_smoke_finds_the_service_behind_a_cluster_endpoint() -> None:
 
 
 def test_smoke_checks_catch_wrong_answers() -> None:
-    assert smoke.check_labels([0, 1, 1, 1], [0, 1, 1, 0], 0.75) == 0.75
+    names = ["no", "yes"]
+    assert smoke.check_labels(["no", "yes", "yes", "yes"], ["no", "yes", "yes", "no"], names, 0.75) == 0.75
     with pytest.raises(smoke.SmokeError, match="agrees"):
-        smoke.check_labels([1, 1, 1, 1], [0, 0, 1, 0], 0.8)
-    with pytest.raises(smoke.SmokeError, match="0 or 1"):
-        smoke.check_labels([0, 2], [0, 1], 0.0)
-    smoke.check_probabilities([[0.25, 0.75]], 1)
+        smoke.check_labels(["yes"] * 4, ["no", "no", "yes", "no"], names, 0.8)
+    with pytest.raises(smoke.SmokeError, match="class names"):
+        smoke.check_labels(["no", 1], ["no", "yes"], names, 0.0)
+    smoke.check_probabilities([{"no": 0.25, "yes": 0.75}], 1, names)
     with pytest.raises(smoke.SmokeError, match="summing to 1"):
-        smoke.check_probabilities([[0.5, 0.6]], 1)
+        smoke.check_probabilities([{"no": 0.5, "yes": 0.6}], 1, names)
+    with pytest.raises(smoke.SmokeError, match="summing to 1"):
+        smoke.check_probabilities([{"yes": 0.75, "no": 0.25}], 1, names)  # not in class order
+    assert smoke.check_values([1.0, 3.0], [1.0, 1.0]) == pytest.approx(2**0.5)
+    with pytest.raises(smoke.SmokeError, match="finite numbers"):
+        smoke.check_values(["a", 1.0], [1.0, 1.0])
     smoke.check_rejection(400, "rows[0] is missing feature(s) 'mean_radius'", "mean_radius")
     with pytest.raises(smoke.SmokeError, match="expected a 4xx"):
         smoke.check_rejection(500, "An unexpected error has occurred", "mean_radius")

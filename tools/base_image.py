@@ -1,11 +1,11 @@
-"""The test harness's stand-in for ``python:3.11-slim``, built from Debian because Docker Hub is
-unreachable here, and cached in the engine by a tag that hashes its recipe.
+"""A stand-in for ``python:3.11-slim`` built from Debian, for air-gapped builds and test runs that
+cannot pull from a public registry, cached in the engine by a tag that hashes its recipe.
 
 Recipe: ``debootstrap --variant=minbase`` of bookworm with python3, python3-venv, python3-pip and
 ca-certificates; Debian's EXTERNALLY-MANAGED marker removed (the BentoML Dockerfile pip-installs uv
 into the system interpreter, as it does on the official image); ``python`` -> ``python3``; apt
 caches and docs dropped; the host's CA bundle in place of Debian's, with SSL_CERT_FILE (read by uv
-too), PIP_CERT and REQUESTS_CA_BUNDLE set, because outbound TLS here passes a proxy with its own CA.
+too), PIP_CERT and REQUESTS_CA_BUNDLE set, so that builds behind a TLS-inspecting proxy trust its CA.
 Real users build on the real base image; nothing here reaches the product's Dockerfile.
 """
 

@@ -9,8 +9,8 @@ error or malformed answer is reported loudly and makes the exit code 1. Optional
 Target: the real serving image (default: the one the last e2e run built, .build/e2e/image.json), run as
 the pod runs it (read-only, uid 1034, no capabilities; tools/container_run.py) and removed afterwards;
 or, with --url, a server already running on loopback (e.g. `make demo` with --keep-running). Traffic
-goes to loopback only. The load generator shares the machine's cores with the server: on 2 cores
-the numbers are a floor, comparable between runs on the same machine, not a capacity figure.
+goes to loopback only. The load generator shares the host's cores with the server: on a small host
+the numbers are a floor, comparable between runs on the same host, not a capacity figure.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO_ROOT / "data" / "train.csv"
+DEFAULT_SPEC = REPO_ROOT / "model.yaml"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ENDPOINTS = ("predict", "predict_proba")
 WARMUP_REQUESTS = 10  # per scenario, not counted: first calls load code paths and fill caches
@@ -111,7 +111,7 @@ def summarize(scenario: Scenario, samples: Sequence[Sample], wall_s: float) -> R
 
 
 def loopback_address(url: str) -> tuple[str, int]:
-    """(host, port) of an http:// URL on this machine; anything else is refused (loopback only)."""
+    """(host, port) of an http:// URL on the local host; anything else is refused (loopback only)."""
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.path not in ("", "/"):
         raise ValueError(
@@ -121,7 +121,7 @@ def loopback_address(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 80
 
 
-def request_bodies(rows: Sequence[dict[str, float]], per_request: int, count: int) -> list[bytes]:
+def request_bodies(rows: Sequence[dict[str, object]], per_request: int, count: int) -> list[bytes]:
     """``count`` JSON bodies of ``per_request`` rows each, cycling through ``rows``."""
     if not rows:
         raise ValueError("no sample rows to send")
@@ -315,7 +315,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rows", type=int, nargs="+", default=[1, 100], help="rows per request (default 1 100)"
     )
     parser.add_argument("--endpoint", choices=ENDPOINTS, default="predict")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CSV the request rows come from")
+    parser.add_argument(
+        "--spec", type=Path, default=DEFAULT_SPEC, help="the served model's spec (model.yaml)"
+    )
+    parser.add_argument("--data", type=Path, default=None, help="CSV the request rows come from (the spec's)")
     parser.add_argument("--png", type=Path, help="also write a chart here")
     args = parser.parse_args(argv)
     for name in ("clients", "requests", "duration"):
@@ -332,11 +335,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from model.spec import load_spec
     from tools.smoke import sample_rows
 
     args = parse_args(argv)
     try:
-        rows, _ = sample_rows(args.data, SAMPLE_ROWS)
+        rows, _ = sample_rows(load_spec(args.spec), args.data, SAMPLE_ROWS)
     except ValueError as exc:
         print(f"bench_serving: {exc}", file=sys.stderr)
         return 2

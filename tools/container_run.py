@@ -51,7 +51,7 @@ def local_tag(context: BuildContext, suffix: str = "") -> str:
 
 
 def proxy_build_args(environ: dict[str, str]) -> list[str]:
-    """``--build-arg`` flags passing this machine's proxy variables to RUN steps (Docker predefines
+    """``--build-arg`` flags passing the build host's proxy variables to RUN steps (Docker predefines
     these ARGs, so the Dockerfile needs no change and the values stay out of the image config)."""
     return [flag for name in PROXY_VARIABLES if name in environ for flag in ("--build-arg", name)]
 

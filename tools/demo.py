@@ -1,9 +1,11 @@
-"""``make demo``: the whole ML path on this machine, no cloud account.
+"""``make demo [SPEC=path]``: the whole ML path for one model spec, locally, no cloud account.
 
 A real ``mlflow server`` (SQLite + artifact folder under .demo/) -> train, track and register the
-model on data/train.csv (model.train) -> build and export the bento (model.bento) -> ``bentoml serve``
-the exported build context -> score held-out rows over HTTP -> print predictions, the run's metrics,
-the MLflow UI URL and the build-context path -> stop both servers (by pid, also on Ctrl-C or error).
+spec's model (model.train; default spec model.yaml) -> build and export the bento (model.bento) ->
+``bentoml serve`` the exported build context -> score held-out rows over HTTP -> print predictions in
+the task's terms (class names with their probability, or numbers with their error), the run's
+metrics, the MLflow UI URL and the build-context path -> stop both servers (by pid, also on Ctrl-C
+or error).
 
 Run it again and it reuses what the first run made while the fingerprint is unchanged: no new
 training run, no bento rebuild (it says so). ``--keep-running`` leaves both servers up until Ctrl-C.
@@ -27,14 +29,16 @@ from tools.processes import bentoml_serve_command, free_port, running, running_m
 
 if TYPE_CHECKING:
     from model.bento import BuildContext
+    from model.spec import ModelSpec
     from model.train import TrainResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / ".demo"
+DEFAULT_SPEC = REPO_ROOT / "model.yaml"
 PREFERRED_MLFLOW_PORT = 5000
 PREFERRED_SERVE_PORT = 3000
 SAMPLES_PER_CLASS = 3
-LABELS = {0: "malignant", 1: "benign"}
+SAMPLES_REGRESSION = 8
 
 
 def say(message: str) -> None:
@@ -76,17 +80,25 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run(
-    data_path: Path,
+    spec_path: Path,
     demo_dir: Path,
     keep_running: bool,
     *,
     mlflow_port: int | None = None,
     serve_port: int | None = None,
+    data_path: Path | None = None,
 ) -> int:
     """The five steps; ``None`` ports mean 5000 / 3000 when free, else any free loopback port."""
     from model.bento import export_build_context
     from model.container import MODEL_TAG_ENV, READINESS_PATH
+    from model.spec import SpecError, load_spec
     from model.train import DataValidationError, GateFailedError, TrainConfig, train_and_register
+
+    try:
+        spec = load_spec(spec_path) if data_path is None else load_spec(spec_path).with_data(data_path)
+    except SpecError as exc:
+        say(f"the model spec cannot be used: {exc}")
+        return 64
 
     mlflow_dir, logs = demo_dir / "mlflow", demo_dir / "logs"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
@@ -100,15 +112,18 @@ def run(
             )
             servers.callback(say, "stopping mlflow server")
 
-        with Step(2, f"training on {data_path} (model.train)"):
+        with Step(2, f"training {spec.name} ({spec.task}, {spec.estimator}) on {spec.data} (model.train)"):
             try:
-                result = train_and_register(TrainConfig(data_path=data_path, tracking_uri=tracking))
+                result = train_and_register(TrainConfig(spec=spec, tracking_uri=tracking))
             except DataValidationError as exc:
                 say(f"training data rejected, nothing registered: {exc}")
                 return 1
             except GateFailedError as exc:
                 say(str(exc))
                 return 2
+            except SpecError as exc:
+                say(f"the model spec cannot be trained, nothing registered: {exc}")
+                return 64
         if result.reused:
             say(f"fingerprint {result.fingerprint[:16]} unchanged: reused {result.model_uri}, no retraining")
         else:
@@ -142,8 +157,8 @@ def run(
             servers.callback(say, "stopping bentoml serve")
 
         with Step(5, "scoring held-out rows over HTTP"):
-            scored = score_heldout(result.run_id, tracking, endpoint)
-        print_predictions(scored)
+            scored = score_heldout(spec, result.run_id, tracking, endpoint)
+        print_predictions(spec, scored)
         print_summary(result, ctx, tracking, endpoint, mlflow_dir)
         if keep_running:
             say("servers are up; press Ctrl-C to stop them")
@@ -152,33 +167,45 @@ def run(
     return 0
 
 
-def score_heldout(run_id: str, tracking: str, endpoint: str) -> list[tuple[int, int, float]]:
-    """(actual, predicted, P(benign)) for a few held-out rows of each class, scored over HTTP."""
-    from model.data import FEATURES, TARGET
+def score_heldout(spec: ModelSpec, run_id: str, tracking: str, endpoint: str) -> list[tuple[str, str, str]]:
+    """(actual, predicted, detail) for held-out rows scored over HTTP: a few of each class with the
+    predicted class's probability, or a few values with the prediction's error."""
+    from model.data import load_dataset, request_rows
     from model.train import load_heldout
 
+    features = load_dataset(spec).features
     heldout = load_heldout(run_id, tracking_uri=tracking)
-    sample = heldout.groupby(TARGET, group_keys=False).head(SAMPLES_PER_CLASS)
-    rows = [{name: float(row[name]) for name in FEATURES} for _, row in sample.iterrows()]
-    labels = _post(f"{endpoint}/predict", rows)
+    if spec.is_classifier:
+        sample = heldout.groupby(spec.target, group_keys=False).head(SAMPLES_PER_CLASS)
+    else:
+        sample = heldout.head(SAMPLES_REGRESSION)
+    rows = request_rows(sample, features)
+    predicted = _post(f"{endpoint}/predict", rows)
+    if not spec.is_classifier:
+        return [
+            (f"{float(a):.4g}", f"{float(p):.4g}", f"{float(p) - float(a):+.4g}")
+            for a, p in zip(sample[spec.target], predicted, strict=True)
+        ]
     proba = _post(f"{endpoint}/predict_proba", rows)
     return [
-        (int(actual), int(label), float(probs[1]))
-        for actual, label, probs in zip(sample[TARGET], labels, proba, strict=True)
+        (spec.class_name(actual), str(label), f"{float(probs[label]):.4f}")
+        for actual, label, probs in zip(sample[spec.target], predicted, proba, strict=True)
     ]
 
 
-def _post(url: str, rows: list[dict[str, float]]) -> list[Any]:
+def _post(url: str, rows: list[dict[str, object]]) -> list[Any]:
     response = requests.post(url, json={"rows": rows}, timeout=120)
     if response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text}")
     return list(response.json())
 
 
-def print_predictions(scored: list[tuple[int, int, float]]) -> None:
-    print(f"\n  {'row':>3}  {'actual':<9}  {'predicted':<9}  P(benign)")
-    for index, (actual, predicted, p_benign) in enumerate(scored):
-        print(f"  {index:>3}  {LABELS[actual]:<9}  {LABELS[predicted]:<9}  {p_benign:.4f}")
+def print_predictions(spec: ModelSpec, scored: list[tuple[str, str, str]]) -> None:
+    width = max([9, *(len(a) for a, _, _ in scored), *(len(p) for _, p, _ in scored)])
+    detail = "P(predicted)" if spec.is_classifier else "error"
+    print(f"\n  {'row':>3}  {'actual':<{width}}  {'predicted':<{width}}  {detail}")
+    for index, (actual, predicted, extra) in enumerate(scored):
+        print(f"  {index:>3}  {actual:<{width}}  {predicted:<{width}}  {extra}")
     print()
 
 
@@ -189,7 +216,8 @@ def print_summary(
     say(f"held-out metrics of run {result.run_id}: {metrics}")
     say(f"MLflow UI: {tracking}/#/models/{result.model_name}/versions/{result.version}")
     say(f"  (after the demo: {mlflow_ui_command(mlflow_dir)})")
-    say(f"served at {endpoint}: POST /predict, /predict_proba; GET /readyz, /metrics")
+    apis = "/predict, /predict_proba" if result.task != "regression" else "/predict"
+    say(f"served at {endpoint}: POST {apis}; GET /readyz, /metrics")
     say(f"build context: {ctx.path}")
     say(f"  docker build -f {ctx.dockerfile} -t {ctx.image_name}:{ctx.image_tag} {ctx.path}")
 
@@ -205,14 +233,18 @@ def mlflow_ui_command(mlflow_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-path", type=Path, default=REPO_ROOT / "data" / "train.csv")
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the model spec (default model.yaml)")
+    parser.add_argument(
+        "--data-path", type=Path, default=None, help="train on this CSV instead of the spec's"
+    )
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="local state (git-ignored)")
     parser.add_argument("--keep-running", action="store_true", help="leave the servers up until Ctrl-C")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     try:
-        return run(args.data_path.resolve(), args.demo_dir.resolve(), args.keep_running)
+        data = args.data_path.resolve() if args.data_path else None
+        return run(args.spec.resolve(), args.demo_dir.resolve(), args.keep_running, data_path=data)
     except KeyboardInterrupt:
         say("interrupted; servers stopped")
         return 130

@@ -1,4 +1,4 @@
-"""Container test harness: a Docker engine and an image registry on this machine, started on demand.
+"""Container test harness: a Docker engine and an image registry on the local host, started on demand.
 
 `docker_engine()` reuses an engine that already answers (``DOCKER_HOST`` or the default socket) and
 otherwise starts Debian's ``dockerd`` and stops it again, by process id, when the block ends.

@@ -70,7 +70,7 @@ def mlflow_server_command(root: Path, port: int) -> list[str]:
 
 
 # MLflow 3.17 otherwise forks ~6 huey job consumers (GenAI jobs, unused here), each importing mlflow:
-# most of the server's startup CPU on a 2-core machine.
+# most of the server's startup CPU on a small host.
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 

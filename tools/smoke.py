@@ -1,14 +1,16 @@
 """Smoke test of a deployed model endpoint, run by the deploy workflow after each `pulumi up`.
 
-It sends rows of the training CSV to the served model and checks what a user relies on: the server
-is ready, ``/predict`` returns one label in {0, 1} per row and agrees with the known labels,
-``/predict_proba`` returns probabilities that sum to 1, and a bad request gets a 4xx naming the
-problem (never a 5xx). ``--endpoint`` is the stack output ``endpoint``: a reachable URL is used as
-it is; a cluster-internal one (``http://<service>.<namespace>.svc.cluster.local[:port]``) is reached
-with ``--kubeconfig`` through a ``kubectl port-forward`` on 127.0.0.1 that this tool starts and stops
-by its process id.
+It sends rows of the model spec's data (``--spec``, default model.yaml; ``--data`` for another CSV)
+to the served model and checks what a user relies on, in the task's terms: the server is ready;
+a classifier's ``/predict`` returns one of the model's class names per row and agrees with the known
+labels, and its ``/predict_proba`` returns each class's probability, in class order, summing to 1;
+a regressor's ``/predict`` returns one finite number per row (and it has no ``/predict_proba``);
+a bad request gets a 4xx naming the problem (never a 5xx). ``--endpoint`` is the stack output
+``endpoint``: a reachable URL is used as it is; a cluster-internal one
+(``http://<service>.<namespace>.svc.cluster.local[:port]``) is reached with ``--kubeconfig``
+through a ``kubectl port-forward`` on 127.0.0.1 that this tool starts and stops by its process id.
 
-    python -m tools.smoke --endpoint http://127.0.0.1:3000 --data data/train.csv
+    python -m tools.smoke --endpoint http://127.0.0.1:3000 --spec examples/wine/model.yaml
     python -m tools.smoke --endpoint http://model-server.model-serving.svc.cluster.local --kubeconfig FILE
 
 The checks are pure functions over parsed responses; only ``run_smoke`` and ``port_forward`` touch
@@ -18,7 +20,7 @@ the network or processes. Exit status: 0 passed, 1 a check failed, 2 bad argumen
 from __future__ import annotations
 
 import argparse
-import csv
+import math
 import os
 import signal
 import subprocess
@@ -33,10 +35,9 @@ from urllib.parse import urlsplit
 import requests
 
 from model.container import READINESS_PATH
-from model.data import FEATURES, TARGET
+from model.data import load_dataset, request_rows
+from model.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tools.processes import free_port
-
-LABELS = frozenset({0, 1})
 
 
 class SmokeError(RuntimeError):
@@ -68,48 +69,33 @@ def cluster_service(endpoint: str) -> ClusterService | None:
     return ClusterService(namespace=labels[1], name=labels[0], port=parts.port or 80)
 
 
-def sample_rows(data_path: Path, count: int) -> tuple[list[dict[str, float]], list[int]]:
-    """The first ``count`` rows of the training CSV as request rows (FEATURES only) and their labels."""
+def sample_rows(
+    spec: ModelSpec, data_path: Path | None, count: int
+) -> tuple[list[dict[str, object]], list[object]]:
+    """The first ``count`` rows of the spec's data (or ``data_path``) as request rows and their
+    expected answers: class names for a classifier, numbers for a regressor."""
     if count < 1:
         raise ValueError(f"--rows must be at least 1, got {count}")
-    try:
-        handle = data_path.open(newline="")
-    except OSError as err:
-        raise ValueError(f"{data_path}: cannot read the sample data ({err.strerror}); pass --data") from err
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in (*FEATURES, TARGET) if name not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{data_path}: header lacks column(s) {', '.join(missing)}; "
-                "pass the training CSV (model.data.FEATURES plus the target)"
-            )
-        rows: list[dict[str, float]] = []
-        labels: list[int] = []
-        for line_no, record in enumerate(reader, start=2):
-            try:
-                rows.append({name: float(record[name]) for name in FEATURES})
-                labels.append(int(float(record[TARGET])))
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{data_path}, line {line_no}: a feature or the target is not a number; "
-                    "fix the row or pass a clean CSV"
-                ) from None
-            if len(rows) == count:
-                break
-    if len(rows) < count:
-        raise ValueError(f"{data_path}: holds {len(rows)} data row(s), fewer than --rows {count}")
-    return rows, labels
+    dataset = load_dataset(spec, data_path)  # a DataValidationError names the file, column and fix
+    frame = dataset.frame.head(count)
+    if len(frame) < count:
+        raise ValueError(
+            f"{data_path or spec.data}: holds {len(frame)} data row(s), fewer than --rows {count}"
+        )
+    target = frame[dataset.target].tolist()
+    expected: list[object] = [spec.class_name(v) for v in target] if spec.is_classifier else target
+    return request_rows(frame, dataset.features), expected
 
 
-def check_labels(body: Any, expected: Sequence[int], min_agreement: float) -> float:
-    """Validate a /predict answer; return the share of labels that match ``expected``."""
+def check_labels(body: Any, expected: Sequence[object], names: Sequence[str], min_agreement: float) -> float:
+    """Validate a classifier's /predict answer: one of the model's class names per row; return the
+    share that matches ``expected``."""
     if not isinstance(body, list) or len(body) != len(expected):
-        raise SmokeError(f"/predict: expected a list of {len(expected)} labels, got {body!r:.200}")
-    bad = [label for label in body if isinstance(label, bool) or label not in LABELS]
+        raise SmokeError(f"/predict: expected a list of {len(expected)} class names, got {body!r:.200}")
+    bad = [label for label in body if label not in names]
     if bad:
-        raise SmokeError(f"/predict: labels must be 0 or 1, got {bad[:5]!r}")
-    agreement = sum(int(got == want) for got, want in zip(body, expected, strict=True)) / len(expected)
+        raise SmokeError(f"/predict: answers must be the model's class names {list(names)}, got {bad[:5]!r}")
+    agreement = sum(a == b for a, b in zip(body, expected, strict=True)) / len(expected)
     if agreement < min_agreement:
         raise SmokeError(
             f"/predict: agrees with the known labels on {agreement:.0%} of {len(expected)} training rows, "
@@ -118,29 +104,43 @@ def check_labels(body: Any, expected: Sequence[int], min_agreement: float) -> fl
     return agreement
 
 
-def check_probabilities(body: Any, count: int, tolerance: float = 1e-6) -> None:
-    """Validate a /predict_proba answer: ``count`` pairs of probabilities in [0, 1] summing to 1."""
+def check_values(body: Any, expected: Sequence[object]) -> float:
+    """Validate a regressor's /predict answer: one finite number per row; return the RMSE."""
+    if not isinstance(body, list) or len(body) != len(expected):
+        raise SmokeError(f"/predict: expected a list of {len(expected)} numbers, got {body!r:.200}")
+    bad = [v for v in body if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)]
+    if bad:
+        raise SmokeError(f"/predict: answers must be finite numbers, got {bad[:5]!r}")
+    errors = [(float(v) - float(e)) ** 2 for v, e in zip(body, expected, strict=True)]  # type: ignore[arg-type]
+    return math.sqrt(sum(errors) / len(errors))
+
+
+def check_probabilities(body: Any, count: int, names: Sequence[str], tolerance: float = 1e-6) -> None:
+    """Validate a /predict_proba answer: ``count`` rows of {class name: probability}, keys in the
+    model's class order, each in [0, 1], summing to 1."""
     if not isinstance(body, list) or len(body) != count:
         raise SmokeError(f"/predict_proba: expected {count} rows of probabilities, got {body!r:.200}")
     for index, probs in enumerate(body):
         if (
-            not isinstance(probs, list)
-            or len(probs) != len(LABELS)
-            or not all(isinstance(p, int | float) and 0.0 <= p <= 1.0 for p in probs)
-            or abs(sum(probs) - 1.0) > tolerance
+            not isinstance(probs, dict)
+            or list(probs) != list(names)
+            or not all(isinstance(p, int | float) and 0.0 <= p <= 1.0 for p in probs.values())
+            or abs(sum(probs.values()) - 1.0) > tolerance
         ):
-            raise SmokeError(f"/predict_proba: row {index} is {probs!r}, not two probabilities summing to 1")
+            raise SmokeError(
+                f"/predict_proba: row {index} is {probs!r:.200}, "
+                f"not probabilities of {list(names)} summing to 1"
+            )
 
 
 def check_rejection(status: int, text: str, missing_feature: str) -> None:
-    """A row lacking a feature must get a 4xx whose message names that feature."""
+    """A request missing a feature must get a 4xx whose message names that feature."""
     if not 400 <= status < 500:
         raise SmokeError(
-            f"/predict with feature {missing_feature!r} missing answered {status}, "
-            f"expected a 4xx: {text[:200]!r}"
+            f"/predict answered {status} to a row missing {missing_feature!r}; expected a 4xx: {text[:200]!r}"
         )
     if missing_feature not in text:
-        raise SmokeError(f"/predict rejected the bad row with {status} but did not name {missing_feature!r}")
+        raise SmokeError(f"/predict: the {status} answer does not name {missing_feature!r}: {text[:200]!r}")
 
 
 def wait_ready(base_url: str, timeout: float, log: Callable[[str], None]) -> None:
@@ -166,8 +166,9 @@ def wait_ready(base_url: str, timeout: float, log: Callable[[str], None]) -> Non
 
 def run_smoke(
     base_url: str,
-    rows: list[dict[str, float]],
-    labels: list[int],
+    spec: ModelSpec,
+    rows: list[dict[str, object]],
+    expected: list[object],
     *,
     min_agreement: float,
     ready_timeout: float,
@@ -179,16 +180,22 @@ def run_smoke(
     predict = requests.post(f"{base_url}/predict", json={"rows": rows}, timeout=60)
     if predict.status_code != 200:
         raise SmokeError(f"/predict answered {predict.status_code}: {predict.text[:300]!r}")
-    agreement = check_labels(predict.json(), labels, min_agreement)
-    log(f"/predict: {len(rows)} labels, {agreement:.0%} agree with the known labels")
-
     proba = requests.post(f"{base_url}/predict_proba", json={"rows": rows}, timeout=60)
-    if proba.status_code != 200:
-        raise SmokeError(f"/predict_proba answered {proba.status_code}: {proba.text[:300]!r}")
-    check_probabilities(proba.json(), len(rows))
-    log("/predict_proba: probabilities sum to 1")
+    if spec.is_classifier:
+        names = [spec.class_name(c) for c in load_dataset(spec).classes or ()]
+        agreement = check_labels(predict.json(), expected, names, min_agreement)
+        log(f"/predict: {len(rows)} class names, {agreement:.0%} agree with the known labels")
+        if proba.status_code != 200:
+            raise SmokeError(f"/predict_proba answered {proba.status_code}: {proba.text[:300]!r}")
+        check_probabilities(proba.json(), len(rows), names)
+        log(f"/predict_proba: probabilities of {names} sum to 1")
+    else:
+        rmse = check_values(predict.json(), expected)
+        log(f"/predict: {len(rows)} numbers, rmse {rmse:.4g} against the known values")
+        if proba.status_code != 404:
+            raise SmokeError(f"/predict_proba of a regressor answered {proba.status_code}, expected 404")
 
-    missing = FEATURES[0]
+    missing = next(iter(rows[0]))
     bad_row = {name: value for name, value in rows[0].items() if name != missing}
     rejected = requests.post(f"{base_url}/predict", json={"rows": [bad_row]}, timeout=60)
     check_rejection(rejected.status_code, rejected.text, missing)
@@ -233,7 +240,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--kubeconfig", help="kubeconfig (stack output 'kubeconfig') for a cluster-internal endpoint"
     )
-    parser.add_argument("--data", type=Path, default=Path("data/train.csv"), help="CSV to take rows from")
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the model spec (default model.yaml)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="CSV to take rows from (default: the spec's data)"
+    )
     parser.add_argument("--rows", type=int, default=20, help="rows to send (default 20)")
     parser.add_argument("--min-agreement", type=float, default=0.8, help="share of known labels to match")
     parser.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for readiness")
@@ -243,7 +253,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        rows, labels = sample_rows(args.data, args.rows)
+        spec = load_spec(args.spec)
+        rows, expected = sample_rows(spec, args.data, args.rows)
         service = cluster_service(args.endpoint)
         if service is not None and not args.kubeconfig:
             raise ValueError(f"endpoint {args.endpoint} is cluster-internal: pass --kubeconfig to reach it")
@@ -253,10 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = {"min_agreement": args.min_agreement, "ready_timeout": args.ready_timeout}
     try:
         if service is None:
-            run_smoke(args.endpoint.rstrip("/"), rows, labels, **checks)
+            run_smoke(args.endpoint.rstrip("/"), spec, rows, expected, **checks)
         else:
             with port_forward(args.kubeconfig, service) as url:
-                run_smoke(url, rows, labels, **checks)
+                run_smoke(url, spec, rows, expected, **checks)
     except SmokeError as err:
         print(f"smoke: FAILED: {err}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Fixtures of the container tier: a Docker engine, a loopback registry, the base-image stand-in,
-a model trained in a real MLflow server, the image built from ``model.bento.export_build_context``
-(the build context infra/image.py hands to pulumi_docker.Image), pushed, and run as Kubernetes would.
+a model trained in a real MLflow server from a shipped non-default spec (examples/wine), the image
+built from ``model.bento.export_build_context`` (the build context infra/image.py hands to
+pulumi_docker.Image), pushed, and run as Kubernetes would.
 
 Everything is session-scoped and built once; whatever the session started (dockerd, the registry,
 containers) is stopped by id at the end. Images stay in the engine so the next run is faster.
@@ -18,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from model.bento import BuildContext, export_build_context
+from model.spec import ModelSpec, load_spec
 from model.train import TrainConfig, TrainResult, train_and_register
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import EXAMPLE_SPECS, REPO_ROOT, free_port
 from tools.base_image import ensure_standin
 from tools.bench_image import LAST_E2E_IMAGE
 from tools.container_run import (
@@ -37,6 +39,7 @@ from tools.docker_env import DockerEngine, Registry, docker, docker_engine, loca
 
 Progress = Callable[[str], None]
 E2E_EXPERIMENT = "e2e-container"
+E2E_SPEC = EXAMPLE_SPECS["wine"]
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +78,15 @@ def base_image(engine: DockerEngine, e2e_dir: Path, progress: Progress) -> str:
 
 
 @pytest.fixture(scope="session")
-def trained(mlflow_server: str, progress: Progress) -> TrainResult:
-    progress("training the model in the real MLflow server")
-    config = TrainConfig(
-        data_path=REPO_ROOT / "data" / "train.csv",
-        tracking_uri=mlflow_server,
-        experiment_name=E2E_EXPERIMENT,
-    )
+def e2e_spec() -> ModelSpec:
+    """A non-default example (multiclass, a random forest): the image is built for whatever spec."""
+    return load_spec(E2E_SPEC)
+
+
+@pytest.fixture(scope="session")
+def trained(mlflow_server: str, progress: Progress, e2e_spec: ModelSpec) -> TrainResult:
+    progress(f"training {e2e_spec.name} ({E2E_SPEC.relative_to(REPO_ROOT)}) in the real MLflow server")
+    config = TrainConfig(spec=e2e_spec, tracking_uri=mlflow_server, experiment_name=E2E_EXPERIMENT)
     result = train_and_register(config, progress=lambda message: None)
     progress(f"trained {result.model_uri} (fingerprint {result.fingerprint[:12]})")
     return result

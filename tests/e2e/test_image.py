@@ -10,16 +10,20 @@ import os
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 from packaging.utils import canonicalize_name
 
 from model.bento import BuildContext, check_parity, parse_pinned_requirements, tree_digest
 from model.container import METRICS_PATH, RUN_AS_USER, WRITABLE_PATHS
-from model.data import FEATURES
+from model.data import load_dataset, request_rows
+from model.spec import ModelSpec, load_spec
 from model.train import TrainResult, load_heldout
+from tests.e2e.conftest import E2E_SPEC
 from tools.container_run import PushedImage, RunningContainer, build_image, image_size_bytes, local_tag
 from tools.docker_env import DockerEngine, Registry, docker, manifest_digest
 from tools.image_diff import compare_images, describe
@@ -29,8 +33,14 @@ pytestmark = pytest.mark.e2e
 Progress = Callable[[str], None]
 
 
-def _rows(frame: object) -> list[dict[str, float]]:
-    return [{name: float(row[name]) for name in FEATURES} for _, row in frame.iterrows()]  # type: ignore[attr-defined]
+SPEC: ModelSpec = load_spec(E2E_SPEC)
+DATASET = load_dataset(SPEC)
+FEATURES = DATASET.feature_names
+CLASS_NAMES = [SPEC.class_name(c) for c in DATASET.classes or ()]
+
+
+def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return request_rows(frame, DATASET.features)
 
 
 def test_pushed_digest_is_what_the_registry_serves(
@@ -69,7 +79,7 @@ def test_predictions_equal_the_mlflow_model_on_heldout_rows(
     heldout = load_heldout(trained.run_id, tracking_uri=mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     pyfunc = mlflow.pyfunc.load_model(trained.model_uri)
-    expected = [int(label) for label in np.asarray(pyfunc.predict(heldout[list(FEATURES)]))]
+    expected = [SPEC.class_name(label) for label in np.asarray(pyfunc.predict(heldout[list(FEATURES)]))]
     expected_proba = mlflow.sklearn.load_model(trained.model_uri).predict_proba(heldout[list(FEATURES)])
 
     rows = _rows(heldout)
@@ -79,10 +89,12 @@ def test_predictions_equal_the_mlflow_model_on_heldout_rows(
     assert labels.status_code == 200, labels.text
     assert proba.status_code == 200, proba.text
     assert len(expected) == len(heldout) > 0
-    assert labels.json() == expected
-    np.testing.assert_allclose(np.asarray(proba.json()), expected_proba, rtol=0, atol=1e-12)
+    assert labels.json() == expected  # class names, in the spec's terms
+    assert all(list(row) == CLASS_NAMES for row in proba.json())  # keyed by class, in class order
+    got = np.asarray([list(row.values()) for row in proba.json()])
+    np.testing.assert_allclose(got, expected_proba, rtol=0, atol=1e-12)
     # A client sending a whole number for a float feature is right (DESIGN.md): same answer.
-    whole = [{name: round(value) for name, value in rows[0].items()}]
+    whole = [{name: round(float(value)) for name, value in rows[0].items()}]
     as_ints = requests.post(f"{serving.url}/predict", json={"rows": whole}, timeout=30)
     as_floats = requests.post(
         f"{serving.url}/predict", json={"rows": [{k: float(v) for k, v in whole[0].items()}]}, timeout=30
