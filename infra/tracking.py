@@ -278,8 +278,13 @@ class TrackingServer(pulumi.ComponentResource):
         # The pod must not start before its grants exist: the first artifact write needs them.
         return [script, admin, *azure.ready]
 
-    def _init_containers(self, image: pulumi.Output[str], azure: AzureTrackingStores) -> list[Any]:
-        """db-role (admin secret), then wait-blob (workload identity), both from the MLflow image."""
+    def _init_containers(
+        self, image: pulumi.Output[str], azure: AzureTrackingStores, tmp_mount: dict[str, Any]
+    ) -> list[Any]:
+        """db-role (admin secret), then wait-blob (workload identity), both from the MLflow image.
+
+        ``tmp_mount`` is the server container's own /tmp emptyDir mount (read-only root filesystem).
+        """
         base = {
             "image": image,
             "image_pull_policy": "IfNotPresent",
@@ -291,7 +296,7 @@ class TrackingServer(pulumi.ComponentResource):
             },
             "volume_mounts": [
                 {"name": "prepare", "mount_path": PREPARE_DIR, "read_only": True},
-                {"name": "tmp", "mount_path": "/tmp"},
+                tmp_mount,
             ],
         }
         return [
@@ -335,6 +340,7 @@ class TrackingServer(pulumi.ComponentResource):
         if stores.azure is not None:
             pod_labels["azure.workload.identity/use"] = "true"
         volumes, mounts = podsecurity.empty_dir_volumes(("/tmp",))
+        [tmp_mount] = mounts
         volumes.append(
             {
                 "name": "auth-config",
@@ -355,7 +361,7 @@ class TrackingServer(pulumi.ComponentResource):
         init_containers: list[Any] = []
         if stores.azure is not None:
             volumes.append({"name": "prepare", "config_map": {"name": PREPARE_CONFIG}})
-            init_containers = self._init_containers(pinned, stores.azure)
+            init_containers = self._init_containers(pinned, stores.azure, tmp_mount)
         env = [
             podsecurity.secret_env("MLFLOW_BACKEND_STORE_URI", CREDENTIALS_SECRET, "backend-store-uri"),
             podsecurity.secret_env("MLFLOW_AUTH_ADMIN_USERNAME", CREDENTIALS_SECRET, "admin-username"),
@@ -404,6 +410,9 @@ class TrackingServer(pulumi.ComponentResource):
             "replicas": 1,
             # one writer: SQLite on an RWO volume locally; a single auth bootstrap on Azure
             "strategy": {"type": "Recreate"},
+            # the init steps may wait minutes for grants to propagate: report no stall before the
+            # rollout's own timeout (ROLLOUT_TIMEOUT)
+            "progress_deadline_seconds": 1200,
             "selector": {"match_labels": labels},
             "template": {"metadata": template_metadata, "spec": pod_spec},
         }

@@ -142,6 +142,69 @@ def test_objects_are_valid_for_the_stack_kubernetes_version(stack: str, out_root
     assert not errors, f"{stack} (Kubernetes {version}):\n" + "\n".join(errors)
 
 
+def pod_references(doc: Mapping[str, Any]) -> list[str]:
+    """What the API server or the kubelet would refuse in a workload: mounts of undeclared volumes,
+    and Secret/ConfigMap references to objects the stack does not declare (checked by the caller)."""
+    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    problems = []
+    for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        for m in c.get("volumeMounts", []):
+            if m["name"] not in volumes:
+                problems.append(
+                    f"container {c['name']} mounts volume {m['name']!r}, not among {sorted(volumes)}"
+                )
+    return problems
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_workload_mounts_declared_volumes_and_references_declared_objects(
+    stack: str, out_root: Path
+) -> None:
+    # Schema validation checks each object alone; a mount of a missing volume or a secretKeyRef to a
+    # Secret nobody creates passes it and fails only in the cluster.
+    docs = [load(p) for p in rendered(stack, out_root)]
+    declared = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs}
+    problems = []
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            continue
+        where = f"{doc['kind']} {doc['metadata'].get('namespace')}/{doc['metadata']['name']}"
+        problems += [f"{where}: {p}" for p in pod_references(doc)]
+        namespace = doc["metadata"].get("namespace")
+        spec = doc["spec"]["template"]["spec"]
+        refs = [("Secret", v["secret"]["secretName"]) for v in spec.get("volumes", []) if "secret" in v]
+        refs += [("ConfigMap", v["configMap"]["name"]) for v in spec.get("volumes", []) if "configMap" in v]
+        for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.append(("Secret", ref["name"]))
+        problems += [
+            f"{where}: {k} {n!r} is not declared" for k, n in refs if (k, namespace, n) not in declared
+        ]
+    assert not problems, f"{stack}:\n" + "\n".join(problems)
+
+
+def test_the_reference_check_catches_a_mount_of_a_missing_volume() -> None:
+    doc = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "volumes": [{"name": "writable-0", "emptyDir": {}}],
+                    "initContainers": [
+                        {"name": "init", "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}
+                    ],
+                    "containers": [
+                        {"name": "c", "volumeMounts": [{"name": "writable-0", "mountPath": "/tmp"}]}
+                    ],
+                }
+            }
+        }
+    }
+    assert pod_references(doc) == ["container init mounts volume 'tmp', not among ['writable-0']"]
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_no_secret_value_reaches_a_manifest(stack: str, out_root: Path) -> None:
     secrets = {

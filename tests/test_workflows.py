@@ -318,6 +318,9 @@ def test_each_up_is_followed_by_a_smoke_test_and_a_drift_check(stack: str) -> No
     assert drift["with"]["expect-no-changes"] is True
     smoke_step = step_named(job, "Smoke test")
     assert "python -m tools.smoke" in smoke_step["run"]
+    # the stack's own model spec, not a fixed data file: another modelSpec has other features
+    assert '--spec "$spec"' in smoke_step["run"] and "modelSpec" in smoke_step["run"]
+    assert "--data" not in smoke_step["run"]
     assert smoke_step["env"]["ENDPOINT"] == "${{ steps.up.outputs.endpoint }}"
     assert index_of(job, up) < index_of(job, smoke_step) < index_of(job, drift)
     assert up.get("id") == "up"
@@ -943,3 +946,34 @@ def test_the_design_document_is_in_the_repository_and_linked() -> None:
     assert "(docs/design.md)" in (REPO_ROOT / "README.md").read_text()
     text = design.read_text()
     assert "DESIGN.md" not in text and "/work/" not in text, "cite nothing outside the repository"
+
+
+# Built-in Azure role definition ids -> names, as the README's role-assignment condition lists them.
+BUILT_IN_ROLES = {
+    "7f951dda-4ed3-4680-a7ca-43fe172d538d": "AcrPull",
+    "8311e382-0749-4cb8-b61a-304f252e45ec": "AcrPush",
+    "577a9874-89fd-4f24-9dbd-b5034d0ad23a": "Container Registry Data Importer and Data Reader",
+    "4d97b98b-1d4f-4787-a291-c67834d212e7": "Network Contributor",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+    "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b": "Azure Kubernetes Service RBAC Cluster Admin",
+}
+
+
+def test_the_deploy_identitys_role_condition_covers_every_role_the_stacks_grant() -> None:
+    # The deploy identity may assign only the roles the README's condition names: a grant the program
+    # declares outside it fails the first real up with AuthorizationFailed.
+    from tools.stack_mocks import run_stack
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    [row] = [line for line in readme.splitlines() if "Role Based Access Control Administrator, with" in line]
+    granted = {
+        grant.inputs["roleDefinitionId"].rsplit("/", 1)[1]
+        for stack in ("dev", "staging", "prod")
+        for grant in run_stack(stack).of_type("azure-native:authorization:RoleAssignment")
+    }
+    assert granted, "the stacks declare no role assignment"
+    for role_id in sorted(granted):
+        assert role_id in BUILT_IN_ROLES, f"role {role_id} is granted but not known to this test"
+        assert f"{BUILT_IN_ROLES[role_id]} `{role_id}`" in row, (
+            f"README: the deploy identity's condition must allow {BUILT_IN_ROLES[role_id]} ({role_id})"
+        )
