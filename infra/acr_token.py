@@ -41,6 +41,12 @@ ACR_TOKEN_USERNAME = "00000000-0000-0000-0000-000000000000"
 PUSH_WAIT_SECONDS = 600.0
 PUSH_POLL_SECONDS = 10.0
 HTTP_TIMEOUT_SECONDS = 30.0
+# The scope asked for per action (a push token may also pull), and the role that grants it.
+ACTION_SCOPES = {"push": "pull,push", "pull": "pull"}
+ACTION_ROLES = {
+    "push": "AcrPush",
+    "pull": "a pull role (AcrPull, or Container Registry Data Importer and Data Reader)",
+}
 
 
 class AcrTokenError(RuntimeError):
@@ -91,15 +97,18 @@ def _jwt_claims(token: str) -> dict[str, Any]:
 
 
 def granted_actions(
-    login_server: str, refresh_token: str, repository: str, *, scheme: str = "https"
+    login_server: str, refresh_token: str, repository: str, *, scheme: str = "https", action: str = "push"
 ) -> set[str]:
-    """The actions ACR grants this refresh token on ``repository`` (POST <loginServer>/oauth2/token)."""
+    """The actions ACR grants this refresh token on ``repository`` (POST <loginServer>/oauth2/token).
+
+    ``action`` "push" asks for ``pull,push``; "pull" asks for ``pull`` only.
+    """
     answer = post_form(
         f"{scheme}://{login_server}/oauth2/token",
         {
             "grant_type": "refresh_token",
             "service": login_server,
-            "scope": f"repository:{repository}:pull,push",
+            "scope": f"repository:{repository}:{ACTION_SCOPES[action]}",
             "refresh_token": refresh_token,
         },
     )
@@ -111,6 +120,56 @@ def granted_actions(
         if isinstance(entry, dict) and entry.get("type") == "repository" and entry.get("name") == repository:
             actions.update(str(a) for a in entry.get("actions") or [])
     return actions
+
+
+def wait_for_repository_token(
+    login_server: str,
+    aad_token: str,
+    tenant_id: str,
+    repositories: Sequence[str],
+    *,
+    action: str,
+    scheme: str = "https",
+    timeout: float = PUSH_WAIT_SECONDS,
+    interval: float = PUSH_POLL_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """A refresh token granted ``action`` on every repository, once the role has propagated (bounded)."""
+    if action not in ACTION_SCOPES:
+        raise ValueError(f"action {action!r} is not one of {', '.join(ACTION_SCOPES)}")
+    role = ACTION_ROLES[action]
+    deadline = clock() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        problem: str
+        try:
+            token = exchange_refresh_token(login_server, aad_token, tenant_id, scheme=scheme)
+            missing = [
+                r
+                for r in repositories
+                if action not in granted_actions(login_server, token, r, scheme=scheme, action=action)
+            ]
+            if not missing:
+                return token
+            problem = f"no {action} permission yet on {', '.join(missing)}"
+        except urllib.error.HTTPError as err:
+            if err.code not in (401, 403, 404, 429) and err.code < 500:
+                raise AcrTokenError(
+                    f"{login_server}: HTTP {err.code} from the token endpoint ({err.reason})"
+                ) from err
+            problem = f"HTTP {err.code} from the token endpoint"
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            problem = f"registry not reachable yet ({err})"
+        if clock() >= deadline:
+            raise AcrTokenError(
+                f"{login_server}: {problem} after {attempt} attempts in {timeout:.0f}s. Check that the "
+                f"identity running `pulumi up` is listed in deployerPrincipals (it gets {role}) and that "
+                "the machine running it can reach the registry."
+            )
+        print(f"waiting for {role} on {login_server}: {problem} (attempt {attempt})", file=sys.stderr)
+        sleep(interval)
 
 
 def wait_for_push_token(
@@ -126,37 +185,18 @@ def wait_for_push_token(
     clock: Callable[[], float] = time.monotonic,
 ) -> str:
     """A refresh token that may push to every repository, once AcrPush has propagated (bounded)."""
-    deadline = clock() + timeout
-    attempt = 0
-    while True:
-        attempt += 1
-        problem: str
-        try:
-            token = exchange_refresh_token(login_server, aad_token, tenant_id, scheme=scheme)
-            missing = [
-                r
-                for r in repositories
-                if "push" not in granted_actions(login_server, token, r, scheme=scheme)
-            ]
-            if not missing:
-                return token
-            problem = f"no push permission yet on {', '.join(missing)}"
-        except urllib.error.HTTPError as err:
-            if err.code not in (401, 403, 404, 429) and err.code < 500:
-                raise AcrTokenError(
-                    f"{login_server}: HTTP {err.code} from the token endpoint ({err.reason})"
-                ) from err
-            problem = f"HTTP {err.code} from the token endpoint"
-        except (urllib.error.URLError, TimeoutError, OSError) as err:
-            problem = f"registry not reachable yet ({err})"
-        if clock() >= deadline:
-            raise AcrTokenError(
-                f"{login_server}: {problem} after {attempt} attempts in {timeout:.0f}s. Check that the "
-                "identity running `pulumi up` is listed in deployerPrincipals (it gets AcrPush) and that "
-                "this machine can reach the registry."
-            )
-        print(f"waiting for AcrPush on {login_server}: {problem} (attempt {attempt})", file=sys.stderr)
-        sleep(interval)
+    return wait_for_repository_token(
+        login_server,
+        aad_token,
+        tenant_id,
+        repositories,
+        action="push",
+        scheme=scheme,
+        timeout=timeout,
+        interval=interval,
+        sleep=sleep,
+        clock=clock,
+    )
 
 
 @dataclass(frozen=True)

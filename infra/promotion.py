@@ -200,6 +200,7 @@ class Promotion(pulumi.ComponentResource):
             self.metrics = unknown_lineage
             self.fingerprint = unknown_lineage
             self.source_registry_id = registry
+        # No ARM token here: the import obtains its own at run time, so none lands in the state.
         invoke = pulumi.InvokeOutputOptions(parent=self)
         imported = ImportedImage(
             f"{name}-import",
@@ -207,7 +208,6 @@ class Promotion(pulumi.ComponentResource):
             source_registry_id=self.source_registry_id,
             target_registry_id=target_registry_id,
             target_login_server=target_login_server,
-            arm_token=authorization.get_client_token_output(opts=invoke).token,
             tenant_id=authorization.get_client_config_output(opts=invoke).tenant_id,
             opts=pulumi.ResourceOptions(parent=self, depends_on=import_grants),
         )

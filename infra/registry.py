@@ -2,11 +2,13 @@
 
 ``Registry``: an Azure Container Registry with the admin user disabled, one per Azure stack (staging
 and prod import promoted digests into their own). The cluster's kubelet gets AcrPull on it only;
-the deployers from config (``deployerPrincipals``) get AcrPush, and in a promoting stack also
-Container Registry Data Importer and Data Reader (ARM ``importImage`` into it). Pushes authenticate with a
-short-lived token the program obtains after those grants exist (``infra.acr_token``): no
-``az acr login``, no stored secret. ``LocalRegistry``: an existing registry (``registryServer``,
-e.g. localhost:5001 for kind) with optional ``registryUsername``/``registryPassword``.
+the deployers from config (``deployerPrincipals``) get AcrPush only where the run pushes (a building
+stack), and in a promoting stack Container Registry Data Importer and Data Reader instead (ARM
+``importImage`` into it, and pull to verify the imported digest): nothing pushes there, so no push
+right is granted. Pushes authenticate with a short-lived token the program obtains after those
+grants exist (``infra.acr_token``): no ``az acr login``, no stored secret. ``LocalRegistry``: an
+existing registry (``registryServer``, e.g. localhost:5001 for kind) with optional
+``registryUsername``/``registryPassword``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Registry(pulumi.ComponentResource):
                 principal_type=principal.principal_type,
             )
             for i, principal in enumerate(settings.cluster.deployers)
+            if push_repositories  # least privilege: no push right where nothing is pushed
         ]
         # A promoting stack imports digests into this registry (ARM importImage on it).
         self.import_grants = [

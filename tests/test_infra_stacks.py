@@ -393,11 +393,16 @@ def test_promoting_stacks_deploy_the_source_digest_without_training_or_building(
     assert imported.inputs["source_ref"] == expected["imageRef"]
     assert imported.inputs["source_registry_id"] == expected["registryId"]
     assert imported.inputs["target_registry_id"] == acr.id
-    assert "arm_token" in imported.secret_paths
-    push_grants = {g.urn for g in role(run, roles.ACR_PUSH)}
+    # no ARM token in the state: the import obtains its own when it runs
+    assert "arm_token" not in imported.inputs and "arm_token" not in imported.outputs
+    assert "azure-native:authorization:getClientToken" not in run.invokes
+    assert imported.inputs["tenant_id"] == TENANT_ID and "tenant_id" not in imported.secret_paths
+    # least privilege: nothing is pushed here, so the deployers get the importer role (import + pull), no push
+    assert role(run, roles.ACR_PUSH) == []
     importers = role(run, roles.ACR_IMPORTER)
     assert [g.inputs["scope"] for g in importers] == [acr.id]  # importImage on its own registry only
-    assert push_grants and push_grants | {g.urn for g in importers} <= set(imported.depends_on)
+    assert [g.inputs["principalId"] for g in importers] == [d["objectId"] for d in configured_deployers(name)]
+    assert {g.urn for g in importers} <= set(imported.depends_on)
     digest = expected["imageRef"].split("@", 1)[1]
     own_ref = f"{acr.outputs['loginServer']}/cancer-classifier@{digest}"
     assert pod(deployment(run, SERVING_NS))["containers"][0]["image"] == own_ref

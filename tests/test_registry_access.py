@@ -1,10 +1,12 @@
 """The registry and cluster access code against real local endpoints: ACR's token exchange, ARM's
 importImage long-running operation and the registry's manifest lookup are served by an HTTP server
-on loopback that speaks their contracts; ``kubectl auth can-i`` is a real executable on PATH.
+on loopback that speaks their contracts; ``az account get-access-token`` and ``kubectl auth can-i``
+are real executables on PATH.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import stat
@@ -18,9 +20,17 @@ from typing import Any
 import pytest
 
 from infra import acr_token, cluster_access, image_import
-from infra.acr_token import AcrTokenError, wait_for_push_token
+from infra.acr_token import AcrTokenError, wait_for_push_token, wait_for_repository_token
 from infra.cluster_access import ClusterAccessError, ClusterAccessProvider, can_i, wait_for_access
-from infra.image_import import ImageImportError, ImportedImageProvider, import_request, run_import
+from infra.image_import import (
+    AZ_ENV,
+    ImageImportError,
+    ImportedImage,
+    ImportedImageProvider,
+    import_request,
+    retry_after,
+    run_import,
+)
 from tools.stack_mocks import fake_jwt
 
 DIGEST = "sha256:" + "cd" * 32
@@ -38,9 +48,13 @@ class FakeAzure:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.push_after = 0  # token exchanges answered without push before push is granted
+        self.pull_after = 0  # token exchanges answered with no action at all before pull is granted
         self.manifests: dict[str, str] = {}  # "<repo>@<digest>" -> served digest
         self.pending_polls = 0  # 202 answers the import's Location gives before 200
         self.exchanges = 0
+        self.import_failures: list[tuple[int, dict[str, str]]] = []  # answers to importImage POSTs first
+        self.poll_failures: list[tuple[int, dict[str, str]]] = []  # answers to polls before the normal one
+        self.arm_tokens: list[str] = []  # the bearer token of every ARM call
 
 
 def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
@@ -73,9 +87,16 @@ def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/oauth2/token":
                 repo = body["scope"].split(":")[1]
                 actions = ["pull", "push"] if azure.exchanges > azure.push_after else ["pull"]
+                if azure.exchanges <= azure.pull_after:
+                    actions = []
                 claims = {"access": [{"type": "repository", "name": repo, "actions": actions}]}
                 self._json(200, {"access_token": fake_jwt(claims)})
             elif self.path.endswith("/importImage?api-version=2023-07-01"):
+                azure.arm_tokens.append(self.headers.get("Authorization", ""))
+                if azure.import_failures:
+                    status, headers = azure.import_failures.pop(0)
+                    self._json(status, {"error": {"code": f"E{status}"}}, headers)
+                    return
                 source = body["source"]["sourceImage"]
                 azure.manifests[source] = source.split("@", 1)[1]
                 port = self.server.server_address[1]
@@ -86,7 +107,11 @@ def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             azure.requests.append(("GET", self.path, {}))
             if self.path == "/operations/1":
-                if azure.pending_polls:
+                azure.arm_tokens.append(self.headers.get("Authorization", ""))
+                if azure.poll_failures:
+                    status, headers = azure.poll_failures.pop(0)
+                    self._json(status, {"error": {"code": f"E{status}"}}, headers)
+                elif azure.pending_polls:
                     azure.pending_polls -= 1
                     port = self.server.server_address[1]
                     self._json(
@@ -190,21 +215,54 @@ def test_the_push_wait_is_bounded_and_says_what_to_check(azure: tuple[FakeAzure,
 
 # ---------------------------------------------------------------- ImportedImage
 
+AZ_TOKEN = "arm-token-from-az"
 
-def import_props(server: str, ref: str) -> dict[str, Any]:
+
+@pytest.fixture
+def az(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An ``az`` first on PATH that prints a token like ``az account get-access-token`` and records
+    its arguments; a file ``fail`` makes it answer like an Azure CLI that is not logged in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "az"
+    token = json.dumps(
+        {"accessToken": AZ_TOKEN, "expires_on": 1, "tenant": "tenant-1", "tokenType": "Bearer"}
+    )
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {tmp_path}/az-args\n'
+        f"if [ -e {tmp_path}/fail ]; then\n"
+        "  echo \"ERROR: Please run 'az login' to setup account.\" >&2\n"
+        "  exit 1\n"
+        "fi\n"
+        f"echo '{token}'\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.delenv(AZ_ENV, raising=False)
+    return tmp_path
+
+
+def import_props(server: str, ref: str, **extra: Any) -> dict[str, Any]:
     return {
         "source_ref": ref,
         "source_registry_id": SOURCE_REGISTRY,
         "target_registry_id": TARGET_REGISTRY,
         "target_login_server": server,
-        "arm_token": "arm-token",
         "tenant_id": "tenant-1",
         "arm_endpoint": f"http://{server}",
         "registry_scheme": "http",
+        **extra,
     }
 
 
-def test_import_copies_the_digest_waits_for_the_operation_and_verifies(azure: tuple[FakeAzure, str]) -> None:
+def import_posts(state: FakeAzure) -> list[tuple[str, str, dict[str, Any]]]:
+    return [r for r in state.requests if "importImage" in r[1]]
+
+
+def test_import_copies_the_digest_waits_for_the_operation_and_verifies(
+    azure: tuple[FakeAzure, str], az: Path
+) -> None:
     state, server = azure
     state.pending_polls = 2
     clock = Clock()
@@ -218,7 +276,7 @@ def test_import_copies_the_digest_waits_for_the_operation_and_verifies(azure: tu
         "digest": DIGEST,
         "repository": "cancer-classifier",
     }
-    [(_, path, body)] = [r for r in state.requests if "importImage" in r[1]]
+    [(_, path, body)] = import_posts(state)
     assert path == f"{TARGET_REGISTRY}/importImage?api-version=2023-07-01"
     assert body == {
         "source": {"resourceId": SOURCE_REGISTRY, "sourceImage": f"cancer-classifier@{DIGEST}"},
@@ -228,16 +286,139 @@ def test_import_copies_the_digest_waits_for_the_operation_and_verifies(azure: tu
     assert len([r for r in state.requests if r[1] == "/operations/1"]) == 3  # two 202s, then 200
     heads = [r for r in state.requests if r[0] == "HEAD"]
     assert [h[1] for h in heads] == [f"/v2/cancer-classifier/manifests/{DIGEST}"] * 2  # before and after
+    # the ARM token came from the Azure CLI, asked for Resource Manager's audience
+    assert (az / "az-args").read_text().split() == [
+        "account",
+        "get-access-token",
+        "--resource",
+        "https://management.azure.com/",
+        "--output",
+        "json",
+    ]
+    assert state.arm_tokens and set(state.arm_tokens) == {f"Bearer {AZ_TOKEN}"}
+    exchange = next(body for method, path, body in state.requests if path == "/oauth2/exchange")
+    assert exchange["access_token"] == AZ_TOKEN and exchange["tenant"] == "tenant-1"
 
 
-def test_a_digest_already_in_the_target_is_not_imported_again(azure: tuple[FakeAzure, str]) -> None:
+def test_the_import_waits_for_pull_on_the_target_not_for_push(azure: tuple[FakeAzure, str], az: Path) -> None:
+    state, server = azure
+    state.pull_after = 1  # the importer role (pull/read) propagates after one exchange
+    state.push_after = 10**6  # no push right ever: a promoting stack grants none
+    clock = Clock()
+    run_import(
+        import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    scopes = {body["scope"] for method, path, body in state.requests if path == "/oauth2/token"}
+    assert scopes == {"repository:cancer-classifier:pull"}
+    assert state.exchanges == 2 and len(import_posts(state)) == 1
+
+
+def test_the_pull_wait_names_the_pull_roles(azure: tuple[FakeAzure, str]) -> None:
+    state, server = azure
+    state.pull_after = 10**6
+    clock = Clock()
+    with pytest.raises(AcrTokenError) as info:
+        wait_for_repository_token(
+            server, "t", "tenant", ["cancer-classifier"], action="pull", scheme="http", timeout=20,
+            sleep=clock.sleep, clock=clock,
+        )  # fmt: skip
+    assert "no pull permission yet on cancer-classifier" in str(info.value)
+    assert "Container Registry Data Importer and Data Reader" in str(info.value)
+
+
+def test_the_import_fails_clearly_without_the_azure_cli(
+    azure: tuple[FakeAzure, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, server = azure
+    monkeypatch.setenv(AZ_ENV, str(tmp_path / "no-such-az"))
+    with pytest.raises(ImageImportError) as info:
+        run_import(import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"))
+    assert "not installed" in str(info.value) and AZ_ENV in str(info.value)
+    assert "az login" in str(info.value) and state.requests == []
+
+
+def test_the_import_fails_clearly_when_the_azure_cli_is_not_logged_in(
+    azure: tuple[FakeAzure, str], az: Path
+) -> None:
+    state, server = azure
+    (az / "fail").write_text("")
+    with pytest.raises(ImageImportError) as info:
+        run_import(import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"))
+    assert "Please run 'az login'" in str(info.value) and "azure/login" in str(info.value)
+    assert state.requests == []
+
+
+def test_the_import_retries_throttling_and_server_errors(azure: tuple[FakeAzure, str], az: Path) -> None:
+    state, server = azure
+    soon = email.utils.formatdate(0, usegmt=True)  # an HTTP date (long past: wait the minimum)
+    state.import_failures = [(429, {"Retry-After": "7"}), (503, {"Retry-After": soon})]
+    state.poll_failures = [(500, {})]
+    state.pending_polls = 1
+    clock = Clock()
+    outs = run_import(
+        import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    assert outs["digest"] == DIGEST
+    assert len(import_posts(state)) == 3  # 429, 503, then 202
+    assert len([r for r in state.requests if r[1] == "/operations/1"]) == 3  # 500, 202, then 200
+    # Retry-After in seconds, then as a date, then the 202's; a 5xx without one waits the interval
+    assert clock.sleeps == [7.0, 1.0, 1.0, image_import.POLL_SECONDS, 1.0]
+
+
+def test_the_import_does_not_retry_a_refusal(azure: tuple[FakeAzure, str], az: Path) -> None:
+    state, server = azure
+    state.import_failures = [(403, {})]
+    with pytest.raises(ImageImportError) as info:
+        run_import(import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"))
+    assert "HTTP 403" in str(info.value) and len(import_posts(state)) == 1
+
+
+def test_import_retries_are_bounded(azure: tuple[FakeAzure, str], az: Path) -> None:
+    state, server = azure
+    state.import_failures = [(503, {"Retry-After": "10"})] * 100
+    clock = Clock()
+    with pytest.raises(ImageImportError) as info:
+        run_import(
+            import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}", timeout_seconds=30),
+            sleep=clock.sleep,
+            clock=clock,
+        )
+    assert "did not finish in 30s" in str(info.value) and "HTTP 503" in str(info.value)
+    assert 30 <= clock.now < 30 + 10 + 1 and len(import_posts(state)) == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("5", 5.0),
+        (" 12 ", 12.0),
+        ("0", 1.0),  # never a busy loop
+        ("-3", 1.0),
+        ("86400", 300.0),  # never one endless wait
+        ("nan", 10.0),
+        ("soon", 10.0),
+        ("", 10.0),
+        ("Wed, 21 Oct 2015 07:28:20 GMT", 20.0),
+        ("Wed, 21 Oct 2015 07:28:20", 10.0),  # no zone: not an HTTP date
+    ],
+)
+def test_retry_after_reads_seconds_or_an_http_date(value: str, expected: float) -> None:
+    now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
+    assert retry_after({"retry-after": value}, 10.0, now=lambda: now) == expected
+
+
+def test_a_digest_already_in_the_target_is_not_imported_again(azure: tuple[FakeAzure, str], az: Path) -> None:
     state, server = azure
     state.manifests[f"cancer-classifier@{DIGEST}"] = DIGEST
     run_import(import_props(server, f"{server}/cancer-classifier@{DIGEST}"))
-    assert not [r for r in state.requests if "importImage" in r[1]]
+    assert not import_posts(state)
 
 
-def test_an_import_that_serves_another_digest_fails(azure: tuple[FakeAzure, str]) -> None:
+def test_an_import_that_serves_another_digest_fails(azure: tuple[FakeAzure, str], az: Path) -> None:
     _, server = azure
     original = image_import.served_digest
     calls: list[str] = []
@@ -256,12 +437,22 @@ def test_an_import_that_serves_another_digest_fails(azure: tuple[FakeAzure, str]
     assert OTHER_DIGEST in str(info.value) and calls == ["head", "head"]
 
 
-def test_import_diff_ignores_the_token() -> None:
+def test_import_diff_only_on_what_is_imported_where() -> None:
     provider = ImportedImageProvider()
-    olds = {**import_props("t", f"r/cancer-classifier@{DIGEST}"), "arm_token": "old"}
-    assert provider.diff("id", olds, {**olds, "arm_token": "fresh"}).changes is False
+    olds = import_props("t", f"r/cancer-classifier@{DIGEST}")
+    assert (
+        provider.diff("id", olds, {**olds, "tenant_id": "other", "target_login_server": "u"}).changes is False
+    )
     assert provider.diff("id", olds, {**olds, "source_ref": f"r/cancer-classifier@{OTHER_DIGEST}"}).changes
     assert provider.diff("id", olds, {**olds, "target_registry_id": SOURCE_REGISTRY}).changes
+    # a state written by an earlier version still holds a token: one update drops it
+    assert provider.diff("id", {**olds, "arm_token": "stale"}, olds).changes
+
+
+def test_imported_image_takes_no_token() -> None:
+    import inspect
+
+    assert "arm_token" not in inspect.signature(ImportedImage.__init__).parameters
 
 
 def test_import_request_refuses_a_tag() -> None:
