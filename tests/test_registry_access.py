@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,14 @@ import pytest
 
 from infra import acr_token, cluster_access, image_import
 from infra.acr_token import AcrTokenError, wait_for_push_token, wait_for_repository_token
-from infra.cluster_access import ClusterAccessError, ClusterAccessProvider, can_i, wait_for_access
+from infra.cluster_access import (
+    ClusterAccessError,
+    ClusterAccessProvider,
+    Verdict,
+    can_i,
+    classify,
+    wait_for_access,
+)
 from infra.image_import import (
     AZ_ENV,
     ImageImportError,
@@ -465,26 +472,48 @@ def test_import_request_refuses_a_tag() -> None:
 
 @pytest.fixture
 def kubectl(tmp_path: Path) -> Path:
-    """A kubectl on PATH that answers `auth can-i` from a file and records its kubeconfig's mode."""
+    """A kubectl that answers `auth can-i` like the real one, one line of ``answers`` per call
+    (``stdout|stderr|exit code``, the last line repeating), and records its kubeconfig's mode."""
     script = tmp_path / "kubectl"
     script.write_text(
         "#!/bin/sh\n"
         "for last; do :; done\n"  # the kubeconfig path is the last argument
         f'stat -c %a "$last" > {tmp_path}/mode\n'
         f'echo "$@" > {tmp_path}/args\n'
-        f"answer=$(cat {tmp_path}/answer)\n"
-        'echo "$answer"\n'
-        '[ "$answer" = yes ]\n'
+        f"n=$(($(cat {tmp_path}/calls 2>/dev/null || echo 0) + 1)); echo $n > {tmp_path}/calls\n"
+        f'line=$(sed -n "${{n}}p" {tmp_path}/answers)\n'
+        f'[ -n "$line" ] || line=$(tail -n 1 {tmp_path}/answers)\n'
+        "out=${line%%|*}; rest=${line#*|}; err=${rest%%|*}; code=${rest#*|}\n"
+        '[ -z "$out" ] || echo "$out"\n'
+        '[ -z "$err" ] || echo "$err" >&2\n'
+        'exit "$code"\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
 
 
+YES = "yes||0"
+NO = "no||1"
+FORBIDDEN = (
+    '|Error from server (Forbidden): selfsubjectaccessreviews.authorization.k8s.io is forbidden: User "u" '
+    "cannot create resource|1"
+)
+UNAUTHORIZED = "|error: You must be logged in to the server (Unauthorized)|1"
+
+
+def answering(kubectl: Path, *answers: str) -> Callable[[str], tuple[Verdict, str]]:
+    (kubectl.parent / "answers").write_text("\n".join(answers) + "\n")
+    return lambda kubeconfig: can_i(kubeconfig, str(kubectl))
+
+
+def calls(kubectl: Path) -> int:
+    return int((kubectl.parent / "calls").read_text())
+
+
 def test_can_i_asks_kubectl_with_a_private_kubeconfig(kubectl: Path) -> None:
-    (kubectl.parent / "answer").write_text("no\n")
-    assert can_i("apiVersion: v1\n", str(kubectl)) == (False, "no")
-    (kubectl.parent / "answer").write_text("yes\n")
-    assert can_i("apiVersion: v1\n", str(kubectl)) == (True, "yes")
+    check = answering(kubectl, "no - Azure RBAC: not yet||1", YES)
+    assert check("apiVersion: v1\n") == (Verdict.DENIED, "no - Azure RBAC: not yet")
+    assert check("apiVersion: v1\n") == (Verdict.ALLOWED, "yes")
     assert (kubectl.parent / "mode").read_text().strip() == "600"
     args = (kubectl.parent / "args").read_text().split()
     assert args[:5] == ["auth", "can-i", "create", "namespaces", "--all-namespaces"]
@@ -492,25 +521,76 @@ def test_can_i_asks_kubectl_with_a_private_kubeconfig(kubectl: Path) -> None:
     assert not os.path.exists(leftover)  # the temporary kubeconfig is removed
 
 
-def test_access_wait_retries_until_allowed_then_stops() -> None:
-    answers = iter([(False, "no"), (False, "Forbidden"), (True, "yes")])
+@pytest.mark.parametrize(
+    ("code", "stdout", "stderr", "verdict"),
+    [
+        (0, "yes\n", "", Verdict.ALLOWED),
+        (0, "yes\n", "Warning: the API server is overloaded\n", Verdict.ALLOWED),
+        (1, "no\n", "", Verdict.DENIED),
+        (1, "no - no RBAC policy matched\n", "", Verdict.DENIED),
+        (1, "", FORBIDDEN.split("|")[1], Verdict.DENIED),
+        (1, "", UNAUTHORIZED.split("|")[1], Verdict.BROKEN),
+        (1, "", "Unable to connect to the server: dial tcp 20.1.2.3:443: i/o timeout", Verdict.BROKEN),
+        (1, "", "getting credentials: exec: executable kubelogin not found", Verdict.BROKEN),
+        (0, "yesterday\n", "", Verdict.BROKEN),
+        (1, "", "", Verdict.BROKEN),
+    ],
+)
+def test_kubectl_answers_are_yes_no_or_broken(code: int, stdout: str, stderr: str, verdict: Verdict) -> None:
+    assert classify(code, stdout, stderr)[0] is verdict
+
+
+def test_access_needs_three_consecutive_yes_answers(kubectl: Path) -> None:
+    check = answering(kubectl, NO, YES, FORBIDDEN, YES, YES, YES)
     clock = Clock()
-    outs = wait_for_access(
-        {"kubeconfig": "k"}, check=lambda _k: next(answers), sleep=clock.sleep, clock=clock
-    )
-    assert outs == {"allowed": True, "attempts": 3} and len(clock.sleeps) == 2
+    outs = wait_for_access({"kubeconfig": "k"}, check=check, sleep=clock.sleep, clock=clock)
+    assert outs == {"allowed": True, "attempts": 6} and calls(kubectl) == 6
+    assert clock.sleeps == [cluster_access.POLL_SECONDS] * 5 and cluster_access.POLL_SECONDS == 15.0
+    assert cluster_access.CONFIRMATIONS == 3
 
 
-def test_access_wait_is_bounded() -> None:
+def test_access_fails_fast_when_kubectl_cannot_ask(kubectl: Path) -> None:
+    check = answering(kubectl, NO, UNAUTHORIZED)
+    clock = Clock()
+    with pytest.raises(ClusterAccessError) as info:
+        wait_for_access({"kubeconfig": "k"}, check=check, sleep=clock.sleep, clock=clock)
+    message = str(info.value)
+    assert "You must be logged in to the server (Unauthorized)" in message and "kubeloginMode" in message
+    assert "apiServerAuthorizedIpRanges" in message and "privateCluster" in message
+    assert calls(kubectl) == 2 and len(clock.sleeps) == 1  # no waiting out the timeout
+
+
+def test_access_fails_fast_without_kubectl(tmp_path: Path) -> None:
+    with pytest.raises(ClusterAccessError) as info:
+        wait_for_access(
+            {"kubeconfig": "k"}, check=lambda k: can_i(k, str(tmp_path / "no-kubectl")), sleep=Clock().sleep
+        )
+    assert "did not run" in str(info.value) and "kubelogin are installed" in str(info.value)
+
+
+def test_access_wait_is_bounded_and_names_what_to_check(kubectl: Path) -> None:
     clock = Clock()
     with pytest.raises(ClusterAccessError) as info:
         wait_for_access(
             {"kubeconfig": "k", "timeout_seconds": 60, "interval_seconds": 15},
-            check=lambda _k: (False, "no"),
+            check=answering(kubectl, NO),
             sleep=clock.sleep,
             clock=clock,
         )
-    assert "deployerPrincipals" in str(info.value) and 60 <= clock.now < 60 + 15 + 1
+    message = str(info.value)
+    assert "deployerPrincipals" in message and 60 <= clock.now < 60 + 15 + 1
+    assert "apiServerAuthorizedIpRanges" in message and "privateCluster" in message
+
+
+def test_a_streak_under_way_at_the_deadline_finishes(kubectl: Path) -> None:
+    clock = Clock()
+    outs = wait_for_access(
+        {"kubeconfig": "k", "timeout_seconds": 30, "interval_seconds": 15},
+        check=answering(kubectl, NO, NO, YES, YES, YES),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    assert outs["attempts"] == 5 and clock.now == 60
 
 
 def test_access_diff_changes_only_with_the_grants() -> None:
