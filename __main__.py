@@ -110,6 +110,7 @@ def build(
         kubeconfig=cluster.kubeconfig,
         tracking_username=tracking.admin_username,
         tracking_password=tracking.admin_password,
+        tracking_ready=tracking.ready,
         registry_server=registry.login_server,
         platform=settings.serving.platform,
         credentials=registry.credentials,

@@ -119,6 +119,7 @@ class ServingImage(pulumi.ComponentResource):
         tracking_username: pulumi.Input[str],
         tracking_password: pulumi.Input[str],
         base_image: str,
+        tracking_ready: pulumi.Input[bool] = True,
         platform: str,
         credentials: PushCredentials | None = None,
         push_grants: Sequence[pulumi.Resource] = (),
@@ -127,7 +128,7 @@ class ServingImage(pulumi.ComponentResource):
         super().__init__("ml-delivery:infra:ServingImage", name, None, opts)
 
         def export(args: list[str]) -> ContextInfo:
-            uri, fingerprint, tracking, service, kubeconfig, user, password = args
+            uri, fingerprint, tracking, service, kubeconfig, user, password, _ready = args
             # looked up at call time: the mock harness swaps in stand-ins (no cluster, no MLflow model)
             endpoint, exporter = globals()["tracking_endpoint"], globals()["export_context"]
             try:
@@ -158,6 +159,9 @@ class ServingImage(pulumi.ComponentResource):
                 kubeconfig,
                 tracking_username,
                 tracking_password,
+                # An up that changes MLflow's Deployment restarts it: export once it rolled out. A
+                # preview restarts nothing (and may not know the Deployment's id), so it need not wait.
+                True if pulumi.runtime.is_dry_run() else tracking_ready,
             ).apply(export)
         )
         self.tag = context.tag

@@ -139,7 +139,9 @@ class AzureTrackingStores(pulumi.ComponentResource):
                 server_name=server.name,
                 database_name=db,
                 charset="UTF8",
-                opts=child,
+                # protected too: `destroy --exclude-protected` or `--skip-preview` deletes unprotected
+                # dependents of a protected server before reaching it
+                opts=stateful,
             )
             for db in DATABASES
         ]
@@ -175,7 +177,7 @@ class AzureTrackingStores(pulumi.ComponentResource):
             account_name=account.name,
             container_name=ARTIFACT_CONTAINER,
             public_access=storage.PublicAccess.NONE,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[blob_service]),
+            opts=pulumi.ResourceOptions.merge(stateful, pulumi.ResourceOptions(depends_on=[blob_service])),
         )
         blob_zone, blob_link = private_zone("blob", BLOB_PRIVATE_ZONE)
         endpoint = network.PrivateEndpoint(

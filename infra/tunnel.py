@@ -38,7 +38,8 @@ POD_RUNNING_TIMEOUT = "60s"
 KUBECTL_ENV = "KUBECTL"  # another kubectl binary (path or name), else "kubectl" on PATH
 _SERVICE_RE = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?)/([a-z0-9]([a-z0-9-]*[a-z0-9])?):(\d{1,5})$")
 # What kubectl prints when AKS RBAC (or Kubernetes RBAC) refuses the caller.
-_REFUSED_MARKERS = ("forbidden", "unauthorized", "403", "401")
+# Whole words, so that a port number or an address containing 403 is no refusal.
+_REFUSED_RE = re.compile(r"\b(forbidden|unauthorized|403|401)\b", re.IGNORECASE)
 
 
 class TunnelError(RuntimeError):
@@ -100,7 +101,7 @@ def _kubectl() -> str:
 
 def _failure(service: ServiceAddress, returncode: int, output: str) -> TunnelError:
     detail = output.strip()[-600:] or "(no output)"
-    if any(marker in output.lower() for marker in _REFUSED_MARKERS):
+    if _REFUSED_RE.search(output):
         return TunnelRefused(
             f"the API server refused the port-forward to {service}: {detail}. The identity running this "
             f"needs a role allowing pods/portforward create in namespace {service.namespace!r} (the "

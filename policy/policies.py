@@ -502,7 +502,19 @@ def check_mlflow_not_exposed(props: Props, config: Config, stack: str) -> list[s
     return []
 
 
-STATEFUL_TYPES = ("azure-native:dbforpostgresql:Server", "azure-native:storage:StorageAccount", ACR_TYPE)
+# What holds data, including what sits inside a protected server or account: `pulumi destroy
+# --exclude-protected` (or `--skip-preview`) deletes unprotected dependents before the protected parent.
+STATEFUL_TYPES = (
+    "azure-native:dbforpostgresql:Server",
+    "azure-native:dbforpostgresql:Database",
+    "azure-native:storage:StorageAccount",
+    "azure-native:storage:BlobContainer",
+    ACR_TYPE,
+)
+
+
+# dev holds the registry of record (MLflow's PostgreSQL and artifact store); staging/prod their registries.
+PROTECTED_STACKS = ("dev", "staging", "prod")
 
 
 def check_stateful_protected(resource_type: str, protected: bool, config: Config, stack: str) -> list[str]:
@@ -511,7 +523,7 @@ def check_stateful_protected(resource_type: str, protected: bool, config: Config
     pulumi-policy exposes ``protect`` in ``ResourceValidationArgs.opts`` (not ``retainOnDelete``), so
     ``protect`` is what this rule can see and what the program sets.
     """
-    if protected or not _stack_in(stack, config, "protectedStacks", ["staging", "prod"]):
+    if protected or not _stack_in(stack, config, "protectedStacks", list(PROTECTED_STACKS)):
         return []
     return [
         f"{resource_type} holds data but is not protected in stack '{stack}': `pulumi destroy` would "
@@ -628,8 +640,9 @@ PROTECTION_SCHEMA = PolicyConfigSchema(
         "protectedStacks": {
             "type": "array",
             "items": {"type": "string"},
-            "default": ["staging", "prod"],
-            "description": "Stacks whose PostgreSQL servers, storage accounts and registries are protected.",
+            "default": list(PROTECTED_STACKS),
+            "description": "Stacks whose PostgreSQL servers and databases, storage accounts and blob "
+            "containers, and registries are protected.",
         }
     }
 )

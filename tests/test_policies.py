@@ -570,7 +570,7 @@ def run_with_protect(resource_type: str, protect: bool) -> list[str]:
 
 
 @pytest.mark.parametrize("resource_type", policies.STATEFUL_TYPES)
-@pytest.mark.parametrize("stack", ["staging", "prod"])
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
 def test_stateful_resources_must_be_protected_in_staging_and_prod(
     monkeypatch: pytest.MonkeyPatch, stack: str, resource_type: str
 ) -> None:
@@ -584,7 +584,7 @@ def test_protection_is_not_required_elsewhere_or_of_other_types(monkeypatch: pyt
     analyzing(monkeypatch, "local")
     assert run_with_protect(policies.STATEFUL_TYPES[0], protect=False) == []
     analyzing(monkeypatch, "prod")
-    assert run_with_protect("azure-native:storage:BlobContainer", protect=False) == []
+    assert run_with_protect("azure-native:network:PrivateEndpoint", protect=False) == []
 
 
 # ---------------------------------------------------------------- pushed-images-have-registry-credentials

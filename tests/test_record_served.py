@@ -59,7 +59,18 @@ def files(tmp_path: Path, name: str, version: str, fingerprint: str = FINGERPRIN
             "mlflowAdminPassword": "not-checked-by-this-server",
         },
     )
-    served = write(tmp_path / "served.json", {"modelVersion": version, "fingerprint": fingerprint})
+    # as the promoted job hands it over: `pulumi stack output --json` WITHOUT --show-secrets
+    served = write(
+        tmp_path / "served.json",
+        {
+            "modelVersion": version,
+            "fingerprint": fingerprint,
+            "imageRef": "registrystg.azurecr.io/cancer-classifier@sha256:" + "cd" * 32,
+            "endpoint": "http://model-server.model-serving.svc.cluster.local",
+            "task": "binary",
+            "kubeconfig": "[secret]",
+        },
+    )
     return ["--registry-outputs", str(dev), "--served-outputs", str(served)]
 
 

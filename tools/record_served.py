@@ -83,8 +83,14 @@ def read_outputs(path: Path, required: Sequence[str], role: str) -> dict[str, An
     if not isinstance(data, dict):
         raise BadInput(f"{role} {path}: not a JSON object of stack outputs")
     missing = [key for key in required if not isinstance(data.get(key), str) or not data[key]]
-    if "[secret]" in data.values():
-        raise BadInput(f"{role} {path}: secrets are masked; run `pulumi stack output --json --show-secrets`")
+    # Only the keys this file must supply matter: the promoted stack's outputs are read without
+    # --show-secrets (its kubeconfig then reads "[secret]"), dev's with them.
+    masked = [key for key in required if data.get(key) == "[secret]"]
+    if masked:
+        raise BadInput(
+            f"{role} {path}: output(s) {', '.join(masked)} are masked; "
+            "run `pulumi stack output --json --show-secrets`"
+        )
     if missing:
         hint = ""
         if role == "--served-outputs" and "modelVersion" in missing and data.get("imageRefOverride"):
