@@ -2,13 +2,17 @@
 
 ``AksCluster``: resource group + VNet + AKS (SKU tier and availability zones from config, system
 pool tainted CriticalAddonsOnly inside the cluster, the autoscaling user pool as its own
-``AgentPool`` so pool changes never update the cluster, SystemAssigned identity, OIDC issuer +
+``AgentPool`` so pool changes never update the cluster (named from a hash of its immutable settings:
+a change of VM size or zones replaces it create-before-delete under a new name, the old pool
+draining only once the new one runs), SystemAssigned identity, OIDC issuer +
 workload identity, Azure CNI overlay with Cilium network policy, managed Entra ID with Azure RBAC,
 local accounts disabled, auto-upgrade inside a weekly ``maintenanceWindow``, optional API server
 authorized ranges or private cluster). The deployers from config (``deployerPrincipals``) get Azure
 Kubernetes Service RBAC Cluster Admin; the kubeconfig (a secret, exec format) uses kubelogin
 (``kubeloginMode`` picks a non-interactive login for CI); the Kubernetes provider depends on the
-grants and on ``ClusterAccess``, which waits until the API server allows the deployer.
+grants and on ``ClusterAccess``, which waits until the API server allows the deployer and the user
+pool (the only pool workloads can schedule on) exists. The maintenance configurations are written
+after the user pool, one at a time: AKS refuses an operation while another runs on the cluster.
 The cluster ignores ``agentPoolProfiles`` after creation (ARM lists the separate user pool there
 too); changing the system pool means adding a new system AgentPool and removing the old one.
 ``LocalCluster``: an existing kubeconfig context (kind, minikube, Docker Desktop); no Azure at all.
@@ -17,6 +21,9 @@ too); changing the system pool means adding a new system AgentPool and removing 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -30,6 +37,9 @@ from infra.network import AKS_DNS_SERVICE_IP, AKS_POD_CIDR, AKS_SERVICE_CIDR, Ne
 from infra.settings import ClusterSettings, MaintenanceWindow, Settings
 
 SYSTEM_POOL_TAINT = "CriticalAddonsOnly=true:NoSchedule"
+USER_POOL_PREFIX = "user"
+# AKS pool names: lowercase letters and digits, starting with a letter, at most 12 for Linux.
+POOL_NAME_MAX = 12
 # AKS reads these two names only: cluster auto-upgrades and node OS upgrades.
 MAINTENANCE_CONFIGS = ("aksManagedAutoUpgradeSchedule", "aksManagedNodeOSUpgradeSchedule")
 # kubelogin flags that identify the app/tenant; only the interactive modes need the client id.
@@ -58,6 +68,17 @@ def rewrite_kubeconfig(kubeconfig: str, login_mode: str) -> str:
                 new_args += [flag, flags[flag]]
         exec_["args"] = new_args
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def user_pool_name(vm_size: str, zones: Sequence[str] | None, os_type: str) -> str:
+    """``user`` + 4 hex of the settings AKS cannot change in place (VM size, zones, OS).
+
+    azure-native replaces an AgentPool when these change; a new name lets the replacement be
+    created before the old pool is deleted (the same name would be the same ARM id). The hash
+    covers the values exactly as sent, so any change the provider sees gives a new name.
+    """
+    settings = json.dumps([os_type, vm_size, list(zones) if zones else None])
+    return USER_POOL_PREFIX + hashlib.sha256(settings.encode()).hexdigest()[:4]
 
 
 def maintenance_window(window: MaintenanceWindow) -> dict[str, Any]:
@@ -98,6 +119,7 @@ class AksCluster(pulumi.ComponentResource):
     cluster_id: pulumi.Output[str]
     network: Network
     admin_grants: list[pulumi.CustomResource]
+    user_pool: containerservice.AgentPool
     access: ClusterAccess
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -171,11 +193,13 @@ class AksCluster(pulumi.ComponentResource):
                 ignore_changes=["agentPoolProfiles"],
             ),
         )
-        containerservice.AgentPool(
+        user_pool = containerservice.AgentPool(
             f"{name}-user-pool",
             resource_group_name=group.name,
             resource_name_=aks.name,
-            agent_pool_name="user",
+            agent_pool_name=user_pool_name(
+                cfg.user_vm_size, pool_common["availability_zones"], pool_common["os_type"]
+            ),
             **{k: v for k, v in pool_common.items() if v is not None},
             mode="User",
             vm_size=cfg.user_vm_size,
@@ -186,14 +210,16 @@ class AksCluster(pulumi.ComponentResource):
             # the autoscaler owns the node count after creation
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["count"]),
         )
+        # One operation at a time on the cluster: after the user pool, then one after the other.
+        previous: pulumi.Resource = user_pool
         for config_name in MAINTENANCE_CONFIGS:
-            containerservice.MaintenanceConfiguration(  # type: ignore[call-overload]
+            previous = containerservice.MaintenanceConfiguration(  # type: ignore[call-overload]
                 f"{name}-{config_name}",
                 resource_group_name=group.name,
                 resource_name_=aks.name,
                 config_name=config_name,
                 maintenance_window=maintenance_window(cfg.maintenance),
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
             )
         # The cluster's identity manages load balancers and routes in the BYO node subnet.
         roles.grant(
@@ -227,9 +253,11 @@ class AksCluster(pulumi.ComponentResource):
             f"{name}-access",
             kubeconfig=self.kubeconfig,
             grant_ids=[grant.id for grant in admin_grants],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=admin_grants),
+            # the system pool is tainted CriticalAddonsOnly: workloads wait for the user pool's nodes
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*admin_grants, user_pool]),
         )
         self.admin_grants = admin_grants
+        self.user_pool = user_pool
         self.access = access
         self.provider = k8s.Provider(
             f"{name}-k8s",

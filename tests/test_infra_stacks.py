@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from functools import cache
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from infra import roles
+from infra.cluster import MAINTENANCE_CONFIGS, POOL_NAME_MAX, user_pool_name
 from infra.promotion import PromotionError
 from infra.settings import ConfigError
 from model import container
@@ -168,7 +170,7 @@ def test_aks_posture(name: str) -> None:
     [system] = aks["agentPoolProfiles"]  # the user pool is its own AgentPool
     assert system["mode"] == "System" and system["nodeTaints"] == ["CriticalAddonsOnly=true:NoSchedule"]
     user = run.one("azure-native:containerservice:AgentPool").inputs
-    assert user["agentPoolName"] == "user" and user["resourceName"] == aks_name(run)
+    assert re.fullmatch(r"user[0-9a-f]{4}", user["agentPoolName"]) and user["resourceName"] == aks_name(run)
     assert (
         user["mode"] == "User" and user["enableAutoScaling"] is True and user["minCount"] <= user["maxCount"]
     )
@@ -693,6 +695,52 @@ def test_the_kubernetes_provider_waits_for_the_configured_deployers_cluster_gran
     assert {a.urn for a in admins} | {access.urn} <= set(provider.depends_on)
     for obj in run.kubernetes():
         assert obj.provider and obj.provider.startswith(provider.urn)
+
+
+@pytest.mark.parametrize("name", ["dev", "staging", "prod"])
+def test_workloads_and_maintenance_windows_wait_for_the_user_pool(name: str) -> None:
+    run = stack(name)
+    pool = run.one("azure-native:containerservice:AgentPool")
+    # the system pool is tainted CriticalAddonsOnly: nothing schedules before the user pool exists
+    [access] = dynamic(run, "grant_ids")
+    assert pool.urn in access.depends_on
+    [provider] = run.of_type("pulumi:providers:kubernetes")
+    assert access.urn in provider.depends_on
+    # AKS runs one operation at a time: the pool, then each maintenance configuration in turn
+    windows = {
+        w.inputs["configName"]: w
+        for w in run.of_type("azure-native:containerservice:MaintenanceConfiguration")
+    }
+    previous = pool
+    for config_name in MAINTENANCE_CONFIGS:
+        assert previous.urn in windows[config_name].depends_on
+        previous = windows[config_name]
+
+
+def test_the_user_pool_name_follows_its_immutable_settings() -> None:
+    base = user_pool_name("Standard_D4s_v5", None, "Linux")
+    assert base == user_pool_name("Standard_D4s_v5", None, "Linux")  # stable: no replacement
+    others = {
+        user_pool_name("Standard_D8s_v5", None, "Linux"),
+        user_pool_name("Standard_D4s_v5", ["1", "2", "3"], "Linux"),
+        user_pool_name("Standard_D4s_v5", ["1", "2"], "Linux"),
+        user_pool_name("Standard_D4s_v5", None, "Windows"),
+    }
+    assert base not in others and len(others) == 4
+    for pool_name in (base, *others):
+        assert re.fullmatch(r"[a-z][a-z0-9]*", pool_name) and len(pool_name) <= POOL_NAME_MAX
+
+
+def test_a_new_user_vm_size_gives_the_pool_a_new_name_and_nothing_else_does() -> None:
+    def pool(run: StackRun) -> dict[str, Any]:
+        return run.one("azure-native:containerservice:AgentPool").inputs
+
+    before = pool(stack("dev"))
+    resized = pool(run_stack("dev", config={"userNodeVmSize": "Standard_D8s_v5"}))
+    rescaled = pool(run_stack("dev", config={"userNodeMaxCount": int(before["maxCount"]) + 1}))
+    assert resized["vmSize"] == "Standard_D8s_v5" and resized["agentPoolName"] != before["agentPoolName"]
+    assert rescaled["maxCount"] != before["maxCount"] and rescaled["agentPoolName"] == before["agentPoolName"]
+    assert pool(stack("prod"))["agentPoolName"] != before["agentPoolName"]  # zones 1-3 in prod
 
 
 @pytest.mark.parametrize("name", ["dev", "staging", "prod"])
