@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra import image_import
 from model.spec import load_spec
 from tests.conftest import REPO_ROOT
 from tools import smoke
@@ -850,6 +851,10 @@ def test_the_token_window_check_flags_steps_that_outlive_the_tokens(
     assert any(named in problem for problem in token_window_problems({"steps": steps}))
 
 
+# how infra/image_import.py asks az for its ARM token (`--resource <ARM_ENDPOINT>/`)
+IMPORT_ARM_RESOURCE = f"{image_import.ARM_ENDPOINT}/"
+
+
 def fetched_resources() -> list[str]:
     """The ``--resource`` values fetch-azure-tokens.sh asks az for, exactly as written."""
     script = (SCRIPTS / "fetch-azure-tokens.sh").read_text()
@@ -870,6 +875,7 @@ def test_the_token_fetch_covers_each_caller_with_the_resource_it_asks_for() -> N
             "https://vault.azure.net",
             "6dae42f8-4368-4678-94ff-3960e28e3630",
             "https://management.core.windows.net/",
+            IMPORT_ARM_RESOURCE,
         ]
     )
 

@@ -24,7 +24,8 @@ set -euo pipefail
 # The AKS-managed Microsoft Entra server application: the audience of every AKS API server token.
 aks_server_app_id=6dae42f8-4368-4678-94ff-3960e28e3630
 
+# The last one is ARM as infra/image_import.py asks az for it (the digest import of staging/prod).
 for resource in https://storage.azure.com https://vault.azure.net "$aks_server_app_id" \
-  https://management.core.windows.net/; do
+  https://management.core.windows.net/ https://management.azure.com/; do
   az account get-access-token --resource "$resource" --output none
 done
