@@ -230,17 +230,16 @@ class AksCluster(pulumi.ComponentResource):
             parent=self,
         )
         # Local accounts are off: the deployers from config (never whoever runs preview) administer it.
-        admin_grants: list[pulumi.CustomResource] = [
-            roles.grant(
-                f"{name}-deployer-{i}-cluster-admin",
+        admin_grants = list(
+            roles.grant_deployers(
+                name,
+                "cluster-admin",
                 role_guid=roles.AKS_RBAC_CLUSTER_ADMIN,
-                principal_id=principal.object_id,
+                principals=cfg.deployers,
                 scope=aks.id,
                 parent=self,
-                principal_type=principal.principal_type,
             )
-            for i, principal in enumerate(cfg.deployers)
-        ]
+        )
         credentials = containerservice.list_managed_cluster_user_credentials_output(
             resource_group_name=group.name,
             resource_name=aks.name,

@@ -40,8 +40,8 @@ class Registry(pulumi.ComponentResource):
     registry_id: pulumi.Output[str]
     login_server: pulumi.Output[str]
     pull_grant: pulumi.Resource
-    push_grants: list[pulumi.Resource]
-    import_grants: list[pulumi.Resource]
+    push_grants: list[pulumi.CustomResource]
+    import_grants: list[pulumi.CustomResource]
     credentials: PushCredentials | None
 
     def __init__(
@@ -71,31 +71,28 @@ class Registry(pulumi.ComponentResource):
         self.pull_grant = grant_acr_pull(
             f"{name}-kubelet-acrpull", kubelet_object_id=kubelet_object_id, registry_id=acr.id, parent=self
         )
-        self.push_grants = [
-            roles.grant(
-                f"{name}-deployer-{i}-acrpush",
-                role_guid=roles.ACR_PUSH,
-                principal_id=principal.object_id,
-                scope=acr.id,
-                parent=self,
-                principal_type=principal.principal_type,
+        deployers = settings.cluster.deployers
+        # least privilege: no push right where nothing is pushed
+        self.push_grants = (
+            roles.grant_deployers(
+                name, "acrpush", role_guid=roles.ACR_PUSH, principals=deployers, scope=acr.id, parent=self
             )
-            for i, principal in enumerate(settings.cluster.deployers)
-            if push_repositories  # least privilege: no push right where nothing is pushed
-        ]
+            if push_repositories
+            else []
+        )
         # A promoting stack imports digests into this registry (ARM importImage on it).
-        self.import_grants = [
-            roles.grant(
-                f"{name}-deployer-{i}-importer",
+        self.import_grants = (
+            roles.grant_deployers(
+                name,
+                "importer",
                 role_guid=roles.ACR_IMPORTER,
-                principal_id=principal.object_id,
+                principals=deployers,
                 scope=acr.id,
                 parent=self,
-                principal_type=principal.principal_type,
             )
-            for i, principal in enumerate(settings.cluster.deployers)
             if imports
-        ]
+            else []
+        )
         self.credentials = (
             push_credentials(acr.login_server, push_repositories, grants=self.push_grants, parent=self)
             if push_repositories

@@ -10,9 +10,14 @@ which fails (PrincipalNotFound) for an identity created seconds earlier.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pulumi
 from pulumi_azure_native import authorization
+
+if TYPE_CHECKING:
+    from infra.settings import Principal
 
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 ACR_PUSH = "8311e382-0749-4cb8-b61a-304f252e45ec"
@@ -66,3 +71,26 @@ def grant(
         scope=scope,
         opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on or []),
     )
+
+
+def grant_deployers(
+    prefix: str,
+    what: str,
+    *,
+    role_guid: str,
+    principals: Sequence[Principal],
+    scope: pulumi.Input[str],
+    parent: pulumi.Resource,
+) -> list[pulumi.CustomResource]:
+    """``role_guid`` on ``scope`` for each deployer from config, named ``<prefix>-deployer-<i>-<what>``."""
+    return [
+        grant(
+            f"{prefix}-deployer-{i}-{what}",
+            role_guid=role_guid,
+            principal_id=principal.object_id,
+            scope=scope,
+            parent=parent,
+            principal_type=principal.principal_type,
+        )
+        for i, principal in enumerate(principals)
+    ]
