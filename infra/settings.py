@@ -120,7 +120,9 @@ class TrackingSettings:
     # Azure: ClusterIP only (reached through infra/tunnel.py); local: NodePort on a laptop cluster.
     service_type: str = "ClusterIP"
     extra_allowed_hosts: tuple[str, ...] = ()
-    tracking_uri: str | None = None  # local only: how this machine reaches MLflow; derived when unset
+    tracking_uri: str | None = (
+        None  # local only: how the machine running `pulumi up` reaches MLflow; derived when unset
+    )
     admin_username: str = "admin"
     # None: generated with pulumi_random. Set before the first up; rotation: see the module docstring.
     admin_password: pulumi.Output[str] | None = None

@@ -71,8 +71,8 @@ def training_route(settings: Settings) -> tuple[str, str]:
         return f"http://127.0.0.1:{t.node_port}", ""
     raise ConfigError(
         f"Pulumi.{settings.stack}.yaml: config key '{settings.project}:trackingUri' is unset and "
-        f"mlflowServiceType {t.service_type} gives this machine no route to MLflow. Set trackingUri "
-        "(e.g. http://127.0.0.1:5000 with `kubectl -n mlflow port-forward svc/mlflow 5000`)."
+        f"mlflowServiceType {t.service_type} gives the machine running `pulumi up` no route to MLflow. "
+        "Set trackingUri (e.g. http://127.0.0.1:5000 with `kubectl -n mlflow port-forward svc/mlflow 5000`)."
     )
 
 
@@ -229,7 +229,7 @@ class TrackingServer(pulumi.ComponentResource):
 
         self.url = pulumi.Output.from_input(IN_CLUSTER_URL)
         self.service = pulumi.Output.from_input(str(SERVICE))
-        # Only a training stack needs a route from this machine to MLflow.
+        # Only a training stack needs a route from the machine running `pulumi up` to MLflow.
         uri, tunnel_to = ("", "") if settings.promotes else training_route(settings)
         self.training_uri = pulumi.Output.from_input(uri)
         self.training_service = pulumi.Output.from_input(tunnel_to)

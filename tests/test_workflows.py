@@ -320,8 +320,7 @@ def test_each_up_is_followed_by_a_smoke_test_and_a_drift_check(stack: str) -> No
     smoke_step = step_named(job, "Smoke test")
     assert "python -m tools.smoke" in smoke_step["run"]
     # the stack's own model spec, not a fixed data file: another modelSpec has other features
-    assert '--spec "$spec"' in smoke_step["run"] and "modelSpec" in smoke_step["run"]
-    assert "--data" not in smoke_step["run"]
+    assert '--stack-file "Pulumi.$STACK.yaml"' in smoke_step["run"] and "--data" not in smoke_step["run"]
     assert smoke_step["env"]["ENDPOINT"] == "${{ steps.up.outputs.endpoint }}"
     assert index_of(job, up) < index_of(job, smoke_step) < index_of(job, drift)
     assert up.get("id") == "up"
@@ -570,6 +569,18 @@ def test_smoke_finds_the_service_behind_a_cluster_endpoint() -> None:
     assert smoke.cluster_service("http://10.0.0.4:8080") is None
     with pytest.raises(ValueError, match="not an http"):
         smoke.cluster_service("model-server")
+
+
+def test_smoke_tests_the_model_the_stack_file_names(tmp_path: Path) -> None:
+    assert smoke.stack_spec(REPO_ROOT / "Pulumi.dev.yaml") == REPO_ROOT / "model.yaml"
+    other = tmp_path / "Pulumi.x.yaml"
+    other.write_text("config:\n  ml-delivery:modelSpec: examples/wine/model.yaml\n")
+    assert smoke.stack_spec(other) == tmp_path / "examples" / "wine" / "model.yaml"
+    other.write_text("config:\n  ml-delivery:mode: azure\n")
+    assert smoke.stack_spec(other) == tmp_path / "model.yaml"  # the program's default
+    other.write_text("config:\n  ml-delivery:modelSpec: [a]\n")
+    with pytest.raises(ValueError, match="modelSpec must be a path"):
+        smoke.stack_spec(other)
 
 
 def test_smoke_checks_catch_wrong_answers() -> None:

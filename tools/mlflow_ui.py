@@ -1,4 +1,4 @@
-"""Open a stack's MLflow UI on this machine: a port-forward over the AKS API server until Ctrl-C.
+"""Open a stack's MLflow UI on the caller's machine: a port-forward over the AKS API server until Ctrl-C.
 
     make mlflow-ui STACK=dev                  # or: python -m tools.mlflow_ui --stack dev [--port 5000]
 

@@ -234,13 +234,36 @@ def port_forward(kubeconfig: str, service: ClusterService) -> Iterator[str]:
                 proc.wait(timeout=10)
 
 
+def stack_spec(stack_file: Path) -> Path:
+    """The model spec a stack file's ``modelSpec`` names (the program's default when unset)."""
+    import yaml
+
+    from infra.settings import PROJECT, TrainingSettings
+
+    try:
+        config = (yaml.safe_load(stack_file.read_text()) or {}).get("config") or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{stack_file}: cannot read the stack file ({exc})") from None
+    value = config.get(f"{PROJECT}:modelSpec", TrainingSettings.spec_path)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{stack_file}: {PROJECT}:modelSpec must be a path, got {value!r}")
+    return stack_file.resolve().parent / value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint", required=True, help="the stack output 'endpoint'")
     parser.add_argument(
         "--kubeconfig", help="kubeconfig (stack output 'kubeconfig') for a cluster-internal endpoint"
     )
-    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="the model spec (default model.yaml)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--spec", type=Path, default=None, help="the model spec (default model.yaml)")
+    which.add_argument(
+        "--stack-file",
+        type=Path,
+        default=None,
+        help="Pulumi.<stack>.yaml: test the model its modelSpec names",
+    )
     parser.add_argument(
         "--data", type=Path, default=None, help="CSV to take rows from (default: the spec's data)"
     )
@@ -253,7 +276,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec or (stack_spec(args.stack_file) if args.stack_file else DEFAULT_SPEC))
         rows, expected = sample_rows(spec, args.data, args.rows)
         service = cluster_service(args.endpoint)
         if service is not None and not args.kubeconfig:
