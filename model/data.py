@@ -2,7 +2,8 @@
 
 The expected columns are the spec's ``features`` plus its ``target``, or, when the spec lists no
 features, every column but the target with its type inferred from the file (``infer_features``);
-either way the result's ``features`` are what the MLflow signature freezes for serving. Rules:
+a ``string`` feature without ``categories`` takes the file's distinct values. Either way the
+result's ``features`` are what the MLflow signature and the served schema freeze. Rules:
 readable UTF-8 CSV text, unique and non-empty header names, the expected columns, at least one row,
 per feature type (``double``/``long`` finite numbers, ``long`` whole, ``boolean`` true/false or
 0/1, ``string`` non-empty and in its categories), no missing value anywhere (nothing is imputed:
@@ -15,7 +16,7 @@ rule and the fix.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +82,21 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, *, source: str | Path) 
             "point the spec's `data:` (or --data-path) at a file with rows",
         )
     clean = pd.DataFrame(index=frame.index)
+    typed: list[Feature] = []
     for feature in features:
         _check_not_all_missing(frame, feature.name, source)
         clean[feature.name] = _typed_feature(frame[feature.name], feature, source)
+        if feature.type == "string" and feature.categories is None:
+            # A string feature declared without categories takes them from the file, as inferred ones do.
+            feature = replace(feature, categories=tuple(sorted(set(clean[feature.name]))))
+        typed.append(feature)
     if spec.is_classifier:
         clean[target], classes = _check_classes(frame[target], spec, source)
     else:
         _check_not_all_missing(frame, target, source)
         clean[target] = _numbers(frame[target], target, source, whole=False)
         classes = None
-    return Dataset(clean.reset_index(drop=True), tuple(features), target, classes)
+    return Dataset(clean.reset_index(drop=True), tuple(typed), target, classes)
 
 
 def infer_features(frame: pd.DataFrame, target: str) -> tuple[Feature, ...]:

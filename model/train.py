@@ -47,7 +47,7 @@ from model.fingerprint import MODEL_DIR, REPO_ROOT, training_fingerprint
 from model.gate import Gate, GateConfigError, GateFailure, evaluate_gate
 from model.metrics import compute_metrics
 from model.pins import model_roots, pinned_closure
-from model.spec import DEFAULT_SPEC, ModelSpec, SpecError, load_spec
+from model.spec import DEFAULT_SPEC, NAME_RE, ModelSpec, SpecError, load_spec
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -153,6 +153,14 @@ def make_estimator(spec: ModelSpec) -> Any:
         raise SpecError(
             spec.path, "params", f"{path} refused them ({exc})", "use its keyword arguments"
         ) from exc
+    validate = getattr(estimator, "_validate_params", None)  # scikit-learn's own parameter check
+    if callable(validate):
+        try:
+            validate()
+        except (TypeError, ValueError) as exc:  # sklearn's InvalidParameterError is both
+            raise SpecError(
+                spec.path, "params", f"{path} rejects a value ({exc})", "use a value it accepts"
+            ) from exc
     for method in ("fit", "predict", *(["predict_proba"] if spec.is_classifier else [])):
         if not callable(getattr(estimator, method, None)):
             raise SpecError(
@@ -214,6 +222,7 @@ def train_and_register(config: TrainConfig, progress: Progress = _stderr) -> Tra
     spec = config.spec
     progress(f"validating {spec.data} for {spec.name} ({spec.task}, spec {spec.path})")
     dataset = load_dataset(spec)
+    make_estimator(spec)  # an unimportable estimator or a bad parameter fails here, before MLflow
     fingerprint = training_fingerprint(spec, code_dir=config.code_dir)
     progress(f"{len(dataset.frame)} rows valid; training fingerprint {fingerprint[:16]}")
     check_model_output(config.model_output)  # before any MLflow write: it would be replaced at the end
@@ -541,6 +550,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
         help="override one gate bound, or champion_margin=VALUE (repeatable)",
     )
     a = p.parse_args(argv)
+    if a.model_name is not None and not NAME_RE.match(a.model_name):
+        p.error(
+            f"--model-name {a.model_name!r} is not 1-63 letters, digits, '.', '_' or '-' starting "
+            "alphanumeric (the rule of the spec's name); use a name such as my-model"
+        )
     try:
         spec = load_spec(a.spec)
         if a.data_path is not None:

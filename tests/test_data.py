@@ -71,6 +71,16 @@ def test_declared_feature_types_and_string_categories_are_enforced_and_typed() -
     assert dataset.classes == ("no", "yes")
 
 
+def test_a_string_feature_without_categories_takes_them_from_the_file() -> None:
+    """Declared ``region: string`` (no categories): the file's distinct values, as inference does."""
+    churn = load_spec(EXAMPLE_SPECS["churn"])
+    features = tuple(Feature(f.name, f.type) if f.name == "region" else f for f in churn.features or ())
+    dataset = load_dataset(replace(churn, features=features))
+    region = next(f for f in dataset.features if f.name == "region")
+    assert region.categories == tuple(sorted(set(pd.read_csv(churn.data)["region"])))
+    assert region.categories == ("east", "north", "south", "west")
+
+
 def test_regression_and_multiclass_targets() -> None:
     diabetes = load_dataset(load_spec(EXAMPLE_SPECS["diabetes"]))
     assert diabetes.classes is None and diabetes.frame["progression"].dtype == np.float64

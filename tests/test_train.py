@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from model import train as train_mod
-from model.data import DataValidationError
+from model.data import DataValidationError, load_dataset
 from model.pins import model_roots, pinned_closure
 from model.spec import ModelSpec, load_spec
 from model.train import GateFailedError, TrainConfig, TrainResult, load_heldout, train_and_register
@@ -353,6 +353,52 @@ def test_cli_unimportable_estimator_exits_64_naming_the_key_before_anything_is_r
     assert f"{spec}: key 'estimator': cannot import 'no_such_package.Model'" in err
     assert "Traceback" not in err
     assert registry_snapshot(client) == before
+
+
+def test_a_string_feature_declared_without_categories_trains(tmp_path: Path) -> None:
+    """``region: string`` without categories: they come from the data and reach the served metadata."""
+    text = (
+        EXAMPLE_SPECS["churn"]
+        .read_text()
+        .replace("region: {type: string, categories: [north, south, east, west]}", "region: string")
+    )
+    assert "region: string" in text
+    (path := tmp_path / "model.yaml").write_text(
+        text.replace("churn.csv", str(EXAMPLE_SPECS["churn"].parent / "churn.csv"))
+    )
+    spec = load_spec(path)
+    fitted = train_mod.fit_and_evaluate(load_dataset(spec), spec, progress=lambda _: None)
+    categories = train_mod.model_metadata(fitted, spec)[train_mod.METADATA_CATEGORIES]
+    assert categories["region"] == ["east", "north", "south", "west"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("where", "extra"),
+    [("spec", ()), ("cli", ("--param", "n_estimators=abc")), ("cli", ("--param", "n_estimators=-3"))],
+)
+def test_parameter_values_the_estimator_rejects_exit_64_before_any_mlflow_call(
+    where: str, extra: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        EXAMPLE_SPECS["churn"]
+        .read_text()
+        .replace("churn.csv", str(EXAMPLE_SPECS["churn"].parent / "churn.csv"))
+    )
+    if where == "spec":
+        text = text.replace("n_estimators: 60", "n_estimators: -3")
+    (path := tmp_path / "model.yaml").write_text(text)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: any MLflow call would be exit 3
+    assert train_mod.main(cli_args(dead, "--spec", str(path), *extra)) == 64
+    err = capsys.readouterr().err
+    assert f"{path}: key 'params':" in err and "n_estimators" in err
+    assert "MLflow server" not in err and "Traceback" not in err
+
+
+def test_cli_model_name_follows_the_spec_name_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        train_mod.main(["--model-name", "bad name"])
+    assert caught.value.code == 64
+    assert "--model-name 'bad name' is not 1-63 letters" in capsys.readouterr().err
 
 
 def test_cli_unreachable_mlflow_exits_3_naming_the_uri(
