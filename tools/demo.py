@@ -159,7 +159,7 @@ def run(
         with Step(5, "scoring held-out rows over HTTP"):
             scored = score_heldout(spec, result.run_id, tracking, endpoint)
         print_predictions(spec, scored)
-        print_summary(result, ctx, tracking, endpoint, mlflow_dir)
+        print_summary(result, ctx, tracking, endpoint, mlflow_dir, spec.image_repository)
         if keep_running:
             say("servers are up; press Ctrl-C to stop them")
             while True:
@@ -183,7 +183,7 @@ def score_heldout(spec: ModelSpec, run_id: str, tracking: str, endpoint: str) ->
     predicted = _post(f"{endpoint}/predict", rows)
     if not spec.is_classifier:
         return [
-            (f"{float(a):.4g}", f"{float(p):.4g}", f"{float(p) - float(a):+.4g}")
+            (f"{float(a):.4f}", f"{float(p):.4f}", f"{float(p) - float(a):+.4f}")
             for a, p in zip(sample[spec.target], predicted, strict=True)
         ]
     proba = _post(f"{endpoint}/predict_proba", rows)
@@ -210,7 +210,12 @@ def print_predictions(spec: ModelSpec, scored: list[tuple[str, str, str]]) -> No
 
 
 def print_summary(
-    result: TrainResult, ctx: BuildContext, tracking: str, endpoint: str, mlflow_dir: Path
+    result: TrainResult,
+    ctx: BuildContext,
+    tracking: str,
+    endpoint: str,
+    mlflow_dir: Path,
+    image_repository: str = "",
 ) -> None:
     metrics = ", ".join(f"{name}={value:.4f}" for name, value in sorted(result.metrics.items()))
     say(f"held-out metrics of run {result.run_id}: {metrics}")
@@ -219,7 +224,8 @@ def print_summary(
     apis = "/predict, /predict_proba" if result.task != "regression" else "/predict"
     say(f"served at {endpoint}: POST {apis}; GET /readyz, /metrics")
     say(f"build context: {ctx.path}")
-    say(f"  docker build -f {ctx.dockerfile} -t {ctx.image_name}:{ctx.image_tag} {ctx.path}")
+    image = f"{image_repository or ctx.image_name}:{ctx.image_tag}"  # the repository Pulumi pushes to
+    say(f"  docker build -f {ctx.dockerfile} -t {image} {ctx.path}")
 
 
 def mlflow_ui_command(mlflow_dir: Path) -> str:
