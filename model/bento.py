@@ -44,6 +44,7 @@ from packaging.utils import canonicalize_name
 
 from model.container import DEFAULT_BASE_IMAGE
 from model.fingerprint import FINGERPRINT_RE, SERVING_SOURCES, build_identity
+from model.pins import SERVING_ROOTS
 from model.spec import bento_name_for
 
 MODEL_DIR = Path(__file__).resolve().parent
@@ -57,7 +58,7 @@ SERVICE_IMPORTS = {
     "regression": "model.service:Regressor",
 }
 # Packages BentoML itself adds to the image requirements; not the model's, so not parity-checked.
-BENTOML_PACKAGE = "bentoml"
+BENTOML_PACKAGE = SERVING_ROOTS[0]
 
 # The install step of BentoML 1.4's Dockerfile template (templates/base_v2.j2), which must end its line.
 INSTALL_STEP = "uv --directory $INSTALL_ROOT pip install -r $BENTO_PATH/env/python/requirements.txt"
@@ -492,7 +493,7 @@ def _stored_or_none(getter: Callable[[str], Any], tag: str, not_found: type[Exce
 
 def _serving_pins(closure: Callable[[Sequence[str]], list[str]]) -> dict[str, str]:
     """Installed pins of BentoML and everything it needs, from this (the build) environment."""
-    return parse_pinned_requirements("\n".join(closure([BENTOML_PACKAGE])), "the installed BentoML closure")
+    return parse_pinned_requirements("\n".join(closure(SERVING_ROOTS)), "the installed BentoML closure")
 
 
 def _mlmodel_creation_time(mlmodel_dir: Path) -> datetime:

@@ -3,11 +3,13 @@
 - The **training fingerprint** (``training_fingerprint``) decides retraining. It covers the data
   file's bytes, the spec's training identity (``ModelSpec.training_identity``: task, target,
   features, classes, estimator, params, preprocessing, split, data rule), the training code (every
-  ``*.py`` under model/ except the serving modules, plus a local estimator factory's file) and the
+  ``*.py`` under model/ except the serving modules, plus a local estimator factory's package: every
+  ``*.py`` in the factory module's folder, so a helper it imports from there counts too) and the
   exact pins of the packages the model needs (``model.pins``). A change in serving code, a Pulumi
   package, the requirements lock's other entries or the docs does not move it.
 - The **build identity** (``build_identity``) decides rebuilding: the training fingerprint, the
-  serving code (``SERVING_SOURCES``) and the base image. Its first 32 hex chars are the bento,
+  serving code (``SERVING_SOURCES``), the pins of the serving packages the bento installs beside
+  the model's (BentoML's closure) and the base image. Its first 32 hex chars are the bento,
   BentoML model and image version.
 
 Each part is length-prefixed and labelled so that bytes cannot slide from one part into the next.
@@ -70,6 +72,17 @@ def local_estimator_file(estimator: str, root: Path = REPO_ROOT) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def local_estimator_sources(estimator: str, root: Path = REPO_ROOT) -> list[Path]:
+    """The local factory's code: every ``*.py`` in its module's folder (recursively), or only the
+    file itself when it sits at ``root`` (the repository's other code is not the model's)."""
+    factory = local_estimator_file(estimator, root)
+    if factory is None:
+        return []
+    if factory.parent == root:
+        return [factory]
+    return sorted(p for p in factory.parent.rglob("*.py") if p.is_file() and "__pycache__" not in p.parts)
+
+
 class _Digest:
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
@@ -88,6 +101,7 @@ def training_fingerprint(
     code_dir: str | Path = MODEL_DIR,
     packages: Sequence[str] | None = None,
     closure: Callable[[Sequence[str]], list[str]] | None = None,
+    root: Path = REPO_ROOT,
 ) -> str:
     """sha256 hex of data bytes + spec training identity + training code + the model's package pins.
 
@@ -109,20 +123,32 @@ def training_fingerprint(
     digest.part("spec", canonical_json(spec.training_identity()).encode())
     for rel, payload in training_code_files(code_dir):
         digest.part(f"code:{rel}", payload)
-    factory = local_estimator_file(spec.estimator)
-    if factory is not None:
-        digest.part(f"estimator:{factory.relative_to(REPO_ROOT).as_posix()}", factory.read_bytes())
+    for source in local_estimator_sources(spec.estimator, root):
+        digest.part(f"estimator:{source.relative_to(root).as_posix()}", source.read_bytes())
     digest.part("packages", "\n".join(sorted(packages)).encode())
     return digest.hexdigest()
 
 
-def build_identity(fingerprint: str, base_image: str, *, root: Path = REPO_ROOT) -> str:
-    """sha256 hex of the training fingerprint + the serving code + the base image reference."""
+def build_identity(
+    fingerprint: str,
+    base_image: str,
+    *,
+    root: Path = REPO_ROOT,
+    serving_packages: Sequence[str] | None = None,
+) -> str:
+    """sha256 hex of the training fingerprint + the serving code + the serving packages' pins + the
+    base image reference. ``serving_packages``: default ``pinned_closure(SERVING_ROOTS)``, the pins
+    the bento installs for what the model does not name."""
+    from model.pins import SERVING_ROOTS, pinned_closure
+
     if not FINGERPRINT_RE.match(fingerprint):
         raise ValueError(f"build identity: {fingerprint!r} is not a training fingerprint (64 hex chars)")
+    if serving_packages is None:
+        serving_packages = pinned_closure(SERVING_ROOTS)
     digest = _Digest()
     digest.part("training", fingerprint.encode())
     for rel in BUILD_SOURCES:
         digest.part(f"serving:{rel}", (root / rel).read_bytes())
+    digest.part("serving_packages", "\n".join(sorted(serving_packages)).encode())
     digest.part("base_image", base_image.encode())
     return digest.hexdigest()

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from model.spec import ModelSpec
 
 # mlflow-skinny is the same code as mlflow at the same version without the tracking server and UI.
+# What the serving image installs beside the model's own packages (its closure, pinned as installed).
+SERVING_ROOTS: tuple[str, ...] = ("bentoml",)
 MODEL_ROOTS: tuple[str, ...] = (
     "mlflow-skinny",
     "scikit-learn",

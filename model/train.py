@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -417,7 +418,11 @@ def _log_model(fitted: Fitted, spec: ModelSpec, name: str) -> ModelInfo:
     from mlflow.models import infer_signature
 
     x_test = fitted.heldout[fitted.dataset.feature_names]
-    signature = infer_signature(x_test, fitted.predictions)
+    with warnings.catch_warnings():
+        # Integer columns stay integers on purpose (long features); the data rules refuse missing
+        # values, the case MLflow's hint warns about.
+        warnings.filterwarnings("ignore", message=r".*Inferred schema contains integer column")
+        signature = infer_signature(x_test, fitted.predictions)
     kwargs: dict[str, Any] = {}
     if spec.serialization == "skops":
         import skops.io

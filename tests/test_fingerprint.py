@@ -15,10 +15,11 @@ from model.fingerprint import (
     build_identity,
     canonical_json,
     local_estimator_file,
+    local_estimator_sources,
     training_code_files,
     training_fingerprint,
 )
-from model.pins import MODEL_ROOTS, estimator_distribution, model_roots, pinned_closure
+from model.pins import MODEL_ROOTS, SERVING_ROOTS, estimator_distribution, model_roots, pinned_closure
 from model.spec import ModelSpec, load_spec
 from tests.conftest import EXAMPLE_SPECS, REPO_ROOT
 
@@ -111,17 +112,37 @@ def test_the_estimators_distribution_joins_the_model_roots() -> None:
     assert "packaging" in model_roots(replace(churn, packages=("packaging",)))
 
 
-def test_a_local_factory_file_is_covered(spec: ModelSpec, code: Path, tmp_path: Path) -> None:
+def test_a_local_factory_and_the_helpers_beside_it_are_covered(
+    spec: ModelSpec, code: Path, tmp_path: Path
+) -> None:
+    # A copy of the churn factory's package in a private root: the test never edits tracked files.
+    root = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "examples" / "churn", root / "examples" / "churn")
+    (root / "examples" / "churn" / "helpers.py").write_text("N = 10\n")
+    (root / "elsewhere.py").write_text("X = 1\n")
     churn = load_spec(EXAMPLE_SPECS["churn"])
-    factory = REPO_ROOT / "examples" / "churn" / "factory.py"
-    original = factory.read_bytes()
-    before = fp(churn, code)
-    try:
-        factory.write_bytes(original + b"\n# a comment\n")
-        assert fp(churn, code) != before
-    finally:
-        factory.write_bytes(original)
-    assert fp(churn, code) == before
+
+    def churn_fp() -> str:
+        return training_fingerprint(churn, code_dir=code, packages=PACKAGES, root=root)
+
+    before = churn_fp()
+    factory = root / "examples" / "churn" / "factory.py"
+    factory.write_bytes(factory.read_bytes() + b"\n# a comment\n")
+    assert churn_fp() != before
+    after_factory = churn_fp()
+    (root / "examples" / "churn" / "helpers.py").write_text("N = 500\n")  # a helper the factory may import
+    assert churn_fp() != after_factory
+    after_helper = churn_fp()
+    (root / "elsewhere.py").write_text("X = 2\n")  # code outside the factory's folder
+    assert churn_fp() == after_helper
+    assert training_fingerprint(churn, code_dir=code, packages=PACKAGES) != after_helper  # the real root
+
+
+def test_a_factory_at_the_root_covers_only_its_own_file(tmp_path: Path) -> None:
+    (tmp_path / "fac.py").write_text("def make(): ...\n")
+    (tmp_path / "other.py").write_text("X = 1\n")
+    assert local_estimator_sources("fac:make", tmp_path) == [tmp_path / "fac.py"]
+    assert local_estimator_sources("sklearn.svm.SVC", tmp_path) == []
 
 
 def test_build_identity_covers_fingerprint_serving_code_and_base_image(tmp_path: Path) -> None:
@@ -152,3 +173,22 @@ def test_missing_inputs_are_named(spec: ModelSpec, code: Path, tmp_path: Path) -
         fp(spec.with_data(tmp_path / "nope.csv"), code)
     with pytest.raises(NotADirectoryError, match="code directory"):
         fp(spec, tmp_path / "no-code")
+
+
+def test_build_identity_covers_the_serving_packages_the_training_fingerprint_does_not(
+    spec: ModelSpec, code: Path, tmp_path: Path
+) -> None:
+    # A BentoML (or uvicorn, ...) bump changes what the image installs: a new bento version and tag,
+    # never a stale bento reused or a tag rebuilt with other content; the model is not retrained.
+    root = tmp_path / "repo"
+    for rel in BUILD_SOURCES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"# {rel}\n")
+    trained = fp(spec, code)
+    old = build_identity(trained, "python:3.11-slim", root=root, serving_packages=["bentoml==1.4.40"])
+    new = build_identity(trained, "python:3.11-slim", root=root, serving_packages=["bentoml==1.4.41"])
+    assert old != new and fp(spec, code) == trained
+    default = build_identity(trained, "python:3.11-slim", root=root)
+    assert default == build_identity(
+        trained, "python:3.11-slim", root=root, serving_packages=pinned_closure(SERVING_ROOTS)
+    )
