@@ -33,7 +33,6 @@ from model.gate import Gate, evaluate_gate
 from model.metric_rules import metric_names
 
 REQUIRED_OUTPUTS = ("imageRef", "modelVersion", "metrics", "fingerprint", "registryId")
-MLFLOW_IMAGE_OUTPUT = "mlflowImageRef"  # required unless this stack pins mlflowImage itself
 OVERRIDE_OUTPUT = "imageRefOverride"  # exported by a stack that runs a rollback
 TASK_OUTPUT = "task"  # the model spec's task: which row of the metric table the metrics belong to
 REGISTRY_ID_RE = re.compile(
@@ -53,7 +52,6 @@ class PromotedModel:
     metrics: dict[str, float]
     fingerprint: str
     registry_id: str
-    mlflow_image_ref: str | None
 
 
 def _failure(source: str, stack: str) -> Callable[[str], PromotionError]:
@@ -66,22 +64,15 @@ def _failure(source: str, stack: str) -> Callable[[str], PromotionError]:
     return fail
 
 
-def validate_registry(
-    outputs: Mapping[str, Any], source: str, stack: str, *, need_mlflow_image: bool = True
-) -> tuple[str, str | None]:
-    """(registry id, MLflow image ref or None) of the source stack: what even a rollback needs."""
+def validate_registry(outputs: Mapping[str, Any], source: str, stack: str) -> str:
+    """The source stack's registry id: what even a rollback needs (it may import from there)."""
     fail = _failure(source, stack)
-    required = ("registryId", MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else ("registryId",)
-    missing = [key for key in required if outputs.get(key) in (None, "", {})]
-    if missing:
-        raise fail(f"the source stack has no output {', '.join(missing)}")
+    if outputs.get("registryId") in (None, "", {}):
+        raise fail("the source stack has no output registryId")
     registry_id = str(outputs["registryId"])
     if not REGISTRY_ID_RE.match(registry_id):
         raise fail(f"output registryId {registry_id!r} is not an Azure Container Registry resource id")
-    mlflow_ref = outputs.get(MLFLOW_IMAGE_OUTPUT) if need_mlflow_image else None
-    if mlflow_ref is not None and not DIGEST_REF_RE.match(str(mlflow_ref)):
-        raise fail(f"output {MLFLOW_IMAGE_OUTPUT} {mlflow_ref!r} is not pinned by digest")
-    return registry_id, str(mlflow_ref) if mlflow_ref is not None else None
+    return registry_id
 
 
 def validate_source(
@@ -89,8 +80,6 @@ def validate_source(
     source: str,
     stack: str,
     gate: Gate,
-    *,
-    need_mlflow_image: bool = True,
 ) -> PromotedModel:
     """Check the source stack's outputs; a PromotionError names what is wrong and what to do."""
     fail = _failure(source, stack)
@@ -105,7 +94,7 @@ def validate_source(
     missing = [key for key in REQUIRED_OUTPUTS if outputs.get(key) in (None, "", {})]
     if missing:
         raise fail(f"the source stack has no output {', '.join(missing)}")
-    registry_id, mlflow_ref = validate_registry(outputs, source, stack, need_mlflow_image=need_mlflow_image)
+    registry_id = validate_registry(outputs, source, stack)
     ref = str(outputs["imageRef"])
     if not DIGEST_REF_RE.match(ref):
         raise fail(f"output imageRef {ref!r} is not pinned by digest (registry/repo@sha256:<64 hex>)")
@@ -139,7 +128,6 @@ def validate_source(
         metrics=metrics,
         fingerprint=fingerprint,
         registry_id=registry_id,
-        mlflow_image_ref=mlflow_ref,
     )
 
 
@@ -178,9 +166,7 @@ class Promotion(pulumi.ComponentResource):
         if image_ref_override is None:
             keys = (*REQUIRED_OUTPUTS, OVERRIDE_OUTPUT, TASK_OUTPUT)
             promoted = pulumi.Output.all(*(ref.get_output(key) for key in keys)).apply(
-                lambda values: validate_source(
-                    dict(zip(keys, values, strict=True)), source, stack, gate, need_mlflow_image=False
-                )
+                lambda values: validate_source(dict(zip(keys, values, strict=True)), source, stack, gate)
             )
             self.source_image_ref = promoted.image_ref
             self.model_version = promoted.model_version
@@ -190,9 +176,7 @@ class Promotion(pulumi.ComponentResource):
         else:
             # Rollback: the source's image and model are neither read nor validated.
             registry = ref.get_output("registryId").apply(
-                lambda value: validate_registry(
-                    {"registryId": value}, source, stack, need_mlflow_image=False
-                )[0]
+                lambda value: validate_registry({"registryId": value}, source, stack)
             )
             unknown_lineage: pulumi.Output[Any] = pulumi.Output.from_input(None)
             self.source_image_ref = pulumi.Output.from_input(image_ref_override)

@@ -204,7 +204,6 @@ def test_validate_source_accepts_well_formed_outputs() -> None:
             {"metrics": {"accuracy": 0.5, "f1": 0.99, "roc_auc": 0.99, "log_loss": 0.1}},
             "accuracy=0.5000 < 0.9000 (threshold): short by 0.4000",
         ),
-        ({"mlflowImageRef": "ghcr.io/mlflow/mlflow:v3"}, "mlflowImageRef"),
         ({"task": "regression"}, "output task is 'regression' but this stack's model spec is a binary model"),
     ],
 )
