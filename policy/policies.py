@@ -586,64 +586,58 @@ def _policy(
 
 WORKLOAD_TYPES = tuple(POD_SPEC_PATHS)
 
+
+def _string_list(default: list[str], description: str) -> dict[str, Any]:
+    """A policy config property holding a list of strings."""
+    return {"type": "array", "items": {"type": "string"}, "default": default, "description": description}
+
+
 LOAD_BALANCER_SCHEMA = PolicyConfigSchema(
     properties={
-        "allowedServices": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": [],
-            "description": "Services allowed to be of type LoadBalancer: 'name' or 'namespace/name', "
+        "allowedServices": _string_list(
+            [],
+            "Services allowed to be of type LoadBalancer: 'name' or 'namespace/name', "
             "shell-style wildcards allowed (e.g. 'mlflow/*').",
-        }
+        )
     }
 )
 IMAGE_CREDENTIALS_SCHEMA = PolicyConfigSchema(
     properties={
-        "credentialFreeRegistries": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": ["localhost:*", "127.0.0.1:*"],
-            "description": "Registries (server patterns, shell-style wildcards) pushed to without "
+        "credentialFreeRegistries": _string_list(
+            ["localhost:*", "127.0.0.1:*"],
+            "Registries (server patterns, shell-style wildcards) pushed to without "
             "credentials: a laptop cluster's local registry.",
-        }
+        )
     }
 )
 AKS_SCHEMA = PolicyConfigSchema(
     properties={
-        "localStacks": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": ["local"],
-            "description": "Stacks (laptop clusters) exempt from the AKS access rules.",
-        }
+        "localStacks": _string_list(
+            ["local"],
+            "Stacks (laptop clusters) exempt from the AKS access rules.",
+        )
     }
 )
 
 MLFLOW_EXPOSURE_SCHEMA = PolicyConfigSchema(
     properties={
-        "mlflowServices": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": ["mlflow/mlflow"],
-            "description": "MLflow Services as 'namespace/name' (shell-style wildcards allowed).",
-        },
-        "localStacks": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": ["local"],
-            "description": "Stacks (laptop clusters) where MLflow may be a NodePort.",
-        },
+        "mlflowServices": _string_list(
+            ["mlflow/mlflow"],
+            "MLflow Services as 'namespace/name' (shell-style wildcards allowed).",
+        ),
+        "localStacks": _string_list(
+            ["local"],
+            "Stacks (laptop clusters) where MLflow may be a NodePort.",
+        ),
     }
 )
 PROTECTION_SCHEMA = PolicyConfigSchema(
     properties={
-        "protectedStacks": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": list(PROTECTED_STACKS),
-            "description": "Stacks whose PostgreSQL servers and databases, storage accounts and blob "
+        "protectedStacks": _string_list(
+            list(PROTECTED_STACKS),
+            "Stacks whose PostgreSQL servers and databases, storage accounts and blob "
             "containers, and registries are protected.",
-        }
+        )
     }
 )
 
