@@ -9,6 +9,8 @@
   again, and the requests lost meanwhile are counted.
 - The gate refuses a worse model: the champion keeps its alias (and the candidate alias) and the
   server keeps answering as before.
+- The bento export is killed while it writes: the last complete build context stays as it was (or
+  there is none), and the next export removes the leftovers and writes the same bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -291,3 +294,66 @@ def test_the_gate_refuses_a_worse_model_and_the_champion_keeps_alias_and_serving
     after = requests.post(f"{served_default.url}/predict", json={"rows": rows}, timeout=60)
     assert after.status_code == 200 and after.json() == before
     record("fault-gate-refuses", {"exit_code": worse.returncode, "told": err.strip().splitlines()[-1]})
+
+
+def _killed_export(served: ServedExample, mlflow_server: str, out: Path, home: Path) -> list[Path]:
+    """Start the export child (``python -m model.bento``, what export_build_context runs), SIGKILL it
+    the moment its staging folder appears beside ``out``; return the leftovers it could not clean."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    command = [
+        sys.executable, "-m", "model.bento", "--model-uri", served.result.model_uri,
+        "--fingerprint", served.result.fingerprint, "--out-dir", str(out),
+    ]  # fmt: skip
+    child = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while not list(out.parent.glob(f".{out.name}-new-*")):
+            assert child.poll() is None, (
+                f"the export ended (exit {child.returncode}) before it was interrupted"
+            )
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    return list(out.parent.glob(f".{out.name}-*"))
+
+
+def test_an_interrupted_bento_export_leaves_the_last_good_one_and_the_next_run_starts_clean(
+    served_default: ServedExample, mlflow_server: str, tmp_path: Path
+) -> None:
+    from model.bento import export_build_context, tree_digest
+
+    out, home = tmp_path / "build" / "context", tmp_path / "bentoml"
+    out.parent.mkdir()
+
+    def export() -> Any:
+        return export_build_context(
+            served_default.result.model_uri,
+            served_default.result.fingerprint,
+            out,
+            tracking_uri=mlflow_server,
+            bentoml_home=home,
+        )
+
+    leftovers = _killed_export(served_default, mlflow_server, out, home)
+    assert leftovers and not out.exists(), "the first export, interrupted, must leave no context"
+    first = export()
+    assert list(tree_digest(first.path)) == list(tree_digest(served_default.context.path))
+    assert not list(out.parent.glob(f".{out.name}-*")), "the next run left the interrupted export's folders"
+    good = list(tree_digest(out))
+
+    assert _killed_export(served_default, mlflow_server, out, home)
+    assert list(tree_digest(out)) == good, "an interrupted export touched the last complete one"
+    again = export()
+    assert again.reused and list(tree_digest(out)) == good
+    assert not list(out.parent.glob(f".{out.name}-*"))
+    record("fault-export-interrupted", {"interruptions": 2, "files_in_context": len(good)})
