@@ -1,12 +1,16 @@
 """The bad training data catalogue, through the real training CLI against a real MLflow server.
 
-Each kind of bad file runs ``python -m model.train --data-path FILE`` as a user would: it must exit 1
+Each kind of bad file runs ``python -m model.train --data-path FILE`` as a user would (the full run
+starts a process per kind; ``make test`` runs ``model.train.main`` with the same arguments in the
+test process, except for ALWAYS_A_PROCESS): it must exit 1
 with a message naming the file, the column (where there is one), the rule and the fix, and leave
 nothing behind: no registered model or version, no run in the experiment, no model output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_SPECS, REPO_ROOT
-from tests.reliability.conftest import record
+from tests.reliability.conftest import FULL, record
 
 pytestmark = pytest.mark.servers
 
@@ -128,18 +132,32 @@ def listed_spec(folder: Path) -> Path:
     return path
 
 
+# Kinds that go through a separate `python -m model.train` process in `make test` too; the full run
+# starts one per kind (each start imports scikit-learn and MLflow: ~10-25 s on a busy small host).
+ALWAYS_A_PROCESS = ("empty-file", "missing-column", "semicolon-delimiter")
+
+
 def train_cli(
-    spec: Path, data: Path, tracking_uri: str, name: str, output: Path, *extra: str
-) -> subprocess.CompletedProcess[str]:
-    """``python -m model.train`` on ``spec`` with ``data``, as a user runs it."""
-    return subprocess.run(
-        [
-            sys.executable, "-m", "model.train", "--spec", str(spec), "--data-path", str(data),
-            "--tracking-uri", tracking_uri, "--model-name", name, "--experiment", name,
-            "--model-output", str(output), "--json", *extra,
-        ],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, check=False,
-    )  # fmt: skip
+    spec: Path, data: Path, tracking_uri: str, name: str, output: Path, *, process: bool
+) -> tuple[int, str]:
+    """(exit code, stderr) of ``python -m model.train`` on ``spec`` with ``data``, as a user runs it:
+    in its own process, or (``process=False``) its ``main`` in this one, with the same arguments."""
+    argv = [
+        "--spec", str(spec), "--data-path", str(data), "--tracking-uri", tracking_uri,
+        "--model-name", name, "--experiment", name, "--model-output", str(output), "--json",
+    ]  # fmt: skip
+    if process:
+        done = subprocess.run(
+            [sys.executable, "-m", "model.train", *argv],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, check=False,
+        )  # fmt: skip
+        return done.returncode, done.stderr
+    from model.train import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, err.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -159,10 +177,14 @@ def test_bad_training_data_is_refused_clearly_and_nothing_is_registered(
     data.write_bytes(content)
     name = f"bad-data-{kind}"
     output = tmp_path / "model-output"
-    done = train_cli(listed_spec(tmp_path) if listed else SPEC, data, mlflow_server, name, output)
-    message = done.stderr
-    record(f"bad-data-{kind}", {"exit_code": done.returncode, "message": message.strip().splitlines()[-1]})
-    assert done.returncode == 1, f"{kind}: exit {done.returncode}\n{message}"
+    process = FULL or kind in ALWAYS_A_PROCESS
+    spec = listed_spec(tmp_path) if listed else SPEC
+    code, message = train_cli(spec, data, mlflow_server, name, output, process=process)
+    record(
+        f"bad-data-{kind}",
+        {"exit_code": code, "own_process": process, "message": message.strip().splitlines()[-1]},
+    )
+    assert code == 1, f"{kind}: exit {code}\n{message}"
     assert "nothing was logged or registered" in message
     assert str(data) in message and f"rule '{rule}'" in message and "Fix:" in message, message
     if column is not None:

@@ -114,6 +114,7 @@ def test_no_secret_value_in_stack_outputs_manifests_or_program_output(
 # ---- MLflow basic auth ---------------------------------------------------------------------------
 
 ADMIN = "admin"
+FLASK_SECRET = "reliability-flask-secret-2d8e41a0"
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_SECRET,  # infra/tracking.py generates one per stack
     }
     with running(
         [*mlflow_server_command(root, port), "--app-name", "basic-auth"],
@@ -188,7 +190,7 @@ def test_training_with_credentials_never_prints_the_password(auth_server: Any, t
     )
     assert done.returncode == 0, done.stderr
     for text in (anonymous.stdout, anonymous.stderr, done.stdout, done.stderr, server_log.read_text()):
-        assert ADMIN_PASSWORD not in text
+        assert ADMIN_PASSWORD not in text and FLASK_SECRET not in text
 
 
 # ---- dependency audit ----------------------------------------------------------------------------
