@@ -1,7 +1,8 @@
 """Fixtures and scale of the reliability tier (docs/reliability.md).
 
-``make test`` runs every test here at the fast counts; ``make reliability`` sets
-``RELIABILITY_FULL=1`` and the same tests run at the full counts (``scaled(full, fast)``). The
+``make test`` runs the tests here at the fast counts; ``make reliability`` sets
+``RELIABILITY_FULL=1`` and the same tests run at the full counts (``scaled(full, fast)``), plus
+the few marked ``full_only`` (each starts extra servers and trainings). The
 served default model comes from the session fixtures of tests/conftest.py (real MLflow server,
 real ``bentoml serve``).
 """
@@ -23,6 +24,10 @@ FULL = os.environ.get(FULL_ENV, "") == "1"
 REPORT_DIR = Path(
     os.environ.get("RELIABILITY_REPORT_DIR", Path(__file__).resolve().parents[2] / ".build" / "reliability")
 )
+
+
+# The heaviest faults (extra server processes and trainings) run in `make reliability` only.
+full_only = pytest.mark.skipif(not FULL, reason=f"full run only: make reliability ({FULL_ENV}=1)")
 
 
 def scaled(full: float, fast: float) -> float:

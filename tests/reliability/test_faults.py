@@ -34,7 +34,7 @@ import requests
 from model.container import MODEL_TAG_ENV, READINESS_PATH
 from model.registry import CANDIDATE_ALIAS, CHAMPION_ALIAS, FINGERPRINT_TAG, GATE_TAG
 from tests.conftest import REPO_ROOT, ServedExample
-from tests.reliability.conftest import record, scaled
+from tests.reliability.conftest import full_only, record, scaled
 from tools import bench_serving
 from tools.processes import (
     MLFLOW_SERVER_ENV,
@@ -143,6 +143,7 @@ def test_mlflow_killed_mid_training_registers_nothing_and_a_rerun_succeeds(tmp_p
     )
 
 
+@full_only
 def test_the_mlflow_backend_store_survives_a_restart(tmp_path: Path) -> None:
     from model.spec import load_spec
     from model.train import TrainConfig, load_heldout, train_and_register
@@ -214,6 +215,7 @@ def _workers(server: subprocess.Popen[bytes]) -> list[psutil.Process]:
     ]
 
 
+@full_only
 def test_a_serving_worker_killed_under_load_is_replaced(
     served_default: ServedExample, tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ import requests
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.reliability.conftest import record
+from tests.reliability.conftest import full_only, record
 from tools.processes import MLFLOW_SERVER_ENV, free_port, mlflow_server_command, running
 
 STACKS = ("dev", "staging", "prod", "local")
@@ -165,6 +165,7 @@ def test_mlflow_refuses_writes_without_valid_credentials(auth_server: Any, auth:
     assert allowed.status_code == 200, allowed.text
 
 
+@full_only
 @pytest.mark.servers
 def test_training_with_credentials_never_prints_the_password(auth_server: Any, tmp_path: Path) -> None:
     url, server_log = auth_server
