@@ -4,7 +4,7 @@ e2e fixtures (tests/e2e/conftest.py).
 - The registry is down when the image is pushed: the push fails, the error names the registry and
   the refused connection, and the engine records no digest for it (nothing a deployment could use).
 - The image build is interrupted: no tag exists for the killed build (no stale reference to pick
-  up), and the next build of the same context gives the same image as the session's build.
+  up), and the next build of the same context gives an image with the same content as the session's build.
 - The running serving container cannot write to its root filesystem and runs as the image's
   non-root user (the inspect-level checks are in test_image.py).
 """
@@ -31,6 +31,7 @@ from tools.container_run import (
     push_image,
 )
 from tools.docker_env import DockerEngine, HarnessError, docker, docker_cli, local_registry
+from tools.image_diff import compare_images
 
 pytestmark = pytest.mark.e2e
 
@@ -106,9 +107,13 @@ def test_an_interrupted_image_build_leaves_no_tag_and_the_rebuild_is_the_same_im
         environ=dict(os.environ),
     )
     try:
-        assert rebuilt == built_image_id
+        assert docker(engine, ["image", "inspect", "--format", "{{.Id}}", tag]).stdout.strip() == rebuilt
+        # Build times differ between builds (test_image.py explains); the content must not.
+        config_diffs, layers = compare_images(engine, built_image_id, rebuilt, e2e_dir / "compare-after-kill")
     finally:
         docker(engine, ["rmi", tag], check=False)
+    assert config_diffs == [], f"the rebuilt image's config differs beyond build times: {config_diffs}"
+    assert not [layer for layer in layers if layer.verdict == "content differs"]
     record("fault-build-interrupted", {"killed_after_steps": sum(line.startswith("Step ") for line in seen)})
 
 
