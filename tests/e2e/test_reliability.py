@@ -67,7 +67,7 @@ def test_a_push_to_a_registry_that_is_down_fails_naming_it_and_records_no_digest
     record("fault-registry-down", {"told": message.strip().splitlines()[-1][:300]})
 
 
-def test_an_interrupted_image_build_leaves_no_tag_and_the_rebuild_is_the_same_image(
+def test_an_interrupted_image_build_leaves_no_tag_and_the_rebuild_has_the_same_content(
     engine: DockerEngine, build_context: BuildContext, built_image_id: str, e2e_dir: Path
 ) -> None:
     tag = f"{local_tag(build_context)}-interrupted"
