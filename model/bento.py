@@ -229,6 +229,22 @@ def check_out_dir(out_dir: Path) -> None:
         )
 
 
+def remove_leftovers(out_dir: Path) -> list[Path]:
+    """Delete the staging folders an interrupted export left beside ``out_dir`` (``.NAME-new-*``,
+    ``.NAME-old-*``: a killed process runs no cleanup); return them. The next export starts clean."""
+    if not out_dir.parent.is_dir():
+        return []
+    stale = sorted(
+        p
+        for pattern in (f".{out_dir.name}-new-*", f".{out_dir.name}-old-*")
+        for p in out_dir.parent.glob(pattern)
+        if p.is_dir() and not p.is_symlink()
+    )
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Put the folder ``new`` at ``target`` (a sibling), replacing what is there; on failure ``target``
     keeps its old content."""
@@ -421,6 +437,8 @@ def _build_in_this_process(
     progress(f"exporting {bento_tag} to {out_dir}")
     check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_leftovers(out_dir):
+        progress(f"removed {stale.name}, left by an interrupted export")
     # Export next to out_dir and move it into place only once it is complete and passed parity:
     # a failed export leaves the previous one untouched.
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-new-", dir=out_dir.parent))

@@ -4,7 +4,8 @@ The expected columns are the spec's ``features`` plus its ``target``, or, when t
 features, every column but the target with its type inferred from the file (``infer_features``);
 a ``string`` feature without ``categories`` takes the file's distinct values. Either way the
 result's ``features`` are what the MLflow signature and the served schema freeze. Rules:
-readable UTF-8 CSV text, unique and non-empty header names, the expected columns, at least one row,
+readable UTF-8 CSV text separated by commas, unique and non-empty header names, (inferred features)
+no numeric column with a stray non-number, the expected columns, at least one row,
 per feature type (``double``/``long`` finite numbers, ``long`` whole, ``boolean`` true/false or
 0/1, ``string`` non-empty and in its categories), no missing value anywhere (nothing is imputed:
 the serving schema has no notion of "missing"), and per task target values (classes as listed in
@@ -71,6 +72,8 @@ def validate_frame(frame: pd.DataFrame, spec: ModelSpec, *, source: str | Path) 
             f"no column '{target}' (the spec's target) among {_listed([str(c) for c in frame.columns])}",
             f"add it, or set `target:` in {spec.path.name}",
         )
+    if spec.features is None:
+        _check_inferred_numbers(frame, target, source)
     features = spec.features if spec.features is not None else infer_features(frame, target)
     _check_columns(frame, [f.name for f in features], target, source, spec)
     if frame.empty:
@@ -134,6 +137,14 @@ def _read_csv(path: Path, spec: ModelSpec) -> pd.DataFrame:
             "the file is empty",
             f"write a CSV with a header row (the features and '{spec.target}') and data rows",
         )
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataValidationError(
+            path,
+            None,
+            "is-csv",
+            "the file is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8",
+            "save it again as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`) or export it as CSV UTF-8",
+        )
     if b"\x00" in head:
         raise DataValidationError(
             path,
@@ -154,6 +165,14 @@ def _read_csv(path: Path, spec: ModelSpec) -> pd.DataFrame:
             f"the file cannot be parsed as UTF-8 CSV ({exc})",
             "export the data as comma-separated UTF-8 text with a header row",
         ) from exc
+    if len(header) == 1 and (delimiter := _other_delimiter(header[0])):
+        raise DataValidationError(
+            path,
+            None,
+            "comma-separated",
+            f"the header is a single column ({header[0][:60]!r}...): the file looks {delimiter!r}-separated",
+            "export it comma-separated (',' between columns, '.' as the decimal point)",
+        )
     empty = [i + 1 for i, name in enumerate(header) if not name.strip()]
     if empty:
         raise DataValidationError(
@@ -173,6 +192,40 @@ def _read_csv(path: Path, spec: ModelSpec) -> pd.DataFrame:
             "keep one column per name",
         )
     return frame
+
+
+def _other_delimiter(header: str) -> str | None:
+    return next((d for d in (";", "\t", "|") if d in header), None)
+
+
+def _check_inferred_numbers(frame: pd.DataFrame, target: str, source: str | Path) -> None:
+    """A text column whose values are mostly numbers has a typo, not categories: name the odd values.
+
+    Without ``features:`` a column's type is inferred from the file, and one stray value ("12 mm",
+    "1e400") would otherwise turn a numeric column into a categorical one without a word."""
+    for name in (str(c) for c in frame.columns if str(c) != target):
+        series = frame[name]
+        if ptypes.is_numeric_dtype(series) or ptypes.is_bool_dtype(series):
+            continue
+        present = series.dropna()
+        finite = present.map(_is_finite_number)
+        if len(present) and finite.sum() * 2 >= len(present) and not finite.all():
+            raise DataValidationError(
+                source,
+                name,
+                "numeric",
+                f"{int(finite.sum())} of {len(present)} values are numbers but "
+                f"{int((~finite).sum())} are not finite numbers ({_examples(present[~finite])})",
+                "fix those values (plain decimal numbers, '.' as the decimal point), or declare the "
+                "column `type: string` under `features:` in the spec if it really is text",
+            )
+
+
+def _is_finite_number(value: object) -> bool:
+    try:
+        return bool(np.isfinite(float(str(value))))
+    except ValueError:
+        return False
 
 
 def _check_columns(
