@@ -386,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(WRK).is_file():
         raise SystemExit(f"{WRK} is missing: `make system-deps` installs Debian's wrk")
     WORK_DIR.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
     spec, ctx, model_dir = prepared_model(args.spec, WORK_DIR)
     schema = contract_from_mlmodel(str(model_dir)).schema
     rows, _ = sample_rows(spec, None, SAMPLE_ROWS)
@@ -409,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"This project: {where}, {workers} workers (the Deployment's CPU limit {cpu_limit}, "
         f"memory {memory_limit}); `mlflow models serve --env-manager local -w {workers}`; "
         "MLServer with `parallel_workers: 0`.",
+        f"Host load average (1 min) at the start and end of the run: {load_before:.1f} / "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: above the CPU count, other processes took "
+        "CPU from every server alike; compare the ratios, not the absolute numbers.",
     ]
     report = Report(tuple(servers), tuple(results), tuple(floors(model_dir, rows, schema)))
     text = render_markdown(report, MLSERVER, MLFLOW, header)
