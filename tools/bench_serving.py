@@ -400,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += measure_server(name, endpoint, pid, body, answers, rows, args.duration, Path(tmp))
         servers.append(name)
     workers, cpu_limit, memory_limit = deployment_resources()
+    load_after = os.getloadavg()[0]
+    busy = max(load_before, load_after) > (os.cpu_count() or 1)
     where = f"the serving image {args.image}" if args.image else "`bentoml serve` of the bento"
     header = [
         f"# Serving benchmark: {spec.name}",
@@ -410,9 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"This project: {where}, {workers} workers (the Deployment's CPU limit {cpu_limit}, "
         f"memory {memory_limit}); `mlflow models serve --env-manager local -w {workers}`; "
         "MLServer with `parallel_workers: 0`.",
-        f"Host load average (1 min) at the start and end of the run: {load_before:.1f} / "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: above the CPU count, other processes took "
-        "CPU from every server alike; compare the ratios, not the absolute numbers.",
+        f"Host load average (1 min) at the start and end of the run: {load_before:.1f} / {load_after:.1f} "
+        f"on {os.cpu_count()} CPUs"
+        + (": other processes took CPU from every server alike" if busy else "")
+        + "; compare the ratios, not the absolute numbers.",
     ]
     report = Report(tuple(servers), tuple(results), tuple(floors(model_dir, rows, schema)))
     text = render_markdown(report, MLSERVER, MLFLOW, header)
