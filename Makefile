@@ -9,7 +9,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 STACKS ?= dev staging prod local
 
-.PHONY: venv actionlint demo test test-fast e2e reliability lint typecheck lock manifests policy checkov-venv bench system-deps clean mlflow-ui
+.PHONY: venv actionlint demo test test-fast e2e reliability lint typecheck lock manifests policy checkov-venv bench bench-image system-deps clean mlflow-ui
 
 $(UV):
 	python3 -m venv $(VENV)
@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 ## make system-deps: Debian packages the container tier runs (engine, registry, base-image stand-in);
 ## apt-get runs only when one is missing. command:package pairs.
-SYSTEM_DEPS := dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap
+SYSTEM_DEPS := dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap wrk:wrk
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do \
@@ -112,10 +112,15 @@ STACK ?= dev
 mlflow-ui: $(STAMP)
 	$(PY) -m tools.mlflow_ui --stack $(STACK) $(if $(MLFLOW_UI_PORT),--port $(MLFLOW_UI_PORT))
 
-## make bench: image size + cold start, and serving throughput/latency, of the last e2e image (needs Docker)
-bench: $(STAMP)
+## make bench [IMAGE=ref]: after `make demo`, the demo's model served by this project, `mlflow models
+## serve` and MLServer, loaded by wrk; writes benchmarks/results/latest.md, docs/img/bench_serving.png
+## and the README's table. IMAGE benchmarks that serving image, run as the pod runs it (needs Docker).
+bench: system-deps $(STAMP)
+	$(PY) -m tools.bench_serving $(if $(IMAGE),--image "$(IMAGE)")
+
+## make bench-image: image size + cold start of the last e2e image (needs Docker)
+bench-image: system-deps $(STAMP)
 	$(PY) -m tools.bench_image --runs 3 --png docs/img/bench_image.png
-	$(PY) -m tools.bench_serving --png docs/img/bench_serving.png
 
 clean:
 	rm -rf .demo .build manifests .pytest_cache .mypy_cache .ruff_cache

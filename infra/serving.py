@@ -37,6 +37,25 @@ def probes() -> dict[str, Any]:
     }
 
 
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity in cores: ``"500m"`` -> 0.5, ``"2"`` -> 2.0."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def workers_for_cpu_limit(cpu_limit: str) -> int:
+    """BentoML worker processes for a pod's CPU limit: one per whole core, at least one (measured in
+    benchmarks/results: one worker per core is the best throughput and p99; more only add contention)."""
+    return max(1, int(cpu_cores(cpu_limit)))
+
+
+def serving_env(settings: Settings) -> dict[str, str]:
+    """The serving container's environment: the runtime contract and the worker count."""
+    return {
+        **container.RUNTIME_ENV,
+        container.WORKERS_ENV: str(workers_for_cpu_limit(settings.serving.cpu_limit)),
+    }
+
+
 def pod_spec(settings: Settings, image_ref: pulumi.Input[str], service_account: str) -> dict[str, Any]:
     """The serving pod: digest-pinned image, hardened, with resources and probes.
 
@@ -56,7 +75,7 @@ def pod_spec(settings: Settings, image_ref: pulumi.Input[str], service_account: 
                 ),
                 "image_pull_policy": "IfNotPresent",
                 "ports": [{"name": "http", "container_port": container.SERVICE_PORT}],
-                "env": [{"name": k, "value": v} for k, v in sorted(container.RUNTIME_ENV.items())],
+                "env": [{"name": k, "value": v} for k, v in sorted(serving_env(settings).items())],
                 "security_context": podsecurity.container_security_context(),
                 "resources": {
                     "requests": {"cpu": s.cpu_request, "memory": s.memory_request},

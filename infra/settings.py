@@ -151,9 +151,10 @@ class ServingSettings:
     max_replicas: int = 4
     target_cpu_utilization: int = 70
     cpu_request: str = "250m"
-    cpu_limit: str = "1"
-    memory_request: str = "512Mi"
-    memory_limit: str = "1Gi"
+    # Two workers (infra.serving.workers_for_cpu_limit), ~300 MB each: the benchmarked pod.
+    cpu_limit: str = "2"
+    memory_request: str = "768Mi"
+    memory_limit: str = "1536Mi"
     base_image: str = "python:3.11-slim"  # the serving image's base (bento export)
     platform: str = "linux/amd64"
 

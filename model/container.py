@@ -39,6 +39,12 @@ RUNTIME_ENV: dict[str, str] = {
 # when it is imported: which BentoML model to serve, and the most rows one request may carry.
 MODEL_TAG_ENV = "SERVING_MODEL_TAG"
 MAX_ROWS_ENV = "SERVING_MAX_ROWS"
+# Read by model.service at import: the largest request body (bytes; bigger ones get 413 unread) and
+# the number of BentoML worker processes (infra/serving.py sets it to the pod's CPU limit).
+MAX_BODY_ENV = "SERVING_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # 1000 rows of 30 named features are ~1.3 MB of JSON
+WORKERS_ENV = "SERVING_WORKERS"
+DEFAULT_WORKERS = 2
 
 # The serving image's base unless a stack or test overrides it (model.service declares it, model.bento
 # builds on it). Tests build on a Debian stand-in (tools/base_image.py); users keep this one.

@@ -37,6 +37,8 @@ FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 SERVING_SOURCES: tuple[str, ...] = (
     "model/__init__.py",
     "model/container.py",
+    "model/predictor.py",
+    "model/request_guard.py",
     "model/service.py",
     "model/validation.py",
 )

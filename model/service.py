@@ -11,30 +11,47 @@ tag). Both expose:
 - BentoML's ``/livez``, ``/readyz`` and Prometheus ``/metrics`` (paths and port in ``model.container``).
 
 The request schema is the model's MLflow signature (names, types), plus the categories of its string
-features from the model's metadata (``model.train.model_metadata``). Each request is validated while
-it is parsed (``model.validation``), before it joins an adaptive batch: a bad request gets a 400
-that names the row and feature, and can never fail the batch of another client.
+features from the model's metadata (``model.train.model_metadata``). Each request is validated and
+converted to typed column arrays while it is parsed (``model.validation.validate_batch``): a bad
+request gets a 400 that names the row and feature. The model is then called on those arrays in the
+event loop (``model.predictor``: the fitted pipeline without a pandas round trip when it answers
+the same), one request at a time per worker: no adaptive batching, whose dispatcher made single
+rows wait (benchmarks/results/latest.md has the measured effect of each choice).
 
-Which model: the BentoML model tag comes from ``SERVING_MODEL_TAG`` (``model.bento`` sets it when it
-builds the bento and bakes it into the image's environment); ``SERVING_MAX_ROWS`` caps rows per request.
+``model.request_guard`` answers 413 to a body over ``SERVING_MAX_BODY_BYTES`` before it is read and
+415 to an API call that is not JSON. Which model: the BentoML model tag comes from
+``SERVING_MODEL_TAG`` (``model.bento`` sets it when it builds the bento and bakes it into the image's
+environment); ``SERVING_MAX_ROWS`` caps rows per request; ``SERVING_WORKERS`` is the number of
+worker processes (one per CPU of the pod's limit: infra/serving.py sets it).
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, cast
 
 import bentoml
+import numpy as np
+import pydantic_core
 from pydantic import AfterValidator
 
-from model.container import DEFAULT_BASE_IMAGE, MAX_ROWS_ENV, MODEL_TAG_ENV, SERVICE_PORT
-from model.validation import DEFAULT_MAX_ROWS, RowSchema, Value, validate_rows
-
-if TYPE_CHECKING:
-    import pandas as pd
+from model.container import (
+    DEFAULT_BASE_IMAGE,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_WORKERS,
+    MAX_BODY_ENV,
+    MAX_ROWS_ENV,
+    MODEL_TAG_ENV,
+    SERVICE_PORT,
+    WORKERS_ENV,
+)
+from model.predictor import predictor_for
+from model.request_guard import RequestGuard
+from model.validation import DEFAULT_MAX_ROWS, Batch, RowSchema, validate_batch
 
 DEFAULT_MODEL_TAG = "model:latest"
 MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts the model (its constant)
@@ -43,13 +60,7 @@ MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts t
 # as a binary wheel, and the python:*-slim base already has bash and ca-certificates.
 NO_SYSTEM_PACKAGES_DISTRO = "python-slim"
 
-# Adaptive batching: a request waits at most this long for company. Generous on purpose: a small
-# value makes BentoML answer 503 when the CPUs are busy; single rows still return in ms.
-MAX_LATENCY_MS = 10_000
-MAX_BATCH_SIZE = 1_000
-
-# The dtype each signature type becomes in the frame handed to the model.
-_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
+API_PATHS = ("/predict", "/predict_proba")
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +71,21 @@ SERVED_MODEL = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, DEFAULT_M
 SERVICE_NAME = SERVED_MODEL.tag.name
 
 
-def max_rows_from_env() -> int:
-    """The per-request row limit from SERVING_MAX_ROWS (default 1000); a bad value stops the server."""
-    raw = os.environ.get(MAX_ROWS_ENV, str(DEFAULT_MAX_ROWS))
+def positive_int_from_env(name: str, default: int) -> int:
+    """A positive whole number from environment variable ``name``; a bad value stops the server."""
+    raw = os.environ.get(name, str(default))
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{MAX_ROWS_ENV}={raw!r} is not a positive whole number: set it to e.g. 1000")
+        raise ValueError(f"{name}={raw!r} is not a positive whole number: set it to e.g. {default}")
     return value
+
+
+def max_rows_from_env() -> int:
+    """The per-request row limit from SERVING_MAX_ROWS (default 1000)."""
+    return positive_int_from_env(MAX_ROWS_ENV, DEFAULT_MAX_ROWS)
 
 
 @dataclass(frozen=True)
@@ -112,11 +128,12 @@ def contract() -> ModelContract:
     return contract_from_mlmodel(SERVED_MODEL.resolve().path_of(MLFLOW_MODEL_FOLDER))
 
 
-def _checked_rows(rows: Any) -> list[dict[str, Value]]:
-    return validate_rows(rows, contract().schema)
+def _checked_rows(rows: Any) -> Batch:
+    return validate_batch(rows, contract().schema)
 
 
 # Validation runs while BentoML parses the request; a ValueError becomes a 400 naming the problem.
+# The API methods receive the Batch it returns (typed column arrays).
 Rows = Annotated[list[Any], AfterValidator(_checked_rows)]
 
 _SERVICE_CONFIG: dict[str, Any] = {
@@ -127,32 +144,56 @@ _SERVICE_CONFIG: dict[str, Any] = {
     ),
     "http": {"port": SERVICE_PORT},
     "traffic": {"timeout": 60},
+    "workers": positive_int_from_env(WORKERS_ENV, DEFAULT_WORKERS),
+    # Measured per request (benchmarks/results/levers.md): the access log line cost ~15% of a
+    # single-row request's CPU, an OpenTelemetry span that no exporter sends ~15%. Prometheus
+    # metrics (request count, latency, in progress) stay, as do the spans of every other path.
+    "logging": {"access": {"enabled": False}},
+    "tracing": {"excluded_urls": list(API_PATHS)},
 }
 
 
+def _json(answer: list[Any]) -> Any:
+    """The answer as a JSON response, encoded by pydantic-core. The methods' return annotations
+    still give the OpenAPI schema; BentoML's own encoding rebuilt that schema on every response."""
+    from starlette.responses import Response
+
+    return Response(pydantic_core.to_json(answer), media_type="application/json")
+
+
 class _Served:
-    """Loading and framing shared by both services."""
+    """Loading and scoring shared by both services."""
 
     bento_model = SERVED_MODEL  # a class attribute, so that `bentoml build` packages the model
 
     def __init__(self) -> None:
         import mlflow.pyfunc
 
-        self.pyfunc = mlflow.pyfunc.load_model(self.bento_model.path_of(MLFLOW_MODEL_FOLDER))
-        self.estimator = self.pyfunc.get_raw_model()
+        pyfunc = mlflow.pyfunc.load_model(self.bento_model.path_of(MLFLOW_MODEL_FOLDER))
+        self.estimator = pyfunc.get_raw_model()
         self.contract = contract()  # fail at start, not on the first request, if the signature is bad
+        self.predictor, path = predictor_for(self.estimator, self.contract.schema)
         logger.info(
-            "serving %s (%s) with %d input features",
+            "serving %s (%s) with %d input features; %s",
             SERVED_MODEL.tag,
             self.contract.task,
             len(self.contract.schema.columns),
+            path,
         )
+        # What is loaded now lives as long as the worker: out of the collector's sight, full
+        # collections stay short (they scanned every imported module's objects: a periodic stall).
+        gc.freeze()
 
-    def _frame(self, rows: list[dict[str, Value]]) -> pd.DataFrame:
-        import pandas as pd
+    def _scored(self, rows: list[Any], method: str) -> np.ndarray:
+        """The model's answer (``method``: predict or predict_proba) for a validated request.
 
-        frame = pd.DataFrame.from_records(rows, columns=list(self.contract.schema.names))
-        return frame.astype({n: _DTYPES[k] for n, k in self.contract.schema.columns if k in _DTYPES})
+        ``rows`` is what ``Rows`` made of the request: a Batch. This is the one place where a
+        request's validated columns (``batch.columns``: feature -> array) and its predictions are
+        both at hand.
+        """
+        batch = cast(Batch, rows)
+        scores: np.ndarray = getattr(self.predictor, method)(batch.columns)
+        return scores
 
 
 @bentoml.service(**_SERVICE_CONFIG)
@@ -170,26 +211,32 @@ class Classifier(_Served):
             str(c): n for c, n in zip(self.contract.classes, self.contract.class_names, strict=True)
         }
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, rows: Rows) -> list[str]:
+    @bentoml.api
+    async def predict(self, rows: Rows) -> list[str]:
         """The predicted class name per row."""
-        return [self.names[str(label)] for label in self.pyfunc.predict(self._frame(rows))]
+        return _json([self.names[str(label)] for label in self._scored(rows, "predict").tolist()])
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def predict_proba(self, rows: Rows) -> list[dict[str, float]]:
+    @bentoml.api
+    async def predict_proba(self, rows: Rows) -> list[dict[str, float]]:
         """Per row, each class name with its probability, in the model's class order."""
         names = self.contract.class_names
-        return [
-            {name: float(p) for name, p in zip(names, probs, strict=True)}
-            for probs in self.estimator.predict_proba(self._frame(rows))
-        ]
+        probabilities = self._scored(rows, "predict_proba").tolist()
+        return _json([dict(zip(names, probs, strict=True)) for probs in probabilities])
 
 
 @bentoml.service(**_SERVICE_CONFIG)
 class Regressor(_Served):
     """A regression model: one number per row."""
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, rows: Rows) -> list[float]:
+    @bentoml.api
+    async def predict(self, rows: Rows) -> list[float]:
         """The predicted value per row."""
-        return [float(value) for value in self.pyfunc.predict(self._frame(rows))]
+        return _json([float(value) for value in self._scored(rows, "predict").tolist()])
+
+
+for _service in (Classifier, Regressor):
+    cast(Any, _service).add_asgi_middleware(
+        RequestGuard,
+        max_bytes=positive_int_from_env(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES),
+        json_paths=API_PATHS,
+    )

@@ -1,9 +1,16 @@
 """Request validation for the serving API: check a batch of JSON rows against the model's input schema.
 
 Pure functions, no BentoML or MLflow imports: ``model.service`` builds a ``RowSchema`` from the MLflow
-model signature and calls ``validate_rows`` before a request joins an adaptive batch, so one bad
-request is answered 400 on its own and never fails the batch it would have joined. Every problem is
-reported with the row index and feature name and what to send instead.
+model signature and calls ``validate_batch`` while the request is parsed, so a bad request is
+answered 400 on its own. Every problem is reported with the row index and feature name and what to
+send instead.
+
+``validate_batch`` gives a ``Batch``: one numpy array per feature, typed as the signature says
+(``COLUMN_DTYPES``), what the model is called on. Its fast path checks the value types of a whole
+column at once and converts it in one numpy call; anything it does not take as is (a missing or
+extra feature, a wrong type, a non-finite number, an integer out of range, a float in an integer
+column...) goes through ``validate_rows``, the per-value check that names every problem, so the
+answer to a bad request does not depend on the path.
 
 Per signature type: ``double``/``float`` take JSON numbers (integers are converted: MLflow's schema
 enforcement would reject int64 for a double column), ``long``/``integer`` whole numbers in range,
@@ -14,8 +21,12 @@ categories, one of them). Null, NaN and infinities are refused everywhere.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 DEFAULT_MAX_ROWS = 1000
 MAX_REPORTED_PROBLEMS = 10  # a message lists at most this many problems, then "... and N more"
@@ -25,6 +36,16 @@ _INT_BOUNDS = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)} 
 _INT_TYPES = frozenset(_INT_BOUNDS)
 _OTHER_TYPES = frozenset({"boolean", "string"})
 Value = float | int | bool | str
+# The dtype each signature type becomes in the arrays handed to the model.
+COLUMN_DTYPES: dict[str, type] = {
+    "double": np.float64,
+    "float": np.float32,
+    "long": np.int64,
+    "integer": np.int32,
+    "boolean": np.bool_,
+    "string": np.object_,
+}
+_NUMBER_TYPES = frozenset({int, float})  # exact types: bool (an int subclass) is not a number here
 
 
 class RequestValidationError(ValueError):
@@ -67,8 +88,93 @@ class RowSchema:
         return tuple(name for name, _ in self.columns)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A validated request: one array per feature (signature order, ``COLUMN_DTYPES``), ``size`` rows."""
+
+    columns: dict[str, np.ndarray]
+    size: int
+
+
+def validate_batch(rows: object, schema: RowSchema) -> Batch:
+    """``rows`` checked against ``schema`` and converted to typed columns, or RequestValidationError."""
+    _check_count(rows, schema)
+    assert isinstance(rows, list)
+    columns = _fast_columns(rows, schema)
+    if columns is None:
+        clean = validate_rows(rows, schema)  # raises, naming every problem, unless the rows are fine
+        columns = {
+            name: np.array([row[name] for row in clean], dtype=COLUMN_DTYPES[kind])
+            for name, kind in schema.columns
+        }
+    return Batch(columns, len(rows))
+
+
+def _fast_columns(rows: list[Any], schema: RowSchema) -> dict[str, np.ndarray] | None:
+    """The typed columns when every row is plainly valid; None sends the request to validate_rows."""
+    names = schema.names
+    width = len(names)
+    if not all(type(row) is dict and len(row) == width for row in rows):
+        return None
+    pick = operator.itemgetter(*names)
+    try:
+        table = [pick(row) for row in rows] if width > 1 else [(pick(row),) for row in rows]
+    except KeyError:
+        return None
+    columns: dict[str, np.ndarray] = {}
+    for (name, kind), values in zip(schema.columns, zip(*table, strict=True), strict=True):
+        column = _fast_column(values, kind, schema.categories.get(name))
+        if column is None:
+            return None
+        columns[name] = column
+    return columns
+
+
+def _fast_column(
+    values: tuple[object, ...], kind: str, categories: Sequence[str] | None
+) -> np.ndarray | None:
+    types = set(map(type, values))
+    try:
+        if kind in _FLOAT_TYPES:
+            if not types <= _NUMBER_TYPES:
+                return None
+            column = np.array(values, dtype=np.float64)  # OverflowError for an int beyond a double
+            if not np.isfinite(column).all():
+                return None
+            return column if kind == "double" else column.astype(np.float32)
+        if kind in _INT_TYPES:
+            if types != {int}:
+                return None
+            column = np.array(values, dtype=np.int64)  # OverflowError beyond int64
+            low, high = _INT_BOUNDS[kind]
+            if kind == "integer" and (column.min() < low or column.max() > high):
+                return None
+            return column.astype(COLUMN_DTYPES[kind], copy=False)
+    except OverflowError:
+        return None
+    if kind == "boolean":
+        return np.array(values, dtype=np.bool_) if types == {bool} else None
+    if types != {str} or (categories is not None and not set(values).issubset(categories)):
+        return None
+    return np.array(values, dtype=np.object_)
+
+
 def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Value]]:
     """Return ``rows`` with every value checked and typed for the model, or raise RequestValidationError."""
+    _check_count(rows, schema)
+    assert isinstance(rows, list)
+    problems: list[str] = []
+    clean: list[dict[str, Value]] = []
+    for index, row in enumerate(rows):
+        typed, row_problems = _validate_row(index, row, schema)
+        problems.extend(row_problems)
+        clean.append(typed)
+    if problems:
+        raise RequestValidationError(problems)
+    return clean
+
+
+def _check_count(rows: object, schema: RowSchema) -> None:
     if not isinstance(rows, list):
         raise RequestValidationError(
             [f"'rows' must be a JSON array of objects (feature: value), got {_json_type(rows)}"]
@@ -82,15 +188,6 @@ def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Value]]:
                 f"split the batch into requests of at most {schema.max_rows} rows"
             ]
         )
-    problems: list[str] = []
-    clean: list[dict[str, Value]] = []
-    for index, row in enumerate(rows):
-        typed, row_problems = _validate_row(index, row, schema)
-        problems.extend(row_problems)
-        clean.append(typed)
-    if problems:
-        raise RequestValidationError(problems)
-    return clean
 
 
 def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str, Value], list[str]]:

@@ -1,149 +1,237 @@
-"""tools.bench_serving: its statistics, its loopback-only guard, and its load generator's counting.
-
-The load generator is checked against a small stdlib HTTP server on 127.0.0.1 whose answers are
-known in advance (some 503s, some malformed bodies), so the counts it must report are exact. The
-real serving numbers come from running the tool against the serving container (README).
+"""The serving benchmark's pure parts: wrk's command line, parsing its result line, the tables,
+ratios and targets of the report, the README rewrite, the peers' request bodies, and the /proc
+sampling of a process tree. The numbers themselves come from ``make bench`` (README).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from tools.bench_serving import (
-    BAD_BODY,
-    CONNECTION_ERROR,
-    Sample,
+from tools.bench_report import (
+    RESULT_PREFIX,
+    SCENARIOS,
+    WRK,
+    WRK_LUA,
+    Floor,
+    Load,
+    Measured,
+    Report,
     Scenario,
-    answer_status,
-    loopback_address,
-    main,
-    percentile,
-    render,
-    request_bodies,
-    run_scenario,
-    summarize,
+    parse_wrk,
+    ratio_table,
+    render_markdown,
+    replace_section,
+    results_table,
+    targets,
+    wrk_command,
 )
-
-ROWS = [{"a": float(i), "b": 2.0 * i} for i in range(10)]
-
-
-def test_percentile_interpolates_between_sorted_values() -> None:
-    values = [10.0, 20.0, 30.0, 40.0, 50.0]
-    assert percentile(values, 0) == 10.0
-    assert percentile(values, 50) == 30.0
-    assert percentile(values, 100) == 50.0
-    assert percentile(values, 95) == pytest.approx(48.0)
-    assert percentile([7.0], 99) == 7.0
-    assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError, match=r"outside 0\.\.100"):
-        percentile(values, 101)
-
-
-def test_summarize_counts_statuses_and_keeps_latencies_of_200s_only() -> None:
-    samples = [Sample(0.010, 200), Sample(0.030, 200), Sample(5.0, 503), Sample(0.001, CONNECTION_ERROR)]
-    result = summarize(Scenario(rows=1, clients=2, max_requests=4, max_seconds=9), samples, wall_s=2.0)
-    assert result.ok == 2
-    assert result.latencies_ms == pytest.approx([10.0, 30.0])
-    assert result.failures == {CONNECTION_ERROR: 1, 503: 1}
-    assert result.server_errors == 2
-    assert result.requests_per_s == 1.0
-    table = render([result], "http://127.0.0.1:1", "predict")
-    assert "HTTP 503 x1" in table and "connection error x1" in table
-
-
-def test_a_4xx_is_a_failure_but_not_a_server_error() -> None:
-    result = summarize(Scenario(1, 1, 2, 9), [Sample(0.01, 200), Sample(0.01, 400)], wall_s=1.0)
-    assert (result.failures, result.server_errors) == ({400: 1}, 0)
-
-
-@pytest.mark.parametrize("url", ["http://127.0.0.1:3000", "http://localhost:3000/", "http://[::1]:3000"])
-def test_loopback_address_accepts_this_machine(url: str) -> None:
-    assert loopback_address(url)[1] == 3000
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["http://10.0.0.5:3000", "http://example.com", "https://127.0.0.1:3000", "http://127.0.0.1:3000/predict"],
+from tools.bench_servers import (
+    mlflow_answers,
+    mlflow_body,
+    mlserver_answers,
+    mlserver_body_for,
+    project_answers,
+    project_body,
 )
-def test_loopback_address_refuses_anything_else(url: str) -> None:
-    with pytest.raises(ValueError, match="only sends traffic to loopback"):
-        loopback_address(url)
+from tools.bench_serving import Sampler, process_tree
+
+WRK_OUTPUT = f"""Running 10s test @ http://127.0.0.1:3000/predict
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.10ms    1.02ms  25.00ms   90.00%
+  20000 requests in 10.00s, 3.00MB read
+  Non-2xx or 3xx responses: 5
+Requests/sec:   2000.00
+{RESULT_PREFIX} requests=20000 duration_us=10000000 connect=0 read=1 write=0 status=5 timeout=2 \
+p50_us=2900 p95_us=4500 p99_us=8100 max_us=25000
+"""
 
 
-def test_request_bodies_cycle_through_the_rows() -> None:
-    bodies = [json.loads(b)["rows"] for b in request_bodies(ROWS, 4, 3)]
-    assert [len(rows) for rows in bodies] == [4, 4, 4]
-    assert [row["a"] for row in bodies[2]] == [8.0, 9.0, 0.0, 1.0]
+def test_parse_wrk_reads_the_result_line_of_the_lua_script() -> None:
+    load = parse_wrk(WRK_OUTPUT)
+    assert load == Load(
+        requests=20000, seconds=10.0, errors=8, p50_ms=2.9, p95_ms=4.5, p99_ms=8.1, max_ms=25.0
+    )
+    assert load.requests_per_s == pytest.approx(1999.2)  # errors do not count as served
 
 
-def test_answer_status_checks_one_answer_per_row() -> None:
-    assert answer_status(200, b"[0, 1]", 2) == 200
-    assert answer_status(200, b"[0]", 2) == BAD_BODY
-    assert answer_status(200, b"oops", 1) == BAD_BODY
-    assert answer_status(503, b"busy", 1) == 503
+def test_parse_wrk_names_what_is_missing() -> None:
+    with pytest.raises(ValueError, match=f"no {RESULT_PREFIX} line"):
+        parse_wrk("Requests/sec: 10\n")
+    with pytest.raises(ValueError, match="lacks p95_us, p99_us"):
+        parse_wrk(
+            f"{RESULT_PREFIX} requests=1 duration_us=1 connect=0 read=0 write=0 status=0 timeout=0 p50_us=1\n"
+        )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """/predict answers one label per row; a first row with a == 3 (or no a) gets a 503, a == 5 a
-    malformed 200."""
+def test_the_lua_script_prints_every_field_parse_wrk_reads() -> None:
+    for name in ("requests=", "duration_us=", "p50_us=", "p95_us=", "p99_us=", "max_us=", "timeout="):
+        assert name in WRK_LUA
+    assert "BENCH_BODIES" in WRK_LUA and "wrk.format" in WRK_LUA
 
-    protocol_version = "HTTP/1.1"  # keep-alive, as the benchmark's clients expect
+
+def test_wrk_command_is_bounded_in_time_and_threads() -> None:
+    command = wrk_command("http://127.0.0.1:1/predict", 1, 9.6, "/tmp/post.lua")
+    assert command[0] == WRK
+    assert "--threads=1" in command and "--connections=1" in command and "--duration=10s" in command
+    assert "--timeout=10s" in command and command[-1] == "http://127.0.0.1:1/predict"
+    assert "--threads=2" in wrk_command("http://127.0.0.1:1/", 32, 10, "x.lua")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers 200 to every POST, 503 to bodies holding "busy"; remembers the bodies it got."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[set[bytes]] = set()
 
     def do_POST(self) -> None:
-        rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["rows"]
-        first = rows[0].get("a", 3.0)
-        status, body = (503, b"busy") if first == 3.0 else (200, json.dumps([1] * len(rows)).encode())
-        if first == 5.0:
-            body = b"[]"
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.add(body)
+        self.send_response(503 if b"busy" in body else 200)
+        self.send_header("Content-Length", "2")
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(b"[]")
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def known_server() -> Iterator[tuple[str, int]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+@pytest.mark.skipif(not Path(WRK).is_file(), reason="Debian's wrk is not installed (make system-deps)")
+def test_wrk_with_the_lua_script_cycles_the_bodies_and_counts_non_2xx(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lua, bodies = tmp_path / "post.lua", tmp_path / "bodies.txt"
+    lua.write_text(WRK_LUA)
+    lines = [b'{"rows": [1]}', b'{"rows": [2]}', b'{"busy": 3}']
+    bodies.write_bytes(b"\n".join(lines) + b"\n")
     try:
-        yield "127.0.0.1", server.server_address[1]
+        proc = subprocess.run(
+            wrk_command(f"http://127.0.0.1:{server.server_address[1]}/predict", 1, 1, str(lua)),
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "BENCH_BODIES": str(bodies)},
+        )  # fmt: skip
     finally:
         server.shutdown()
         server.server_close()
+    load = parse_wrk(proc.stdout)
+    assert _Recorder.seen == set(lines)
+    assert load.requests > 3 and abs(load.errors - load.requests / 3) <= 1  # every third body got 503
 
 
-def test_run_scenario_sends_the_bounded_count_and_counts_every_answer(known_server: tuple[str, int]) -> None:
-    scenario = Scenario(rows=1, clients=4, max_requests=100, max_seconds=600)
-    result = run_scenario(known_server, "predict", request_bodies(ROWS, 1, 10), scenario, lambda _: None)
-    # Bodies cycle a = 0..9 over 100 requests: ten of each, so ten 503s and ten malformed answers.
-    assert result.statuses == {200: 80, 503: 10, BAD_BODY: 10}
-    assert result.server_errors == 20
-    assert len(result.latencies_ms) == 80
+def _measured(
+    server: str, scenario: Scenario, rps: float, p50: float, p99: float, errors: int = 0
+) -> Measured:
+    load = Load(int(rps * 10) + errors, 10.0, errors, p50, p50 * 1.5, p99, p99 * 2)
+    return Measured(server, scenario, load, cpu_percent=150.0, rss_mb=600.0)
 
 
-def test_main_reports_server_errors_loudly_and_fails(
-    known_server: tuple[str, int], capsys: pytest.CaptureFixture[str]
-) -> None:
-    host, port = known_server
-    code = main(["--url", f"http://{host}:{port}", "--clients", "2", "--requests", "40", "--rows", "1"])
-    out, err = capsys.readouterr()
-    assert code == 1
-    assert "SERVER ERROR(S)" in err
-    assert "p99 ms" in out and "HTTP 503" in out
+def _report() -> Report:
+    ours, peer, slow = "this project", "MLServer", "mlflow"
+    results = [
+        _measured(ours, Scenario(1, 1), 900, 1.0, 2.5),
+        _measured(ours, Scenario(1, 8), 2400, 3.0, 9.0),
+        _measured(ours, Scenario(100, 8), 2100, 3.5, 12.0),
+        _measured(peer, Scenario(1, 8), 1000, 7.0, 14.0),
+        _measured(peer, Scenario(100, 8), 800, 9.0, 11.0),
+        _measured(slow, Scenario(1, 8), 150, 50.0, 90.0, errors=3),
+    ]
+    return Report((ours, peer, slow), tuple(results), (Floor("pipeline.predict(DataFrame)", 100, 0.5),))
 
 
-def test_main_refuses_a_non_loopback_url(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["--url", "http://192.168.1.10:3000"])
-    assert info.value.code == 2
-    assert "loopback" in capsys.readouterr().err
+def test_ratio_table_divides_this_projects_rows_per_second_by_each_peers() -> None:
+    lines = ratio_table(_report())
+    assert lines[0] == "| scenario | x MLServer | x mlflow |"
+    assert "| 1 row(s), 8 conns | 2.40 | 16.00 |" in lines
+    assert "| 100 row(s), 8 conns | 2.62 | - |" in lines  # no mlflow run for this scenario
+
+
+def test_targets_report_each_goal_with_its_measured_value() -> None:
+    got = {t.what: (t.met, t.measured) for t in targets(_report(), "MLServer", "mlflow")}
+    assert got["single rows @8: >= 2x MLServer"] == (True, "2.40x")
+    assert got["single rows @8: >= 15x mlflow"] == (True, "16.00x")
+    assert got["single rows @8: p99 <= 10 ms"] == (True, "9.0 ms")
+    assert got["100-row @8: >= 200,000 rows/s"] == (True, "210,000")
+    assert got["100-row @8: p99 <= 15 ms"] == (True, "12.0 ms")
+    assert got["1 conn: p99 within 3x p50"] == (True, "p99/p50 = 2.5")
+
+
+def test_a_missed_target_is_unticked() -> None:
+    report = Report(("us",), (_measured("us", Scenario(1, 1), 100, 1.0, 9.0),))
+    [target] = targets(report, "MLServer", "mlflow")
+    assert (target.met, target.measured) == (False, "p99/p50 = 9.0")
+    assert "- [ ] 1 conn: p99 within 3x p50" in render_markdown(report, "MLServer", "mlflow")
+
+
+def test_results_table_has_a_row_per_measurement_and_the_floor() -> None:
+    lines = results_table(_report())
+    assert len(lines) == 2 + 6 + 1
+    assert "| mlflow | 8 | 1 | 150 | 150 | 50.0 | 75.0 | 90.0 | 3 | 150 | 600 |" in lines
+    assert lines[-1].startswith("| in process: pipeline.predict(DataFrame) | - | 100 | - | 200,000 per core")
+
+
+def test_ratio_of_nothing_is_not_a_number() -> None:
+    report = Report(
+        ("us", "them"),
+        (_measured("us", Scenario(1, 8), 10, 1, 1), _measured("them", Scenario(1, 8), 0, 1, 1)),
+    )
+    assert "| 1 row(s), 8 conns | - |" in ratio_table(report)
+
+
+def test_replace_section_swaps_only_what_lies_between_the_markers() -> None:
+    text = "intro\n<!-- b -->\nold table\n<!-- e -->\noutro\n"
+    assert (
+        replace_section(text, "<!-- b -->", "<!-- e -->", "new\n")
+        == "intro\n<!-- b -->\nnew\n<!-- e -->\noutro\n"
+    )
+    with pytest.raises(ValueError, match="not found"):
+        replace_section("no markers", "<!-- b -->", "<!-- e -->", "x")
+
+
+def test_the_readme_has_the_benchmark_markers() -> None:
+    from tools.bench_serving import README, README_BEGIN, README_END
+
+    text = README.read_text()
+    assert text.index(README_BEGIN) < text.index(README_END)
+
+
+def test_every_peer_gets_the_same_rows_in_its_own_protocol() -> None:
+    rows = [{"x": 1.5, "n": 2, "plan": "basic"}, {"x": -1.0, "n": 3, "plan": "premium"}]
+    assert json.loads(project_body(rows)) == {"rows": rows}
+    assert json.loads(mlflow_body(rows)) == {"dataframe_records": rows}
+    v2 = json.loads(mlserver_body_for((("x", "double"), ("n", "long"), ("plan", "string")))(rows))
+    assert v2["parameters"] == {"content_type": "pd"}
+    assert [(i["name"], i["datatype"], i["shape"], i["data"]) for i in v2["inputs"]] == [
+        ("x", "FP64", [2], [1.5, -1.0]),
+        ("n", "INT64", [2], [2, 3]),
+        ("plan", "BYTES", [2], ["basic", "premium"]),
+    ]
+    assert project_answers(["a", "b"]) == 2 and project_answers({"x": 1}) == -1
+    assert mlflow_answers({"predictions": [0, 1]}) == 2 and mlflow_answers([0]) == -1
+    assert mlserver_answers({"outputs": [{"shape": [2, 1], "data": [0, 1]}]}) == 2
+    assert mlserver_answers({"error": "x"}) == -1
+
+
+def test_sampler_sums_cpu_and_memory_over_a_process_tree() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in process_tree(os.getpid())
+        with Sampler(os.getpid()) as sampler:
+            sum(i * i for i in range(3_000_000))  # busy on purpose: this process's CPU must show
+        assert sampler.cpu_percent > 10
+        assert sampler.peak > 10  # MB: this interpreter and its child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_every_scenario_of_the_issue_is_measured() -> None:
+    assert {(s.rows, s.connections) for s in SCENARIOS} == {(1, 1), (1, 8), (1, 32), (100, 8)}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra import roles
+from infra import roles, serving
 from infra.cluster import MAINTENANCE_CONFIGS, POOL_NAME_MAX, user_pool_name
 from infra.promotion import PromotionError
 from infra.settings import ConfigError
@@ -120,7 +120,11 @@ def test_serving_deployment_is_hardened_and_pinned(name: str) -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == container.READINESS_PATH
     assert c["livenessProbe"]["httpGet"]["path"] == container.LIVENESS_PATH
     assert c["startupProbe"]["httpGet"]["port"] == container.SERVICE_PORT
-    assert {e["name"]: e["value"] for e in c["env"]} == container.RUNTIME_ENV
+    workers = str(serving.workers_for_cpu_limit(c["resources"]["limits"]["cpu"]))
+    assert {e["name"]: e["value"] for e in c["env"]} == {
+        **container.RUNTIME_ENV,
+        container.WORKERS_ENV: workers,
+    }
 
 
 @pytest.mark.parametrize("name", ["dev", "staging", "prod", "local"])

@@ -25,8 +25,10 @@ import requests
 
 from model.bento import BuildContext, export_build_context
 from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG_ENV, READINESS_PATH
+from model.predictor import ArrayPredictor, FramePredictor, predictor_for, probe_columns
+from model.request_guard import RequestGuard
 from model.train import TrainResult, load_heldout
-from model.validation import RequestValidationError, RowSchema, validate_rows
+from model.validation import COLUMN_DTYPES, RequestValidationError, RowSchema, validate_batch, validate_rows
 from tests.conftest import REPO_ROOT, SERVING_MODEL_NAME
 from tests.test_data import DEFAULT, FEATURES
 from tools.processes import bentoml_serve_command, free_port, running
@@ -65,11 +67,183 @@ def test_validate_rows_converts_integers_for_float_features() -> None:
         ([{"a": 1, "b": 2, "n": 2**63}], ["rows[0].n is out of range for a long"]),
     ],
 )
-def test_validate_rows_names_the_problem(rows: Any, fragments: list[str]) -> None:
+@pytest.mark.parametrize("validate", [validate_rows, validate_batch])
+def test_validate_rows_names_the_problem(rows: Any, fragments: list[str], validate: Any) -> None:
     with pytest.raises(RequestValidationError) as info:
-        validate_rows(rows, SCHEMA)
+        validate(rows, SCHEMA)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+MIXED = RowSchema(
+    columns=(
+        ("x", "double"),
+        ("n", "long"),
+        ("i", "integer"),
+        ("f", "float"),
+        ("ok", "boolean"),
+        ("plan", "string"),
+    ),
+    categories={"plan": ("basic", "premium")},
+)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"x": 1.5, "n": 3, "i": -2, "f": 0.25, "ok": True, "plan": "basic"}],
+        # ints in a float column, a whole float in an integer column: the per-value path types them
+        [{"x": 2, "n": 4.0, "i": 7, "f": 1, "ok": False, "plan": "premium"}] * 3,
+        [{"x": 1e300, "n": 2**62, "i": 2**31 - 1, "f": -1.0, "ok": True, "plan": "basic"}],
+    ],
+)
+def test_validate_batch_gives_the_typed_columns_of_validate_rows(rows: list[dict[str, Any]]) -> None:
+    batch = validate_batch(rows, MIXED)
+    clean = validate_rows(rows, MIXED)
+    assert batch.size == len(rows) and list(batch.columns) == list(MIXED.names)
+    for name, kind in MIXED.columns:
+        column = batch.columns[name]
+        assert column.dtype == np.dtype(COLUMN_DTYPES[kind]), name
+        assert column.tolist() == pd.Series([row[name] for row in clean]).astype(column.dtype).tolist()
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"i": 2**31}, "rows[0].i is out of range for a integer"),
+        ({"plan": "gold"}, "rows[0].plan must be one of"),
+        ({"ok": 1}, "rows[0].ok must be true or false"),
+        ({"n": 1.5}, "rows[0].n must be a whole number"),
+        ({"x": float("nan")}, "rows[0].x must be a finite number"),
+    ],
+)
+def test_validate_batch_sends_every_doubtful_value_to_the_per_value_check(
+    change: dict[str, Any], fragment: str
+) -> None:
+    row = {"x": 1.5, "n": 3, "i": -2, "f": 0.25, "ok": True, "plan": "basic"}
+    with pytest.raises(RequestValidationError, match=re.escape(fragment)):
+        validate_batch([row, {**row, **change}][1:], MIXED)
+
+
+def _churn_like_pipeline() -> Any:
+    """A pipeline as model.train builds one for numeric, boolean and string features."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=200),
+            "n": rng.integers(0, 50, size=200),
+            "i": rng.integers(-5, 5, size=200).astype(np.int32),
+            "f": rng.normal(size=200).astype(np.float32),
+            "ok": rng.random(200) > 0.5,
+            "plan": rng.choice(["basic", "premium"], size=200),
+        }
+    )
+    target = (frame["x"] + (frame["plan"] == "premium") + frame["ok"] > 1).astype(int)
+    preprocess = ColumnTransformer(
+        [
+            ("numeric", StandardScaler(), ["x", "n", "i", "f"]),
+            ("boolean", "passthrough", ["ok"]),
+            ("categorical", OneHotEncoder(categories=[["basic", "premium"]], sparse_output=False), ["plan"]),
+        ]
+    )
+    return Pipeline([("preprocess", preprocess), ("estimator", LogisticRegression())]).fit(
+        frame, target
+    ), frame
+
+
+def test_the_array_path_answers_exactly_as_the_pipeline_on_a_frame() -> None:
+    pipeline, frame = _churn_like_pipeline()
+    predictor, how = predictor_for(pipeline, MIXED)
+    assert isinstance(predictor, ArrayPredictor), how
+    rows = [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame.to_dict("records")
+    ]
+    columns = validate_batch(rows[:100], MIXED).columns
+    np.testing.assert_array_equal(predictor.predict(columns), pipeline.predict(frame.head(100)))
+    np.testing.assert_allclose(
+        predictor.predict_proba(columns), pipeline.predict_proba(frame.head(100)), rtol=0, atol=1e-12
+    )
+
+
+def test_a_pipeline_the_array_path_cannot_take_keeps_the_frame_path() -> None:
+    from sklearn.linear_model import LinearRegression
+
+    frame = pd.DataFrame(probe_columns(SCHEMA))
+    model = LinearRegression().fit(frame, frame["a"] * 2)
+    predictor, how = predictor_for(model, SCHEMA)
+    assert isinstance(predictor, FramePredictor) and "not a Pipeline" in how
+    np.testing.assert_allclose(predictor.predict(probe_columns(SCHEMA)), model.predict(frame))
+
+
+# ---- the request guard on its own ------------------------------------------------------------------
+
+
+def _through_guard(
+    headers: list[tuple[bytes, bytes]], chunks: list[bytes], path: str = "/predict"
+) -> tuple[int, bytes]:
+    """Status and body the guard (limit 10 bytes) answers; the inner app echoes the body it read."""
+    import asyncio
+
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    asyncio.run(RequestGuard(echo, max_bytes=10, json_paths=("/predict",))(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+JSON = (b"content-type", b"application/json")
+
+
+def test_guard_refuses_a_declared_length_over_the_limit_unread() -> None:
+    status, body = _through_guard([JSON, (b"content-length", b"11")], [b"x" * 11])
+    assert status == 413 and b"over the limit of 10 bytes" in body
+
+
+def test_guard_counts_a_chunked_body_and_hands_on_one_within_the_limit() -> None:
+    chunked = (b"transfer-encoding", b"chunked")
+    assert _through_guard([JSON, chunked], [b"x" * 6, b"y" * 5])[0] == 413
+    assert _through_guard([JSON, chunked], [b"x" * 6, b"y" * 4]) == (200, b"xxxxxxyyyy")
+    assert _through_guard([JSON, (b"content-length", b"3")], [b"abc"]) == (200, b"abc")
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        ((b"content-type", b"text/plain"), b"Content-Type 'text/plain' is not accepted"),
+        ((b"content-type", b"application/json; charset=latin-1"), b"charset 'latin-1'"),
+        ((b"content-encoding", b"gzip"), b"send the JSON body uncompressed"),
+    ],
+)
+def test_guard_refuses_api_bodies_that_are_not_plain_json(
+    header: tuple[bytes, bytes], fragment: bytes
+) -> None:
+    status, body = _through_guard([header, (b"content-length", b"2")], [b"{}"])
+    assert status == 415 and fragment in body
+    assert _through_guard([header, (b"content-length", b"2")], [b"{}"], path="/metrics")[0] == 200
 
 
 TYPED = RowSchema(
@@ -206,7 +380,7 @@ def test_predictions_over_http_equal_mlflow_pyfunc(
 
 
 @pytest.mark.servers
-def test_concurrent_single_rows_are_batched_and_answered_in_order(
+def test_concurrent_single_rows_are_answered_in_order(
     server: str, heldout: pd.DataFrame, pyfunc_predictions: list[str]
 ) -> None:
     rows = as_rows(heldout)[:40]
@@ -326,6 +500,53 @@ def test_non_finite_numbers_get_a_4xx(
     response = post(server, "/predict", body)
     assert response.status_code == 400, (response.status_code, response.text)
     assert "rows[0].mean_radius must be a finite number" in response.text, response.text
+    assert fragment in response.text
+
+
+@pytest.mark.servers
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server: str) -> None:
+    from model.container import DEFAULT_MAX_BODY_BYTES
+
+    big = b"[" * (DEFAULT_MAX_BODY_BYTES + 1)
+    declared = requests.post(
+        f"{server}/predict", data=big, headers={"Content-Type": "application/json"}, timeout=120
+    )
+    assert declared.status_code == 413 and "over the limit" in declared.text
+    chunked = requests.post(
+        f"{server}/predict",
+        data=iter([big[:1_000_000]] * 5),
+        headers={"Content-Type": "application/json"},
+        timeout=120,
+    )
+    assert chunked.status_code == 413 and "(chunked)" in chunked.text
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "fragment"),
+    [
+        (b'{"rows": []}', {"Content-Type": "text/plain"}, 415, "send application/json"),
+        (b'{"rows": []}', {"Content-Type": "application/x-www-form-urlencoded"}, 415, "not accepted"),
+        (
+            b'{"rows": [{"a": "\xff"}]}',
+            {"Content-Type": "application/json"},
+            400,
+            "JSON",
+        ),
+        (
+            b'{"rows": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            {"Content-Type": "application/json"},
+            400,
+            "recursion",
+        ),
+        (b'{"rows": [{"mean_radius": 1e999}]}', {"Content-Type": "application/json"}, 400, "rows[0]"),
+    ],
+)
+def test_bodies_that_are_not_json_rows_get_a_4xx(
+    server: str, body: bytes, headers: dict[str, str], status: int, fragment: str
+) -> None:
+    response = requests.post(f"{server}/predict", data=body, headers=headers, timeout=120)
+    assert response.status_code == status, response.text
     assert fragment in response.text
 
 

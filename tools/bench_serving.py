@@ -1,296 +1,352 @@
-"""Serving benchmark: N concurrent keep-alive clients POST to the serving container on 127.0.0.1, with
-single-row and 100-row requests, bounded by a request count and a time limit per scenario. Prints
-req/s, rows/s, p50/p95/p99/max latency and every non-200 answer; any 5xx (503 included), connection
-error or malformed answer is reported loudly and makes the exit code 1. Optionally a PNG chart.
+"""``make bench``: the registered model served four ways in one run, loaded by wrk from a separate
+process on loopback, each scenario bounded in time; writes benchmarks/results/latest.md, a PNG
+chart and the README's table.
 
-    python -m tools.bench_serving [--image REF | --url http://127.0.0.1:PORT] [--clients 8]
-        [--requests 5000] [--duration 30] [--rows 1 100] [--endpoint predict] [--png FILE]
+    python -m tools.bench_serving [--image REF] [--duration 10] [--only project mlflow mlserver]
 
-Target: the real serving image (default: the one the last e2e run built, .build/e2e/image.json), run as
-the pod runs it (read-only, uid 1034, no capabilities; tools/container_run.py) and removed afterwards;
-or, with --url, a server already running on loopback (e.g. `make demo` with --keep-running). Traffic
-goes to loopback only. The load generator shares the host's cores with the server: on a small host
-the numbers are a floor, comparable between runs on the same host, not a capacity figure.
+1. The model: the demo's MLflow store (.demo/, left by ``make demo``) is served again, the spec's
+   model reused by fingerprint, and the bento built (or reused) from this checkout's serving code.
+2. The servers, one at a time, each alone on the machine: this project (``bentoml serve`` of the
+   bento with the Deployment's worker count, or with ``--image`` the serving image as the pod runs
+   it: read-only, uid 1034, the Deployment's CPU and memory limits), ``mlflow models serve``
+   (--env-manager local, as many workers), MLServer + its scikit-learn runtime (one process,
+   ``parallel_workers: 0``), all on the same rows (the spec's data, cycled).
+3. Per server: a warm-up, then wrk at 1, 8 and 32 connections with single rows and 8 with 100-row
+   requests; server CPU and peak memory summed over its process tree from /proc. Then the floor: the
+   fitted pipeline called in this process (on a pandas frame, and as the service calls it).
+
+The load generator shares the host's cores with the server: compare the ratios within one run,
+not absolute numbers between machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPEC = REPO_ROOT / "model.yaml"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-ENDPOINTS = ("predict", "predict_proba")
-WARMUP_REQUESTS = 10  # per scenario, not counted: first calls load code paths and fill caches
-CONNECTION_ERROR = 0  # status recorded when no HTTP answer came back
-BAD_BODY = -1  # status recorded for a 200 whose body is not one answer per row
-SAMPLE_ROWS = 400  # distinct rows taken from the data file and cycled through
+from tools.bench_report import (
+    SCENARIOS,
+    WRK,
+    WRK_LUA,
+    Floor,
+    Measured,
+    Report,
+    parse_wrk,
+    render_markdown,
+    replace_section,
+    wrk_command,
+)
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / ".demo"
+WORK_DIR = REPO_ROOT / ".build" / "bench"
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.md"
+CHART = REPO_ROOT / "docs" / "img" / "bench_serving.png"
+README = REPO_ROOT / "README.md"
+README_BEGIN = "<!-- bench-serving:begin (written by tools.bench_serving) -->"
+README_END = "<!-- bench-serving:end -->"
+SAMPLE_ROWS = 400
+DISTINCT_BODIES = 64
+WARMUP_SECONDS = 3
+PROJECT, MLFLOW, MLSERVER = "this project", "mlflow models serve", "MLServer 1.7.1 (sklearn)"
+SERVER_KEYS = {"project": PROJECT, "mlflow": MLFLOW, "mlserver": MLSERVER}
 Progress = Callable[[str], None]
 
 
-def _stderr(message: str) -> None:
-    print(f"[bench-serving] {message}", file=sys.stderr, flush=True)
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class Scenario:
-    rows: int  # rows per request
-    clients: int
-    max_requests: int
-    max_seconds: float
+# ---- the server's processes ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    latency_s: float
-    status: int  # HTTP status, CONNECTION_ERROR or BAD_BODY
-
-
-@dataclass(frozen=True)
-class Result:
-    scenario: Scenario
-    wall_s: float
-    statuses: dict[int, int]
-    latencies_ms: list[float]  # sorted, of the 200 answers only
-
-    @property
-    def ok(self) -> int:
-        return self.statuses.get(200, 0)
-
-    @property
-    def failures(self) -> dict[int, int]:
-        return {status: n for status, n in sorted(self.statuses.items()) if status != 200}
-
-    @property
-    def server_errors(self) -> int:
-        """5xx answers, connection errors and malformed answers: what must never happen."""
-        return sum(n for s, n in self.statuses.items() if s >= 500 or s in (CONNECTION_ERROR, BAD_BODY))
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.ok / self.wall_s if self.wall_s > 0 else 0.0
-
-    def latency_ms(self, q: float) -> float:
-        return percentile(self.latencies_ms, q)
-
-
-# ---- pure helpers -------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) of already sorted values, linearly interpolated; NaN when empty."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is outside 0..100")
-    if not sorted_values:
-        return float("nan")
-    position = (len(sorted_values) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
-def summarize(scenario: Scenario, samples: Sequence[Sample], wall_s: float) -> Result:
-    return Result(
-        scenario=scenario,
-        wall_s=wall_s,
-        statuses=dict(Counter(sample.status for sample in samples)),
-        latencies_ms=sorted(sample.latency_s * 1000 for sample in samples if sample.status == 200),
-    )
-
-
-def loopback_address(url: str) -> tuple[str, int]:
-    """(host, port) of an http:// URL on the local host; anything else is refused (loopback only)."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.path not in ("", "/"):
-        raise ValueError(
-            f"--url {url!r} must be http://127.0.0.1:PORT (or localhost / [::1]) with no path: "
-            "this benchmark only sends traffic to loopback"
-        )
-    return parts.hostname, parts.port or 80
-
-
-def request_bodies(rows: Sequence[dict[str, object]], per_request: int, count: int) -> list[bytes]:
-    """``count`` JSON bodies of ``per_request`` rows each, cycling through ``rows``."""
-    if not rows:
-        raise ValueError("no sample rows to send")
-    bodies = []
-    for i in range(count):
-        start = (i * per_request) % len(rows)
-        chunk = [rows[(start + j) % len(rows)] for j in range(per_request)]
-        bodies.append(json.dumps({"rows": chunk}).encode())
-    return bodies
-
-
-def answer_status(status: int, body: bytes, rows: int) -> int:
-    """The HTTP status, or BAD_BODY for a 200 that is not a JSON list with one answer per row."""
-    if status != 200:
-        return status
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return BAD_BODY
-    return status if isinstance(answer, list) and len(answer) == rows else BAD_BODY
-
-
-def render(results: Sequence[Result], target: str, endpoint: str) -> str:
-    lines = [
-        f"target       {target}  POST /{endpoint}",
-        f"{'rows/req':>8} {'clients':>7} {'requests':>8} {'wall s':>7} {'req/s':>7} {'rows/s':>8} "
-        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7}  errors",
-    ]
-    for r in results:
-        s = r.scenario
-        failures = ", ".join(f"{_status_name(k)} x{v}" for k, v in r.failures.items()) or "none"
-        lines.append(
-            f"{s.rows:>8} {s.clients:>7} {r.ok:>8} {r.wall_s:>7.1f} {r.requests_per_s:>7.1f} "
-            f"{r.requests_per_s * s.rows:>8.0f} {r.latency_ms(50):>7.1f} {r.latency_ms(95):>7.1f} "
-            f"{r.latency_ms(99):>7.1f} {r.latency_ms(100):>7.1f}  {failures}"
-        )
-    return "\n".join(lines)
-
-
-def _status_name(status: int) -> str:
-    return {CONNECTION_ERROR: "connection error", BAD_BODY: "malformed 200"}.get(status, f"HTTP {status}")
-
-
-# ---- the load generator (threads, one keep-alive connection each) ----------------------------------
-
-
-def _post(conn: http.client.HTTPConnection, path: str, body: bytes, rows: int) -> Sample:
-    started = time.perf_counter()
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        payload = response.read()
-    except (OSError, http.client.HTTPException):
-        conn.close()  # reconnects on the next request
-        return Sample(time.perf_counter() - started, CONNECTION_ERROR)
-    return Sample(time.perf_counter() - started, answer_status(response.status, payload, rows))
-
-
-def run_scenario(
-    address: tuple[str, int], endpoint: str, bodies: Sequence[bytes], scenario: Scenario, progress: Progress
-) -> Result:
-    """Send up to ``max_requests`` requests from ``clients`` threads, stopping at ``max_seconds``."""
-    path = f"/{endpoint}"
-    warm = http.client.HTTPConnection(*address, timeout=120)
-    for body in bodies[:WARMUP_REQUESTS]:
-        _post(warm, path, body, scenario.rows)
-    warm.close()
-
-    lock = threading.Lock()
-    issued = 0
-    samples: list[Sample] = []
-    started = time.perf_counter()
-    deadline = started + scenario.max_seconds
-
-    def client() -> None:
-        nonlocal issued
-        conn = http.client.HTTPConnection(*address, timeout=120)
-        mine: list[Sample] = []
-        while time.perf_counter() < deadline:
-            with lock:
-                if issued >= scenario.max_requests:
-                    break
-                index, issued = issued, issued + 1
-            mine.append(_post(conn, path, bodies[index % len(bodies)], scenario.rows))
-        conn.close()
-        with lock:
-            samples.extend(mine)
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(scenario.clients)]
-    for thread in threads:
-        thread.start()
-    next_report = time.perf_counter() + 5
-    while any(thread.is_alive() for thread in threads):
-        time.sleep(0.2)
-        if time.perf_counter() >= next_report:
-            next_report += 5
-            progress(f"  {scenario.rows} row(s)/request: {issued}/{scenario.max_requests} requests sent")
-    for thread in threads:  # the last requests may answer after the deadline; they count
-        thread.join()
-    return summarize(scenario, samples, time.perf_counter() - started)
-
-
-# ---- targets ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def serving_container(image: str | None, progress: Progress) -> Iterator[tuple[str, tuple[str, int]]]:
-    """The serving image running as the pod runs it, on a free 127.0.0.1 port; removed on exit."""
-    from tools.bench_image import last_e2e_image
-    from tools.container_run import remove_container, start_serving
-    from tools.docker_env import docker, docker_engine, free_port
-
-    image = image or last_e2e_image()
-    with docker_engine(REPO_ROOT / ".build" / "bench-dockerd", progress) as engine:
-        if docker(engine, ["image", "inspect", image], check=False).returncode != 0:
-            raise SystemExit(
-                f"image {image!r} is not in the Docker engine: build it (make e2e) or pass --image"
-            )
-        port = free_port()
-        progress(f"starting {image} on 127.0.0.1:{port} (read-only, uid 1034, no capabilities)")
-        container = start_serving(engine, image, name=f"bench-serving-{port}", host_port=port)
-        progress(f"ready after {container.cold_start_s:.1f} s")
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            yield image, ("127.0.0.1", port)
-        finally:
-            remove_container(engine, container.container_id)
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
 
 
-@contextmanager
-def existing_server(url: str) -> Iterator[tuple[str, tuple[str, int]]]:
-    yield url, loopback_address(url)
+def cpu_seconds(pids: Sequence[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
-# ---- chart and command line ---------------------------------------------------------------------
+def rss_mb(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
 
 
-def write_png(results: Sequence[Result], target: str, endpoint: str, path: Path) -> None:
-    """Latency percentiles (p50/p95/p99/max) per scenario, and throughput per scenario."""
+class Sampler:
+    """CPU time and peak RSS of a process tree while the block runs."""
+
+    def __init__(self, root: int) -> None:
+        self.pids = process_tree(root)
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Sampler:
+        self.cpu0, self.t0 = cpu_seconds(self.pids), time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, rss_mb(self.pids))
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb(self.pids))
+        self.cpu_percent = 100 * (cpu_seconds(self.pids) - self.cpu0) / (time.perf_counter() - self.t0)
+
+
+# ---- one load --------------------------------------------------------------------------------------
+
+
+def check_answer(url: str, body: bytes, rows: int, answers: Callable[[Any], int]) -> None:
+    """One request by hand: a 200 with one answer per row, or SystemExit saying what came back."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    conn.request("POST", parts.path, body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = response.read()
+    conn.close()
+    count = answers(json.loads(payload)) if response.status == 200 else -1
+    if count != rows:
+        raise SystemExit(f"{url} answered {response.status} {payload[:300]!r}: not {rows} answer(s)")
+
+
+def run_wrk(url: str, connections: int, seconds: float, bodies_path: Path, lua_path: Path) -> str:
+    proc = subprocess.run(
+        wrk_command(url, connections, seconds, str(lua_path)),
+        capture_output=True, text=True, timeout=seconds + 60, check=False,
+        env={**os.environ, "BENCH_BODIES": str(bodies_path)},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout[-500:]}")
+    return proc.stdout
+
+
+def measure_server(
+    name: str,
+    url: str,
+    pid: int,
+    body: Callable[[Sequence[dict[str, object]]], bytes],
+    answers: Callable[[Any], int],
+    rows: Sequence[dict[str, object]],
+    seconds: float,
+    work: Path,
+) -> list[Measured]:
+    lua = work / "post.lua"
+    lua.write_text(WRK_LUA)
+    results = []
+    for rows_per_request in sorted({s.rows for s in SCENARIOS}):
+        bodies = [
+            body([rows[(i * rows_per_request + j) % len(rows)] for j in range(rows_per_request)])
+            for i in range(DISTINCT_BODIES)
+        ]
+        check_answer(url, bodies[0], rows_per_request, answers)
+        path = work / f"bodies-{rows_per_request}.txt"
+        path.write_bytes(b"\n".join(bodies) + b"\n")
+        run_wrk(url, 8, WARMUP_SECONDS, path, lua)
+        for scenario in [s for s in SCENARIOS if s.rows == rows_per_request]:
+            with Sampler(pid) as sampler:
+                load = parse_wrk(run_wrk(url, scenario.connections, seconds, path, lua))
+            say(
+                f"{name}: {scenario.rows} row(s) x {scenario.connections} conns: "
+                f"{load.requests_per_s:,.0f} req/s, p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, "
+                f"{load.errors} errors, CPU {sampler.cpu_percent:.0f}%"
+            )
+            results.append(Measured(name, scenario, load, sampler.cpu_percent, sampler.peak))
+    return results
+
+
+# ---- the model -------------------------------------------------------------------------------------
+
+
+def prepared_model(spec_path: Path, work: Path) -> tuple[Any, Any, Path]:
+    """(spec, build context, MLflow model folder): the demo's registered model and its bento."""
+    from model.bento import export_build_context
+    from model.spec import load_spec
+    from model.train import TrainConfig, train_and_register
+    from tools.processes import free_port, running_mlflow_server
+
+    mlflow_dir = DEMO_DIR / "mlflow"
+    if not (mlflow_dir / "mlflow.db").is_file():
+        raise SystemExit(
+            f"{mlflow_dir / 'mlflow.db'} is missing: run `make demo` first (it trains and registers)"
+        )
+    spec = load_spec(spec_path)
+    port = free_port()
+    with running_mlflow_server(
+        mlflow_dir, port, log_path=work / "logs" / "mlflow-server.log", timeout=180
+    ) as uri:
+        result = train_and_register(TrainConfig(spec=spec, tracking_uri=uri))
+        say(f"model {result.model_uri} ({'reused' if result.reused else 'trained'})")
+        ctx = export_build_context(
+            result.model_uri, result.fingerprint, work / "build-context", tracking_uri=uri,
+            bentoml_home=DEMO_DIR / "bentoml",
+        )  # fmt: skip
+    name, version = ctx.model_tag.split(":")
+    return spec, ctx, ctx.path / "models" / name / version / "mlflow_model"
+
+
+def floors(model_dir: Path, rows: Sequence[dict[str, object]], schema: Any) -> list[Floor]:
+    """The fitted pipeline called here on 1 and 100 rows: on a pandas frame, and as the service does."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from model.predictor import predictor_for
+
+    pipeline = mlflow.pyfunc.load_model(str(model_dir)).get_raw_model()
+    predictor, how = predictor_for(pipeline, schema)
+    served = f"validate + predict as served ({how.split(':')[0]})"
+    out = []
+    for n in (1, 100):
+        chunk = list(rows[:n])
+        frame = pd.DataFrame.from_records(chunk, columns=list(schema.names))
+        on_frame = functools.partial(pipeline.predict, frame)
+        out.append(Floor("pipeline.predict(DataFrame)", n, _time_call(on_frame)))
+        out.append(Floor(served, n, _time_call(functools.partial(_served_call, predictor, chunk, schema))))
+    return out
+
+
+def _served_call(predictor: Any, rows: list[dict[str, object]], schema: Any) -> object:
+    from model.validation import validate_batch
+
+    return predictor.predict(validate_batch(rows, schema).columns)
+
+
+def _time_call(call: Callable[[], object], seconds: float = 1.5) -> float:
+    call()
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        call()
+        calls += 1
+    return 1000 * elapsed / calls
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+
+
+def deployment_resources() -> tuple[int, str, str]:
+    """(workers, cpu limit, memory limit) of the serving Deployment's defaults (infra/settings.py)."""
+    from infra.serving import workers_for_cpu_limit
+    from infra.settings import ServingSettings
+
+    defaults = ServingSettings()
+    return workers_for_cpu_limit(defaults.cpu_limit), defaults.cpu_limit, defaults.memory_limit
+
+
+def docker_resource_args(workers: int, cpu_limit: str, memory_limit: str) -> list[str]:
+    """``docker run`` flags for a Kubernetes CPU and memory limit and the worker count."""
+    from infra.serving import cpu_cores
+    from model.container import WORKERS_ENV
+
+    memory = memory_limit.replace("Mi", "m").replace("Gi", "g")
+    return ["--cpus", f"{cpu_cores(cpu_limit):g}", "--memory", memory, "--env", f"{WORKERS_ENV}={workers}"]
+
+
+def server_contexts(
+    args: argparse.Namespace, ctx: Any, model_dir: Path, spec: Any, schema: Any, work: Path
+) -> Iterator[
+    tuple[str, AbstractContextManager[tuple[int, str]], Callable[..., bytes], Callable[[Any], int]]
+]:
+    from tools import bench_servers as s
+
+    workers, cpu_limit, memory_limit = deployment_resources()
+    logs = work / "logs"
+    if "project" in args.only:
+        if args.image:
+            cm: AbstractContextManager[tuple[int, str]] = s.project_container(
+                args.image, docker_resource_args(workers, cpu_limit, memory_limit), say
+            )
+        else:
+            home = work / "serve-home"
+            home.mkdir(parents=True, exist_ok=True)
+            cm = s.project_native(ctx.path, ctx.model_tag, workers, logs, home)
+        yield PROJECT, cm, s.project_body, s.project_answers
+    if "mlflow" in args.only:
+        yield MLFLOW, s.mlflow_serve(model_dir, workers, logs), s.mlflow_body, s.mlflow_answers
+    if "mlserver" in args.only:
+        import mlflow.pyfunc
+
+        pipeline = mlflow.pyfunc.load_model(str(model_dir)).get_raw_model()
+        cm = s.mlserver(pipeline, spec.name, work, logs, say)
+        yield MLSERVER, cm, s.mlserver_body_for(schema.columns), s.mlserver_answers
+
+
+def write_png(report: Report, path: Path) -> None:
+    """Rows/s and p99 per scenario, one bar per server."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    quantiles = ((50, "p50"), (95, "p95"), (99, "p99"), (100, "max"))
-    labels = [f"{r.scenario.rows} row(s)/req\n{r.scenario.clients} clients" for r in results]
-    fig, (ax_lat, ax_rps) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    width = 0.8 / len(quantiles)
-    for i, (q, name) in enumerate(quantiles):
-        xs = [k + (i - (len(quantiles) - 1) / 2) * width for k in range(len(results))]
-        values = [r.latency_ms(q) for r in results]
-        bars = ax_lat.bar(xs, values, width, label=name)
-        ax_lat.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=7, padding=1)
-    ax_lat.set_xticks(range(len(results)), labels)
-    ax_lat.set_ylabel("latency, ms")
-    ax_lat.set_title(f"POST /{endpoint} latency percentiles")
-    ax_lat.legend(fontsize=8)
-    bars = ax_rps.bar(labels, [r.requests_per_s for r in results], color="tab:green")
-    ax_rps.bar_label(
-        bars,
-        labels=[
-            f"{r.requests_per_s:.0f} req/s\n{r.requests_per_s * r.scenario.rows:.0f} rows/s" for r in results
-        ],
-        fontsize=8,
-    )
-    ax_rps.set_ylabel("requests per second (200s)")
-    ax_rps.set_title("throughput")
-    ax_rps.margins(y=0.25)
-    errors = sum(r.server_errors for r in results)
-    fig.suptitle(f"{target}  —  server errors: {errors}", fontsize=9, color="red" if errors else "black")
+    labels = [f"{s.rows} row(s)\n{s.connections} conns" for s in SCENARIOS]
+    fig, (ax_rows, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.4))
+    width = 0.8 / max(1, len(report.servers))
+    for i, server in enumerate(report.servers):
+        xs = [k + (i - (len(report.servers) - 1) / 2) * width for k in range(len(SCENARIOS))]
+        got = [report.get(server, s) for s in SCENARIOS]
+        rows = [m.rows_per_s if m else 0 for m in got]
+        p99 = [m.load.p99_ms if m else 0 for m in got]
+        bars = ax_rows.bar(xs, rows, width, label=server)
+        ax_rows.bar_label(bars, labels=[f"{v:,.0f}" for v in rows], fontsize=6, padding=1, rotation=90)
+        bars = ax_p99.bar(xs, p99, width, label=server)
+        ax_p99.bar_label(bars, labels=[f"{v:.1f}" for v in p99], fontsize=6, padding=1, rotation=90)
+    for ax, title, unit in ((ax_rows, "throughput", "rows/s"), (ax_p99, "p99 latency", "ms")):
+        ax.set_xticks(range(len(SCENARIOS)), labels)
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.margins(y=0.2)
+    ax_p99.set_yscale("log")
+    ax_rows.set_yscale("log")
+    ax_rows.legend(fontsize=7, loc="upper left")
+    errors = sum(m.load.errors for m in report.results)
+    fig.suptitle(f"POST predict, wrk on loopback — errors: {errors}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -301,77 +357,83 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench_serving", description=__doc__.splitlines()[0]
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--image", help="serving image in the Docker engine (default: the last e2e build)")
-    where.add_argument("--url", help="a server already running on loopback, e.g. http://127.0.0.1:3000")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent connections (default 8)")
+    parser.add_argument("--spec", type=Path, default=REPO_ROOT / "model.yaml", help="the served model's spec")
     parser.add_argument(
-        "--requests", type=int, default=5000, help="requests per scenario at most (default 5000)"
+        "--image", help="benchmark this serving image (as the pod runs it) instead of bentoml serve"
+    )
+    parser.add_argument("--duration", type=float, default=10, help="seconds per scenario (default 10)")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(SERVER_KEYS), default=list(SERVER_KEYS), help="servers to run"
     )
     parser.add_argument(
-        "--duration", type=float, default=30, help="seconds per scenario at most (default 30)"
+        "--out", type=Path, default=RESULTS, help="Markdown report (default benchmarks/results/latest.md)"
     )
+    parser.add_argument("--png", type=Path, default=CHART, help="chart (default docs/img/bench_serving.png)")
     parser.add_argument(
-        "--rows", type=int, nargs="+", default=[1, 100], help="rows per request (default 1 100)"
+        "--no-readme", action="store_true", help="do not rewrite the README's benchmark table"
     )
-    parser.add_argument("--endpoint", choices=ENDPOINTS, default="predict")
-    parser.add_argument(
-        "--spec", type=Path, default=DEFAULT_SPEC, help="the served model's spec (model.yaml)"
-    )
-    parser.add_argument("--data", type=Path, default=None, help="CSV the request rows come from (the spec's)")
-    parser.add_argument("--png", type=Path, help="also write a chart here")
     args = parser.parse_args(argv)
-    for name in ("clients", "requests", "duration"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    if any(rows < 1 for rows in args.rows):
-        parser.error(f"--rows must all be at least 1, got {args.rows}")
-    if args.url:
-        try:
-            loopback_address(args.url)
-        except ValueError as exc:
-            parser.error(str(exc))
+    if args.duration <= 0:
+        parser.error(f"--duration must be positive, got {args.duration}")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model.spec import load_spec
+    from model.service import contract_from_mlmodel
     from tools.smoke import sample_rows
 
     args = parse_args(argv)
-    try:
-        rows, _ = sample_rows(load_spec(args.spec), args.data, SAMPLE_ROWS)
-    except ValueError as exc:
-        print(f"bench_serving: {exc}", file=sys.stderr)
-        return 2
-    target_cm = existing_server(args.url) if args.url else serving_container(args.image, _stderr)
-    results = []
-    with target_cm as (target, address):
-        for per_request in args.rows:
-            scenario = Scenario(per_request, args.clients, args.requests, args.duration)
-            distinct = min(args.requests, max(WARMUP_REQUESTS, SAMPLE_ROWS // per_request))
-            bodies = request_bodies(rows, per_request, distinct)
-            _stderr(f"{per_request} row(s)/request, {args.clients} clients, <= {args.requests} requests")
-            results.append(run_scenario(address, args.endpoint, bodies, scenario, _stderr))
-    print(render(results, target, args.endpoint))
-    if args.png:
-        write_png(results, target, args.endpoint, args.png)
-        print(f"chart: {args.png}")
-    errors = sum(r.server_errors for r in results)
+    if not Path(WRK).is_file():
+        raise SystemExit(f"{WRK} is missing: `make system-deps` installs Debian's wrk")
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    spec, ctx, model_dir = prepared_model(args.spec, WORK_DIR)
+    schema = contract_from_mlmodel(str(model_dir)).schema
+    rows, _ = sample_rows(spec, None, SAMPLE_ROWS)
+    results: list[Measured] = []
+    servers: list[str] = []
+    for name, cm, body, answers in server_contexts(args, ctx, model_dir, spec, schema, WORK_DIR):
+        say(f"starting {name}")
+        with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+            pid, url = stack.enter_context(cm)
+            endpoint = url if "/v2/" in url else f"{url}/predict" if name == PROJECT else f"{url}/invocations"
+            results += measure_server(name, endpoint, pid, body, answers, rows, args.duration, Path(tmp))
+        servers.append(name)
+    workers, cpu_limit, memory_limit = deployment_resources()
+    load_after = os.getloadavg()[0]
+    busy = max(load_before, load_after) > (os.cpu_count() or 1)
+    where = f"the serving image {args.image}" if args.image else "`bentoml serve` of the bento"
+    header = [
+        f"# Serving benchmark: {spec.name}",
+        "",
+        f"`make bench` on {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"wrk (2 threads) on the same host, loopback, {args.duration:g} s per scenario, "
+        "the same rows for every server.",
+        f"This project: {where}, {workers} workers (the Deployment's CPU limit {cpu_limit}, "
+        f"memory {memory_limit}); `mlflow models serve --env-manager local -w {workers}`; "
+        "MLServer with `parallel_workers: 0`.",
+        f"Host load average (1 min) at the start and end of the run: {load_before:.1f} / {load_after:.1f} "
+        f"on {os.cpu_count()} CPUs"
+        + (": other processes took CPU from every server alike" if busy else "")
+        + "; compare the ratios, not the absolute numbers.",
+    ]
+    report = Report(tuple(servers), tuple(results), tuple(floors(model_dir, rows, schema)))
+    text = render_markdown(report, MLSERVER, MLFLOW, header)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    write_png(report, args.png)
+    if not args.no_readme and README.is_file():
+        readme = README.read_text()
+        body = text.split("\n", 2)[2] + f"\n![serving benchmark]({args.png.relative_to(REPO_ROOT)})\n"
+        README.write_text(replace_section(readme, README_BEGIN, README_END, body))
+    print(text)
+    errors = sum(m.load.errors for m in results)
     if errors:
-        print(
-            f"\n!!! {errors} SERVER ERROR(S) (5xx, 503, connection errors or malformed answers): "
-            "the service must never answer those; see the errors column above and the server log",
-            file=sys.stderr,
+        say(
+            f"!!! {errors} error(s) (non-2xx, timeouts, socket errors): "
+            f"see the errors column and {WORK_DIR / 'logs'}"
         )
-    rejected = sum(sum(r.failures.values()) for r in results) - errors
-    if rejected:
-        print(
-            f"\n!!! {rejected} request(s) rejected with a 4xx: the benchmark's rows do not fit the "
-            f"model's signature; check --data",
-            file=sys.stderr,
-        )
-    return 1 if errors or rejected else 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

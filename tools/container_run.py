@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,8 +97,11 @@ def push_image(
     return PushedImage(repository=remote, tag=tag, digest=digests[0], image_id=inspected["Id"])
 
 
-def kubernetes_run_args(image: str, *, name: str, host_port: int) -> list[str]:
-    """``docker run`` arguments that reproduce the pod's constraints for ``image``."""
+def kubernetes_run_args(
+    image: str, *, name: str, host_port: int, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """``docker run`` arguments that reproduce the pod's constraints for ``image`` (``extra_args``:
+    more, such as the Deployment's CPU and memory limits)."""
     args = [
         "run",
         "--detach",
@@ -117,7 +121,7 @@ def kubernetes_run_args(image: str, *, name: str, host_port: int) -> list[str]:
         args += ["--tmpfs", f"{path}:rw,exec,mode=0777"]
     for key, value in sorted(RUNTIME_ENV.items()):
         args += ["--env", f"{key}={value}"]
-    return [*args, image]
+    return [*args, *extra_args, image]
 
 
 @dataclass(frozen=True)
@@ -136,13 +140,20 @@ def container_logs(engine: DockerEngine, container_id: str) -> str:
 
 
 def start_serving(
-    engine: DockerEngine, image: str, *, name: str, host_port: int, timeout: float = 300
+    engine: DockerEngine,
+    image: str,
+    *,
+    name: str,
+    host_port: int,
+    timeout: float = 300,
+    extra_args: Sequence[str] = (),
 ) -> RunningContainer:
     """Run ``image`` as Kubernetes would and wait until its readiness probe answers 200; a container
     that exits or never gets ready is removed before the error (with its last log lines) is raised."""
     url = f"http://127.0.0.1:{host_port}"
     started = time.monotonic()
-    container_id = docker(engine, kubernetes_run_args(image, name=name, host_port=host_port)).stdout.strip()
+    run_args = kubernetes_run_args(image, name=name, host_port=host_port, extra_args=extra_args)
+    container_id = docker(engine, run_args).stdout.strip()
     try:
         _wait_ready(engine, container_id, url + READINESS_PATH, started + timeout)
     except BaseException as exc:
