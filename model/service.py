@@ -37,6 +37,7 @@ from typing import Annotated, Any, cast
 import bentoml
 import numpy as np
 import pydantic_core
+from bentoml.exceptions import BadInput
 from pydantic import AfterValidator
 
 from model.container import (
@@ -51,7 +52,7 @@ from model.container import (
 )
 from model.predictor import predictor_for
 from model.request_guard import RequestGuard
-from model.validation import DEFAULT_MAX_ROWS, Batch, RowSchema, validate_batch
+from model.validation import DEFAULT_MAX_ROWS, Batch, RowSchema, overflow_problem, validate_batch
 
 DEFAULT_MODEL_TAG = "model:latest"
 MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts the model (its constant)
@@ -128,6 +129,10 @@ def contract() -> ModelContract:
     return contract_from_mlmodel(SERVED_MODEL.resolve().path_of(MLFLOW_MODEL_FOLDER))
 
 
+# What scikit-learn's input check says of an inf or a value beyond its dtype (sklearn.utils.validation).
+NON_FINITE_MESSAGE = "infinity or a value too large"
+
+
 def _checked_rows(rows: Any) -> Batch:
     return validate_batch(rows, contract().schema)
 
@@ -192,7 +197,14 @@ class _Served:
         both at hand.
         """
         batch = cast(Batch, rows)
-        scores: np.ndarray = getattr(self.predictor, method)(batch.columns)
+        try:
+            scores: np.ndarray = getattr(self.predictor, method)(batch.columns)
+        except ValueError as exc:
+            # scikit-learn's check_array on a value the pipeline's own arithmetic overflowed;
+            # anything else is the server's fault and stays a 500.
+            if NON_FINITE_MESSAGE not in str(exc):
+                raise
+            raise BadInput(str(overflow_problem(batch))) from exc
         return scores
 
 

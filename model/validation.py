@@ -273,3 +273,27 @@ def _short(value: object, limit: int = 40) -> str:
 def _quoted(names: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(f"'{name}'" for name in names[:limit])
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def overflow_problem(batch: Batch) -> RequestValidationError:
+    """The 400 for a batch whose numbers are finite but overflow the model's arithmetic (a scaler's
+    ``(x - mean) / std`` turns 1e308 into inf, which scikit-learn refuses): it names the row and
+    feature of the largest magnitude, the likeliest culprit."""
+    best: tuple[float, int, str] | None = None
+    for name, column in batch.columns.items():
+        if column.size == 0 or column.dtype.kind not in "fiu":
+            continue
+        magnitudes = np.abs(column.astype(np.float64))
+        index = int(np.argmax(magnitudes))
+        if best is None or magnitudes[index] > best[0]:
+            best = (float(magnitudes[index]), index, name)
+    if best is None:
+        return RequestValidationError(["the model could not compute with these values"])
+    _, index, name = best
+    value = batch.columns[name][index].item()
+    return RequestValidationError(
+        [
+            f"rows[{index}].{name} = {value!r} is too large for the model to compute with (its "
+            "arithmetic overflows to infinity): send values in the range the feature is measured in"
+        ]
+    )
