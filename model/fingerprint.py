@@ -37,10 +37,14 @@ FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 SERVING_SOURCES: tuple[str, ...] = (
     "model/__init__.py",
     "model/container.py",
+    "model/monitoring.py",
+    "model/profile.py",
     "model/service.py",
     "model/validation.py",
 )
 BUILD_SOURCES: tuple[str, ...] = (*SERVING_SOURCES, "model/bento.py")
+# Serving modules that training runs too (model.train writes the reference profile): both cover them.
+SHARED_SOURCES: tuple[str, ...] = ("model/__init__.py", "model/profile.py")
 
 
 def canonical_json(value: Mapping[str, object]) -> str:
@@ -56,7 +60,7 @@ def canonical_json(value: Mapping[str, object]) -> str:
 def training_code_files(code_dir: Path = MODEL_DIR) -> list[tuple[str, bytes]]:
     """``(relative posix path, bytes)`` of every ``*.py`` under ``code_dir`` but the serving-only
     modules, sorted by path."""
-    serving_only = {Path(rel).name for rel in BUILD_SOURCES} - {"__init__.py"}
+    serving_only = {Path(rel).name for rel in BUILD_SOURCES} - {Path(rel).name for rel in SHARED_SOURCES}
     files = [
         (p.relative_to(code_dir).as_posix(), p)
         for p in code_dir.rglob("*.py")

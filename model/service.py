@@ -31,6 +31,7 @@ import bentoml
 from pydantic import AfterValidator
 
 from model.container import DEFAULT_BASE_IMAGE, MAX_ROWS_ENV, MODEL_TAG_ENV, SERVICE_PORT
+from model.monitoring import monitor_for
 from model.validation import DEFAULT_MAX_ROWS, RowSchema, Value, validate_rows
 
 if TYPE_CHECKING:
@@ -141,6 +142,9 @@ class _Served:
         self.pyfunc = mlflow.pyfunc.load_model(self.bento_model.path_of(MLFLOW_MODEL_FOLDER))
         self.estimator = self.pyfunc.get_raw_model()
         self.contract = contract()  # fail at start, not on the first request, if the signature is bad
+        self.monitor = monitor_for(
+            self.bento_model.path_of(MLFLOW_MODEL_FOLDER), self.bento_model.info.labels, SERVICE_NAME
+        )
         logger.info(
             "serving %s (%s) with %d input features",
             SERVED_MODEL.tag,
@@ -173,16 +177,19 @@ class Classifier(_Served):
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def predict(self, rows: Rows) -> list[str]:
         """The predicted class name per row."""
-        return [self.names[str(label)] for label in self.pyfunc.predict(self._frame(rows))]
+        frame = self._frame(rows)
+        answers = [self.names[str(label)] for label in self.pyfunc.predict(frame)]
+        self.monitor.observe(frame, answers)
+        return answers
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def predict_proba(self, rows: Rows) -> list[dict[str, float]]:
         """Per row, each class name with its probability, in the model's class order."""
         names = self.contract.class_names
-        return [
-            {name: float(p) for name, p in zip(names, probs, strict=True)}
-            for probs in self.estimator.predict_proba(self._frame(rows))
-        ]
+        frame = self._frame(rows)
+        proba = self.estimator.predict_proba(frame)
+        self.monitor.observe(frame, [names[i] for i in proba.argmax(axis=1)])
+        return [{name: float(p) for name, p in zip(names, probs, strict=True)} for probs in proba]
 
 
 @bentoml.service(**_SERVICE_CONFIG)
@@ -192,4 +199,7 @@ class Regressor(_Served):
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def predict(self, rows: Rows) -> list[float]:
         """The predicted value per row."""
-        return [float(value) for value in self.pyfunc.predict(self._frame(rows))]
+        frame = self._frame(rows)
+        answers = [float(value) for value in self.pyfunc.predict(frame)]
+        self.monitor.observe(frame, answers)
+        return answers
