@@ -11,6 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+# What the service exports (one source: model.monitoring).
+from model.monitoring import (
+    FEATURE_BINS,
+    FEATURE_OUT_OF_RANGE,
+    FEATURE_REFERENCE,
+    PREDICTION_BINS,
+    PREDICTION_REFERENCE,
+    SERVICE_LABEL,
+)
+from model.profile import PSI_EPSILON  # an empty bin's share is floored at this, as in the demo
+
 
 @dataclass(frozen=True)
 class AlertThresholds:
@@ -84,14 +95,8 @@ def to_prometheus_yaml(groups: Sequence[RuleGroup]) -> str:
 
 # ---- the rules ------------------------------------------------------------------------------------
 
-# The metric and label names the service exports (model.monitoring) and BentoML's own; a contract
-# test scrapes a real `bentoml serve` for each (tests/test_monitoring.py).
-SERVICE_LABEL = "service_name"
-FEATURE_BINS = "model_feature_bin_total"
-FEATURE_OUT_OF_RANGE = "model_feature_out_of_range_total"
-FEATURE_REFERENCE = "model_feature_reference_proportion"
-PREDICTION_BINS = "model_prediction_bin_total"
-PREDICTION_REFERENCE = "model_prediction_reference_proportion"
+# BentoML 1.4's own metric and label names (its HTTP instruments, as a real `bentoml serve` exports
+# them: tests/test_monitoring_live.py scrapes one for each).
 REQUESTS = "bentoml_service_request_total"
 LATENCY_BUCKETS = "bentoml_service_request_duration_seconds_bucket"
 STATUS_LABEL = "http_response_code"
@@ -107,8 +112,6 @@ FEATURE_PSI = "model:feature_psi"
 PREDICTION_SHARE = "model:prediction_bin_share"
 PREDICTION_PSI = "model:prediction_psi"
 OUT_OF_RANGE_SHARE = "model:feature_out_of_range_share"
-# An empty bin would make the index infinite: both shares are floored at this (model.profile.PSI_EPSILON).
-PSI_EPSILON = 1e-4
 RUNBOOK = "README.md#runbook"
 
 
@@ -212,8 +215,8 @@ def rule_groups(
                 "ModelHighErrorRate",
                 f"{errors}\n/ {requests}\n> {t.error_rate:g}",
                 "critical",
-                f"{{{{ $value | humanizePercentage }}}} of prediction requests answered 5xx over {rate_window} "
-                f"(threshold {t.error_rate:g})",
+                f"{{{{ $value | humanizePercentage }}}} of prediction requests answered 5xx over "
+                f"{rate_window} (threshold {t.error_rate:g})",
                 for_="5m",
             ),
             alert(
