@@ -113,6 +113,9 @@ PREDICTION_SHARE = "model:prediction_bin_share"
 PREDICTION_PSI = "model:prediction_psi"
 OUT_OF_RANGE_SHARE = "model:feature_out_of_range_share"
 RUNBOOK = "README.md#runbook"
+# Drift alerts wait for this many served values in the window: PSI of a small sample is noise
+# (its expected value is about (bins - 1) / values, ~0.05 here for 10 bins).
+DRIFT_MIN_VALUES = 200
 
 
 def _share(counter: str, selector: str, keys: str, window: str) -> str:
@@ -122,6 +125,10 @@ def _share(counter: str, selector: str, keys: str, window: str) -> str:
         f"/ on ({keys}) group_left\n"
         f"sum by ({keys}) (increase({counter}{{{selector}}}[{window}]))"
     )
+
+
+def _enough(counter: str, selector: str, keys: str, window: str) -> str:
+    return f"sum by ({keys}) (increase({counter}{{{selector}}}[{window}])) >= {DRIFT_MIN_VALUES}"
 
 
 def _psi(share: str, reference: str, selector: str, keys: str) -> str:
@@ -192,14 +199,16 @@ def rule_groups(
         rules=(
             alert(
                 "ModelFeatureDrift",
-                f"{FEATURE_PSI}{{{sel}}} > {t.psi:g}",
+                f"{FEATURE_PSI}{{{sel}}} > {t.psi:g}\n"
+                f"and on ({by_feature}) {_enough(FEATURE_BINS, sel, by_feature, t.window)}",
                 "warning",
                 f'{{{{ $labels.feature }}}}: PSI {{{{ $value | printf "%.2f" }}}} over {t.window} '
                 f"(threshold {t.psi:g}): served inputs no longer look like the training data",
             ),
             alert(
                 "ModelPredictionDrift",
-                f"{PREDICTION_PSI}{{{sel}}} > {t.psi:g}",
+                f"{PREDICTION_PSI}{{{sel}}} > {t.psi:g}\n"
+                f"and on ({SERVICE_LABEL}) {_enough(PREDICTION_BINS, sel, SERVICE_LABEL, t.window)}",
                 "warning",
                 f'predictions: PSI {{{{ $value | printf "%.2f" }}}} over {t.window} (threshold {t.psi:g}): '
                 "the model answers differently than on its held-out rows",
