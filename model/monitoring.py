@@ -106,15 +106,28 @@ class Monitor:
         info.labels(service, identity.model, identity.version, identity.fingerprint).set(1)
 
         self.profile = profile
-        self._features = []
+        numeric = [b for b in profile.features if b.kind == NUMERIC]
+        self._categorical = [
+            (
+                b,
+                [bins.labels(service, b.name, str(i)) for i in range(b.size)],
+                missing.labels(service, b.name),
+            )
+            for b in profile.features
+            if b.kind != NUMERIC
+        ]
+        # Numeric features are counted together: one matrix, one bincount over all their bins.
+        self._numeric_names = [b.name for b in numeric]
+        self._edges = [np.asarray(b.edges, dtype="float64") for b in numeric]
+        self._offsets = np.cumsum([0, *(b.size for b in numeric)])
+        self._lows = np.array([b.low for b in numeric], dtype="float64")
+        self._highs = np.array([b.high for b in numeric], dtype="float64")
+        self._numeric_bins = [bins.labels(service, b.name, str(i)) for b in numeric for i in range(b.size)]
+        self._out_of_range = [out_of_range.labels(service, b.name) for b in numeric]
+        self._numeric_missing = [missing.labels(service, b.name) for b in numeric]
         for binning in profile.features:
-            children = [bins.labels(service, binning.name, str(i)) for i in range(binning.size)]
             for i, share in enumerate(binning.proportions):
                 reference.labels(service, binning.name, str(i)).set(share)
-            self._features.append(
-                (binning, children, out_of_range.labels(service, binning.name),
-                 missing.labels(service, binning.name))
-            )  # fmt: skip
         self._predictions = [predictions.labels(service, str(i)) for i in range(profile.prediction.size)]
         for i, share in enumerate(profile.prediction.proportions):
             prediction_reference.labels(service, str(i)).set(share)
@@ -123,16 +136,33 @@ class Monitor:
         """Count one request's (or batch's) values: ``columns[name]`` per feature, and the answers
         (class names, or predicted numbers). Never raises: a failure is logged."""
         try:
-            for binning, children, out_of_range, missing in self._features:
-                counts, outside, absent = count_column(binning, columns[binning.name])
+            if self._numeric_names:
+                self._observe_numeric(_matrix(columns, self._numeric_names))
+            for binning, children, missing in self._categorical:
+                counts, _, absent = count_column(binning, columns[binning.name])
                 _add(children, counts)
-                if outside:
-                    out_of_range.inc(outside)
                 if absent:
                     missing.inc(absent)
             _add(self._predictions, count_column(self.profile.prediction, predictions)[0])
         except Exception:
             logger.exception("monitoring: counting a request failed (the request itself was answered)")
+
+    def _observe_numeric(self, matrix: np.ndarray) -> None:
+        present = ~np.isnan(matrix)
+        index = np.empty(matrix.shape, dtype="int64")
+        for j, edges in enumerate(self._edges):
+            index[:, j] = np.searchsorted(edges, matrix[:, j], side="right") + self._offsets[j]
+        _add(self._numeric_bins, np.bincount(index[present], minlength=int(self._offsets[-1])))
+        _add(self._out_of_range, ((matrix < self._lows) | (matrix > self._highs)).sum(axis=0))  # NaN: False
+        _add(self._numeric_missing, matrix.shape[0] - present.sum(axis=0))
+
+
+def _matrix(columns: Columns, names: Sequence[str]) -> np.ndarray:
+    """The numeric columns as one (rows, features) float64 array; missing values (None) as NaN."""
+    if hasattr(columns, "to_numpy") and hasattr(columns, "columns"):  # a DataFrame: one copy
+        frame: Any = columns
+        return np.asarray(frame[list(names)].to_numpy(dtype="float64", na_value=np.nan))
+    return np.column_stack([np.asarray(columns[name], dtype="float64") for name in names])
 
 
 def _add(children: Sequence[Any], counts: np.ndarray) -> None:
