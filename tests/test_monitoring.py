@@ -224,3 +224,21 @@ def bento_context(
         trained.model_uri, trained.fingerprint, work / "context", tracking_uri=mlflow_server,
         bentoml_home=work / "bentoml",
     )  # fmt: skip
+
+
+def test_bench_monitoring_prints_a_cost_per_request() -> None:
+    """The micro-benchmark runs (a fresh interpreter: it sets the multiprocess folder before
+    prometheus_client is imported) and prints one number per request size; no timed assert."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.bench_monitoring", "--repeat", "5"], cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("observe,")]
+    assert [line.split()[1] for line in lines] == ["1", "100"]
+    assert all(float(line.split(":")[1].split()[0]) > 0 for line in lines)
