@@ -236,9 +236,20 @@ def drift_between(before: str, after: str, service: str) -> dict[str, float]:
     return result
 
 
+_MONITORS: dict[tuple[str, str], Monitor] = {}  # a metric can be registered once per process
+
+
 def monitor_for(model_dir: str | Path, labels: Mapping[str, str], service: str) -> Monitor:
     """The Monitor of the MLflow model folder ``model_dir`` (its ``extra_files/profile.json``),
-    named by the BentoML model's ``labels`` (``mlflow_model_uri``, ``fingerprint``; model.bento)."""
+    named by the BentoML model's ``labels`` (``mlflow_model_uri``, ``fingerprint``; model.bento).
+    One per process and service: a second service instance in the same process shares it."""
+    key = (str(model_dir), service)
+    if key not in _MONITORS:
+        _MONITORS[key] = _new_monitor(model_dir, labels, service)
+    return _MONITORS[key]
+
+
+def _new_monitor(model_dir: str | Path, labels: Mapping[str, str], service: str) -> Monitor:
     from model.profile import PROFILE_PATH_IN_MODEL, load_profile
 
     uri = labels.get("mlflow_model_uri", "")

@@ -242,3 +242,18 @@ def test_bench_monitoring_prints_a_cost_per_request() -> None:
     lines = [line for line in done.stdout.splitlines() if line.startswith("observe,")]
     assert [line.split()[1] for line in lines] == ["1", "100"]
     assert all(float(line.split(":")[1].split()[0]) > 0 for line in lines)
+
+
+def test_monitor_for_reads_the_model_folder_once_per_process(tmp_path: Path) -> None:
+    import prometheus_client
+
+    (tmp_path / "extra_files").mkdir()
+    (tmp_path / PROFILE_PATH_IN_MODEL).write_text(build_profile_for_frame().to_json())  # type: ignore[attr-defined]
+    labels = {"mlflow_model_uri": "models:/my-model/7", "fingerprint": "ab" * 32}
+    first = monitoring.monitor_for(tmp_path, labels, "monitor_for_test")
+    assert monitoring.monitor_for(tmp_path, labels, "monitor_for_test") is first
+    text = prometheus_client.generate_latest().decode()
+    labelled = f'fingerprint="{"ab" * 32}",model="my-model",service_name="monitor_for_test",version="7"'
+    assert f"model_info{{{labelled}}} 1.0" in text
+    with pytest.raises(ProfileError, match="no reference profile"):
+        monitoring.monitor_for(tmp_path / "elsewhere", labels, "monitor_for_test_2")
