@@ -105,6 +105,14 @@ def test_profile_of_every_example(key: str) -> None:
         assert profile.prediction.categories == tuple(names.values())  # type: ignore[union-attr]
     else:
         assert profile.prediction.kind == NUMERIC and profile.prediction.size > 2
+    # The service's path: the typed held-out frame and the answers, every row counted once per feature.
+    registry, monitor = registry_and_monitor(profile)
+    answers = [names[str(p)] for p in fitted.predictions] if names else list(fitted.predictions)
+    monitor.observe(fitted.heldout[dataset.feature_names], answers)
+    counts = monitoring.bin_counts(metrics_text(registry), "svc")["counts"]
+    assert {key: sum(bins.values()) for key, bins in counts.items()} == {
+        key: len(fitted.heldout) for key in [*dataset.feature_names, monitoring.PREDICTION]
+    }
     # The served rows of the training data count back to the training proportions: PSI 0.
     for binning in profile.features:
         counts, outside, _ = count_column(binning, fitted.train[binning.name].to_numpy())
