@@ -3,8 +3,9 @@
 - The **training fingerprint** (``training_fingerprint``) decides retraining. It covers the data
   file's bytes, the spec's training identity (``ModelSpec.training_identity``: task, target,
   features, classes, estimator, params, preprocessing, split, data rule), the training code (every
-  ``*.py`` under model/ except the serving modules, plus a local estimator factory's package: every
-  ``*.py`` in the factory module's folder, so a helper it imports from there counts too) and the
+  ``*.py`` under model/ except the serving-only modules (``SHARED_SOURCES`` count for both), plus a
+  local estimator factory's package: every ``*.py`` in the factory module's folder, so a helper it
+  imports from there counts too) and the
   exact pins of the packages the model needs (``model.pins``). A change in serving code, a Pulumi
   package, the requirements lock's other entries or the docs does not move it.
 - The **build identity** (``build_identity``) decides rebuilding: the training fingerprint, the

@@ -265,3 +265,11 @@ def test_monitor_for_reads_the_model_folder_once_per_process(tmp_path: Path) -> 
     assert f"model_info{{{labelled}}} 1.0" in text
     with pytest.raises(ProfileError, match="no reference profile"):
         monitoring.monitor_for(tmp_path / "elsewhere", labels, "monitor_for_test_2")
+
+
+def test_the_profile_code_counts_toward_training_and_build_the_counters_toward_build_only() -> None:
+    from model.fingerprint import BUILD_SOURCES, training_code_files
+
+    training = {rel for rel, _ in training_code_files()}
+    assert "profile.py" in training and "monitoring.py" not in training
+    assert {"model/profile.py", "model/monitoring.py"} <= set(BUILD_SOURCES)
