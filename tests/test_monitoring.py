@@ -201,6 +201,7 @@ def test_psi_formula() -> None:
 # ---- the profile travels with the model ---------------------------------------------------------------
 
 
+@pytest.mark.servers
 def test_logged_model_and_bento_carry_the_profile(
     trained: TrainResult, mlflow_server: str, tmp_path: Path
 ) -> None:
@@ -214,6 +215,7 @@ def test_logged_model_and_bento_carry_the_profile(
     assert "extra_files" in (Path(local) / "MLmodel").read_text()
 
 
+@pytest.mark.servers
 def test_exported_bento_has_the_profile_and_the_monitoring_code(bento_context: BuildContext) -> None:
     models = list((bento_context.path / "models").rglob(PROFILE_PATH_IN_MODEL))
     assert len(models) == 1

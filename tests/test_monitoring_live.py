@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from model.bento import BuildContext
     from model.train import TrainResult
 
+pytestmark = pytest.mark.servers
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 WORKERS = 2
 SHIFTED = ("mean_radius", "mean_texture", "worst_area")
