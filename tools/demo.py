@@ -4,7 +4,7 @@ A real ``mlflow server`` (SQLite + artifact folder under .demo/) -> train, track
 spec's model (model.train; default spec model.yaml) -> build and export the bento (model.bento) ->
 ``bentoml serve`` the exported build context -> score held-out rows over HTTP -> print predictions in
 the task's terms (class names with their probability, or numbers with their error) -> monitoring:
-send the held-out rows, then the same rows with a few numeric features scaled, and print each
+send the spec's data rows, then the same rows with a few numeric features scaled, and print each
 feature's drift (PSI, computed from two ``/metrics`` scrapes as the Prometheus rules compute it) with
 a chart (``.demo/drift.png``) -> the run's metrics, the MLflow UI URL and the build-context path ->
 stop both servers (by pid, also on Ctrl-C or error).
@@ -44,6 +44,7 @@ SAMPLES_PER_CLASS = 3
 SAMPLES_REGRESSION = 8
 SHIFTED_FEATURES = 3  # the demo's shift: the first numeric features, scaled by SHIFT_FACTOR
 SHIFT_FACTOR = 2.0
+REQUEST_ROWS = 500  # rows per request of the monitoring step (the service takes up to 1000)
 
 
 def say(message: str) -> None:
@@ -165,8 +166,8 @@ def run(
         with Step(5, "scoring held-out rows over HTTP"):
             scored = score_heldout(spec, result.run_id, tracking, endpoint)
         print_predictions(spec, scored)
-        with Step(6, "monitoring: held-out rows, then shifted rows; drift from /metrics"):
-            drift = measure_drift(spec, result.run_id, tracking, endpoint)
+        with Step(6, "monitoring: the data's rows, then shifted rows; drift from /metrics"):
+            drift = measure_drift(spec, endpoint)
         print_drift(drift)
         chart = drift_chart_path or demo_dir / "drift.png"
         save_drift_chart(drift, chart, spec.name)
@@ -215,26 +216,29 @@ class Drift:
     threshold: float
 
 
-def measure_drift(spec: ModelSpec, run_id: str, tracking: str, endpoint: str) -> Drift:
-    """Send the held-out rows, then the same rows with the first SHIFTED_FEATURES numeric features
-    scaled by SHIFT_FACTOR; PSI of each batch from the /metrics scrapes around it."""
+def measure_drift(spec: ModelSpec, endpoint: str) -> Drift:
+    """Send the spec's data rows (the distribution the model was trained on), then the same rows
+    with the first SHIFTED_FEATURES numeric features scaled by SHIFT_FACTOR; PSI of each pass from
+    the /metrics scrapes around it. All rows, not only the held-out ones: PSI of a few dozen rows
+    is sampling noise (the alert rules wait for 200 values for that reason)."""
     from infra.alert_rules import AlertThresholds
     from model.data import load_dataset, request_rows
     from model.monitoring import drift_between
     from model.spec import bento_name_for
-    from model.train import load_heldout
 
-    features = load_dataset(spec).features
-    heldout = load_heldout(run_id, tracking_uri=tracking)
+    dataset = load_dataset(spec)
+    features, rows = dataset.features, dataset.frame
     numeric = [f for f in features if f.type in ("double", "long")][:SHIFTED_FEATURES]
-    shifted = heldout.copy()
+    shifted = rows.copy()
     for feature in numeric:
         scaled = shifted[feature.name] * SHIFT_FACTOR
         shifted[feature.name] = scaled.round().astype("int64") if feature.type == "long" else scaled
     service = bento_name_for(spec.name)
     scrapes = [_metrics(endpoint)]
-    for frame in (heldout, shifted):
-        _post(f"{endpoint}/predict", request_rows(frame, features))
+    for frame in (rows, shifted):
+        payload = request_rows(frame, features)
+        for start in range(0, len(payload), REQUEST_ROWS):
+            _post(f"{endpoint}/predict", payload[start : start + REQUEST_ROWS])
         scrapes.append(_metrics(endpoint))
     return Drift(
         tuple(f.name for f in numeric),
@@ -254,9 +258,7 @@ def _metrics(endpoint: str) -> str:
 
 def print_drift(drift: Drift) -> None:
     width = max(len(k) for k in drift.after)
-    print(
-        f"\n  {'feature':<{width}}  {'held-out':>8}  {'shifted':>8}  (PSI; alert above {drift.threshold:g})"
-    )
+    print(f"\n  {'feature':<{width}}  {'data':>8}  {'shifted':>8}  (PSI; alert above {drift.threshold:g})")
     for key, value in drift.after.items():
         note = "  <- scaled" if key in drift.shifted else ""
         flag = " DRIFT" if value > drift.threshold else ""
@@ -265,7 +267,7 @@ def print_drift(drift: Drift) -> None:
 
 
 def save_drift_chart(drift: Drift, path: Path, model_name: str) -> None:
-    """A bar chart of PSI per feature, held-out rows against shifted rows, with the threshold."""
+    """A bar chart of PSI per feature, the data's rows against the shifted ones, with the threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,7 +276,7 @@ def save_drift_chart(drift: Drift, path: Path, model_name: str) -> None:
     keys = list(drift.after)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(keys) + 2), 4))
     positions = range(len(keys))
-    ax.bar([p - 0.2 for p in positions], [drift.before[k] for k in keys], width=0.4, label="held-out rows")
+    ax.bar([p - 0.2 for p in positions], [drift.before[k] for k in keys], width=0.4, label="the data's rows")
     ax.bar([p + 0.2 for p in positions], [drift.after[k] for k in keys], width=0.4,
            label=f"{', '.join(drift.shifted)} x{SHIFT_FACTOR:g}")  # fmt: skip
     ax.axhline(drift.threshold, color="crimson", linestyle="--", label=f"alert threshold {drift.threshold:g}")
