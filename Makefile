@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 ## make system-deps: Debian packages the container tier runs (engine, registry, base-image stand-in);
 ## apt-get runs only when one is missing. command:package pairs.
-SYSTEM_DEPS := dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap wrk:wrk
+SYSTEM_DEPS := dockerd:docker.io docker-registry:docker-registry debootstrap:debootstrap wrk:wrk prometheus:prometheus
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do \

@@ -11,6 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+# What the service exports (one source: model.monitoring).
+from model.monitoring import (
+    FEATURE_BINS,
+    FEATURE_OUT_OF_RANGE,
+    FEATURE_REFERENCE,
+    PREDICTION_BINS,
+    PREDICTION_REFERENCE,
+    SERVICE_LABEL,
+)
+from model.profile import PSI_EPSILON  # an empty bin's share is floored at this, as in the demo
+
 
 @dataclass(frozen=True)
 class AlertThresholds:
@@ -70,4 +81,175 @@ def to_prometheus_yaml(groups: Sequence[RuleGroup]) -> str:
             for g in groups
         ]
     }
-    return yaml.safe_dump(doc, sort_keys=False, width=120)
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value else None  # multi-line expressions stay readable
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _text)
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+# ---- the rules ------------------------------------------------------------------------------------
+
+# BentoML 1.4's own metric and label names (its HTTP instruments, as a real `bentoml serve` exports
+# them: tests/test_monitoring_live.py scrapes one for each).
+REQUESTS = "bentoml_service_request_total"
+LATENCY_BUCKETS = "bentoml_service_request_duration_seconds_bucket"
+STATUS_LABEL = "http_response_code"
+PREDICT_ENDPOINTS = "/predict.*"  # the model's APIs, not /metrics or the health probes
+# kube-state-metrics, in AKS managed Prometheus' minimal ingestion profile.
+AVAILABLE_REPLICAS = "kube_deployment_status_replicas_available"
+DESIRED_REPLICAS = "kube_deployment_spec_replicas"
+SERVING_DEPLOYMENT = "model-server"  # infra.serving.APP (a test keeps them equal)
+
+# Recorded series (level:metric:operation, the Prometheus naming convention).
+FEATURE_SHARE = "model:feature_bin_share"
+FEATURE_PSI = "model:feature_psi"
+PREDICTION_SHARE = "model:prediction_bin_share"
+PREDICTION_PSI = "model:prediction_psi"
+OUT_OF_RANGE_SHARE = "model:feature_out_of_range_share"
+RUNBOOK = "README.md#runbook"
+# Drift alerts wait for this many served values in the window: PSI of a small sample is noise
+# (its expected value is about (bins - 1) / values, ~0.05 here for 10 bins).
+DRIFT_MIN_VALUES = 200
+
+
+def _share(counter: str, selector: str, keys: str, window: str) -> str:
+    """Each bin's share of the values counted over ``window``, per ``keys`` (without ``bin``)."""
+    return (
+        f"sum by ({keys}, bin) (increase({counter}{{{selector}}}[{window}]))\n"
+        f"/ on ({keys}) group_left\n"
+        f"sum by ({keys}) (increase({counter}{{{selector}}}[{window}]))"
+    )
+
+
+def _enough(counter: str, selector: str, keys: str, window: str) -> str:
+    return f"sum by ({keys}) (increase({counter}{{{selector}}}[{window}])) >= {DRIFT_MIN_VALUES}"
+
+
+def _psi(share: str, reference: str, selector: str, keys: str) -> str:
+    """sum over bins of (observed - reference) * ln(observed / reference), both floored at epsilon.
+    ``max by`` merges the reference gauges of several pods (all equal)."""
+    observed = f"clamp_min({share}{{{selector}}}, {PSI_EPSILON:g})"
+    expected = f"clamp_min(max by ({keys}, bin) ({reference}{{{selector}}}), {PSI_EPSILON:g})"
+    return f"sum by ({keys}) (\n  ({observed} - {expected})\n  * ln({observed} / {expected})\n)"
+
+
+def rule_groups(
+    service: str,
+    thresholds: AlertThresholds,
+    *,
+    interval: str = "1m",
+    rate_window: str = "5m",
+    namespace: str | None = None,
+    deployment: str = SERVING_DEPLOYMENT,
+) -> tuple[RuleGroup, ...]:
+    """The recording rules (drift, out-of-range share) and the alerts of the BentoML service
+    ``service`` (``model.spec.ModelSpec.bento_name``). ``interval``: how often Prometheus evaluates
+    them; ``rate_window``: the window of error rate and latency; ``namespace``/``deployment``: the
+    serving Deployment for kube-state-metrics (any namespace when None)."""
+    t = thresholds
+    sel = f'{SERVICE_LABEL}="{service}"'
+    api = f'{sel}, endpoint=~"{PREDICT_ENDPOINTS}"'
+    deploy = f'deployment="{deployment}"' + (f', namespace="{namespace}"' if namespace else "")
+    by_feature = f"{SERVICE_LABEL}, feature"
+    recording = RuleGroup(
+        name=f"{service}-drift",
+        interval=interval,
+        rules=(
+            Rule(record=FEATURE_SHARE, expr=_share(FEATURE_BINS, sel, by_feature, t.window)),
+            Rule(record=FEATURE_PSI, expr=_psi(FEATURE_SHARE, FEATURE_REFERENCE, sel, by_feature)),
+            Rule(record=PREDICTION_SHARE, expr=_share(PREDICTION_BINS, sel, SERVICE_LABEL, t.window)),
+            Rule(
+                record=PREDICTION_PSI, expr=_psi(PREDICTION_SHARE, PREDICTION_REFERENCE, sel, SERVICE_LABEL)
+            ),
+            Rule(
+                record=OUT_OF_RANGE_SHARE,
+                expr=(
+                    f"sum by ({by_feature}) (increase({FEATURE_OUT_OF_RANGE}{{{sel}}}[{t.window}]))\n"
+                    f"/ sum by ({by_feature}) (increase({FEATURE_BINS}{{{sel}}}[{t.window}]))"
+                ),
+            ),
+        ),
+    )
+
+    def alert(name: str, expr: str, severity: str, summary: str, for_: str | None = None) -> Rule:
+        return Rule(
+            alert=name,
+            expr=expr,
+            for_=for_,
+            labels={"severity": severity, SERVICE_LABEL: service},
+            annotations={"summary": summary, "runbook": f"{RUNBOOK}-{name.lower()}"},
+        )
+
+    requests = f"sum by ({SERVICE_LABEL}) (rate({REQUESTS}{{{api}}}[{rate_window}]))"
+    errors = f'sum by ({SERVICE_LABEL}) (rate({REQUESTS}{{{api}, {STATUS_LABEL}=~"5.."}}[{rate_window}]))'
+    p99 = (
+        f"histogram_quantile(0.99, sum by ({SERVICE_LABEL}, le) "
+        f"(rate({LATENCY_BUCKETS}{{{api}}}[{rate_window}])))"
+    )
+    quiet = f"{t.no_traffic_minutes}m"
+    alerts = RuleGroup(
+        name=f"{service}-alerts",
+        interval=interval,
+        rules=(
+            alert(
+                "ModelFeatureDrift",
+                f"{FEATURE_PSI}{{{sel}}} > {t.psi:g}\n"
+                f"and on ({by_feature}) {_enough(FEATURE_BINS, sel, by_feature, t.window)}",
+                "warning",
+                f'{{{{ $labels.feature }}}}: PSI {{{{ $value | printf "%.2f" }}}} over {t.window} '
+                f"(threshold {t.psi:g}): served inputs no longer look like the training data",
+            ),
+            alert(
+                "ModelPredictionDrift",
+                f"{PREDICTION_PSI}{{{sel}}} > {t.psi:g}\n"
+                f"and on ({SERVICE_LABEL}) {_enough(PREDICTION_BINS, sel, SERVICE_LABEL, t.window)}",
+                "warning",
+                f'predictions: PSI {{{{ $value | printf "%.2f" }}}} over {t.window} (threshold {t.psi:g}): '
+                "the model answers differently than on its held-out rows",
+            ),
+            alert(
+                "ModelOutOfRange",
+                f"{OUT_OF_RANGE_SHARE}{{{sel}}} > {t.out_of_range_share:g}",
+                "warning",
+                f"{{{{ $labels.feature }}}}: {{{{ $value | humanizePercentage }}}} of served values over "
+                f"{t.window} lie outside the training range (threshold {t.out_of_range_share:g})",
+            ),
+            alert(
+                "ModelHighErrorRate",
+                f"{errors}\n/ {requests}\n> {t.error_rate:g}",
+                "critical",
+                f"{{{{ $value | humanizePercentage }}}} of prediction requests answered 5xx over "
+                f"{rate_window} (threshold {t.error_rate:g})",
+                for_="5m",
+            ),
+            alert(
+                "ModelHighLatency",
+                f"{p99} > {t.p99_latency_s:g}",
+                "warning",
+                f"p99 latency {{{{ $value | humanizeDuration }}}} over {rate_window} "
+                f"(threshold {t.p99_latency_s:g}s)",
+                for_="5m",
+            ),
+            alert(
+                "ModelNoTraffic",
+                f"sum by ({SERVICE_LABEL}) (increase({REQUESTS}{{{api}}}[{quiet}])) == 0\n"
+                f"or absent({REQUESTS}{{{sel}}})",
+                "warning",
+                f"no prediction request in {quiet}",
+            ),
+            alert(
+                "ModelPodNotReady",
+                f"{AVAILABLE_REPLICAS}{{{deploy}}} < {DESIRED_REPLICAS}{{{deploy}}}",
+                "critical",
+                f"{{{{ $labels.namespace }}}}/{deployment}: fewer ready replicas than desired",
+                for_="10m",
+            ),
+        ),
+    )
+    return recording, alerts

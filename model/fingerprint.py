@@ -3,8 +3,9 @@
 - The **training fingerprint** (``training_fingerprint``) decides retraining. It covers the data
   file's bytes, the spec's training identity (``ModelSpec.training_identity``: task, target,
   features, classes, estimator, params, preprocessing, split, data rule), the training code (every
-  ``*.py`` under model/ except the serving modules, plus a local estimator factory's package: every
-  ``*.py`` in the factory module's folder, so a helper it imports from there counts too) and the
+  ``*.py`` under model/ except the serving-only modules (``SHARED_SOURCES`` count for both), plus a
+  local estimator factory's package: every ``*.py`` in the factory module's folder, so a helper it
+  imports from there counts too) and the
   exact pins of the packages the model needs (``model.pins``). A change in serving code, a Pulumi
   package, the requirements lock's other entries or the docs does not move it.
 - The **build identity** (``build_identity``) decides rebuilding: the training fingerprint, the
@@ -37,12 +38,16 @@ FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 SERVING_SOURCES: tuple[str, ...] = (
     "model/__init__.py",
     "model/container.py",
+    "model/monitoring.py",
     "model/predictor.py",
+    "model/profile.py",
     "model/request_guard.py",
     "model/service.py",
     "model/validation.py",
 )
 BUILD_SOURCES: tuple[str, ...] = (*SERVING_SOURCES, "model/bento.py")
+# Serving modules that training runs too (model.train writes the reference profile): both cover them.
+SHARED_SOURCES: tuple[str, ...] = ("model/__init__.py", "model/profile.py")
 
 
 def canonical_json(value: Mapping[str, object]) -> str:
@@ -58,7 +63,7 @@ def canonical_json(value: Mapping[str, object]) -> str:
 def training_code_files(code_dir: Path = MODEL_DIR) -> list[tuple[str, bytes]]:
     """``(relative posix path, bytes)`` of every ``*.py`` under ``code_dir`` but the serving-only
     modules, sorted by path."""
-    serving_only = {Path(rel).name for rel in BUILD_SOURCES} - {"__init__.py"}
+    serving_only = {Path(rel).name for rel in BUILD_SOURCES} - {Path(rel).name for rel in SHARED_SOURCES}
     files = [
         (p.relative_to(code_dir).as_posix(), p)
         for p in code_dir.rglob("*.py")

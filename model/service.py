@@ -50,6 +50,7 @@ from model.container import (
     SERVICE_PORT,
     WORKERS_ENV,
 )
+from model.monitoring import monitor_for
 from model.predictor import predictor_for
 from model.request_guard import RequestGuard
 from model.validation import DEFAULT_MAX_ROWS, Batch, RowSchema, overflow_problem, validate_batch
@@ -178,6 +179,9 @@ class _Served:
         self.estimator = pyfunc.get_raw_model()
         self.contract = contract()  # fail at start, not on the first request, if the signature is bad
         self.predictor, path = predictor_for(self.estimator, self.contract.schema)
+        self.monitor = monitor_for(
+            self.bento_model.path_of(MLFLOW_MODEL_FOLDER), self.bento_model.info.labels, SERVICE_NAME
+        )
         logger.info(
             "serving %s (%s) with %d input features; %s",
             SERVED_MODEL.tag,
@@ -189,14 +193,10 @@ class _Served:
         # collections stay short (they scanned every imported module's objects: a periodic stall).
         gc.freeze()
 
-    def _scored(self, rows: list[Any], method: str) -> np.ndarray:
-        """The model's answer (``method``: predict or predict_proba) for a validated request.
-
-        ``rows`` is what ``Rows`` made of the request: a Batch. This is the one place where a
-        request's validated columns (``batch.columns``: feature -> array) and its predictions are
-        both at hand.
-        """
-        batch = cast(Batch, rows)
+    def _scored(self, batch: Batch, method: str) -> np.ndarray:
+        """The model's answer (``method``: predict or predict_proba) for a validated request: the
+        Batch ``Rows`` made of it (typed column arrays). The APIs count the columns and the answers
+        for monitoring (``model.monitoring``)."""
         try:
             scores: np.ndarray = getattr(self.predictor, method)(batch.columns)
         except ValueError as exc:
@@ -226,14 +226,19 @@ class Classifier(_Served):
     @bentoml.api
     async def predict(self, rows: Rows) -> list[str]:
         """The predicted class name per row."""
-        return _json([self.names[str(label)] for label in self._scored(rows, "predict").tolist()])
+        batch = cast(Batch, rows)
+        answers = [self.names[str(label)] for label in self._scored(batch, "predict").tolist()]
+        self.monitor.observe(batch.columns, answers)
+        return _json(answers)
 
     @bentoml.api
     async def predict_proba(self, rows: Rows) -> list[dict[str, float]]:
         """Per row, each class name with its probability, in the model's class order."""
         names = self.contract.class_names
-        probabilities = self._scored(rows, "predict_proba").tolist()
-        return _json([dict(zip(names, probs, strict=True)) for probs in probabilities])
+        batch = cast(Batch, rows)
+        scores = self._scored(batch, "predict_proba")
+        self.monitor.observe(batch.columns, [names[i] for i in scores.argmax(axis=1)])
+        return _json([dict(zip(names, probs, strict=True)) for probs in scores.tolist()])
 
 
 @bentoml.service(**_SERVICE_CONFIG)
@@ -243,7 +248,10 @@ class Regressor(_Served):
     @bentoml.api
     async def predict(self, rows: Rows) -> list[float]:
         """The predicted value per row."""
-        return _json([float(value) for value in self._scored(rows, "predict").tolist()])
+        batch = cast(Batch, rows)
+        answers = [float(value) for value in self._scored(batch, "predict").tolist()]
+        self.monitor.observe(batch.columns, answers)
+        return _json(answers)
 
 
 for _service in (Classifier, Regressor):

@@ -432,17 +432,31 @@ def _log_model(fitted: Fitted, spec: ModelSpec, name: str) -> ModelInfo:
             skops.io.dump(fitted.pipeline, dumped)
             # The types of the pipeline this training just built, nothing from outside it.
             kwargs["skops_trusted_types"] = skops.io.get_untrusted_types(file=dumped) or None
-    return mlflow.sklearn.log_model(
-        fitted.pipeline,
-        name=MODEL_ARTIFACT_NAME,
-        signature=signature,
-        input_example=x_test.head(3),
-        pip_requirements=pinned_closure(model_roots(spec)),
-        serialization_format=spec.serialization,
-        registered_model_name=name,
-        metadata=model_metadata(fitted, spec),
-        **kwargs,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.sklearn.log_model(
+            fitted.pipeline,
+            name=MODEL_ARTIFACT_NAME,
+            signature=signature,
+            input_example=x_test.head(3),
+            pip_requirements=pinned_closure(model_roots(spec)),
+            serialization_format=spec.serialization,
+            registered_model_name=name,
+            metadata=model_metadata(fitted, spec),
+            extra_files=[str(write_reference_profile(fitted, spec, Path(tmp)))],
+            **kwargs,
+        )
+
+
+def write_reference_profile(fitted: Fitted, spec: ModelSpec, folder: Path) -> Path:
+    """The monitoring reference (model.profile) of the training rows and the held-out predictions,
+    as ``folder/profile.json``; logged into the model folder (``extra_files/``), it ships in the image."""
+    from model.profile import PROFILE_FILE, build_profile
+
+    names = None if fitted.classes is None else {str(c): spec.class_name(c) for c in fitted.classes}
+    profile = build_profile(fitted.train, fitted.dataset.features, fitted.predictions, spec.task, names)
+    path = folder / PROFILE_FILE
+    path.write_text(profile.to_json(), encoding="utf-8")
+    return path
 
 
 def check_model_output(out: Path | None) -> None:

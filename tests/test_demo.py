@@ -45,11 +45,14 @@ def test_demo_runs_twice_reuses_the_second_time_and_stops_its_servers(
     assert "unchanged: reused models:/cancer-classifier/1, no retraining" in second
     assert "already built for this fingerprint: reused, not rebuilt" in second
     for out in outputs:
-        assert "[demo] 5/5 done" in out
+        assert "[demo] 6/6 done" in out
+        drifted = {line.split()[0] for line in out.splitlines() if " DRIFT" in line} - {"prediction"}
+        assert drifted == {"mean_radius", "mean_texture", "mean_perimeter"}  # the scaled features, only
         assert out.count("malignant") >= demo.SAMPLES_PER_CLASS  # the actual column, at least
         assert "P(predicted)" in out and "benign" in out  # class names, not 0/1
         assert "stopping bentoml serve" in out and "stopping mlflow server" in out
         ui = f"--artifacts-destination {demo_dir / 'mlflow' / 'artifacts'}"
         assert ui in out, "the printed mlflow ui command must reach the demo's artifacts"
+    assert (demo_dir / "drift.png").is_file()
     assert (demo_dir / "build-context" / "bento.yaml").is_file()
     assert any((demo_dir / "mlflow" / "artifacts").rglob("MLmodel"))

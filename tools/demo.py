@@ -3,9 +3,11 @@
 A real ``mlflow server`` (SQLite + artifact folder under .demo/) -> train, track and register the
 spec's model (model.train; default spec model.yaml) -> build and export the bento (model.bento) ->
 ``bentoml serve`` the exported build context -> score held-out rows over HTTP -> print predictions in
-the task's terms (class names with their probability, or numbers with their error), the run's
-metrics, the MLflow UI URL and the build-context path -> stop both servers (by pid, also on Ctrl-C
-or error).
+the task's terms (class names with their probability, or numbers with their error) -> monitoring:
+send the spec's data rows, then the same rows with a few numeric features scaled, and print each
+feature's drift (PSI, computed from two ``/metrics`` scrapes as the Prometheus rules compute it) with
+a chart (``.demo/drift.png``) -> the run's metrics, the MLflow UI URL and the build-context path ->
+stop both servers (by pid, also on Ctrl-C or error).
 
 Run it again and it reuses what the first run made while the fingerprint is unchanged: no new
 training run, no bento rebuild (it says so). ``--keep-running`` leaves both servers up until Ctrl-C.
@@ -19,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,9 @@ PREFERRED_MLFLOW_PORT = 5000
 PREFERRED_SERVE_PORT = 3000
 SAMPLES_PER_CLASS = 3
 SAMPLES_REGRESSION = 8
+SHIFTED_FEATURES = 3  # the demo's shift: the first numeric features, scaled by SHIFT_FACTOR
+SHIFT_FACTOR = 2.0
+REQUEST_ROWS = 500  # rows per request of the monitoring step (the service takes up to 1000)
 
 
 def say(message: str) -> None:
@@ -60,7 +66,7 @@ def port_or_free(preferred: int) -> int:
 class Step:
     """Prints ``n/N what ...`` and, on exit, how long it took."""
 
-    total = 5
+    total = 6
 
     def __init__(self, number: int, what: str) -> None:
         self.number, self.what = number, what
@@ -87,8 +93,9 @@ def run(
     mlflow_port: int | None = None,
     serve_port: int | None = None,
     data_path: Path | None = None,
+    drift_chart_path: Path | None = None,
 ) -> int:
-    """The five steps; ``None`` ports mean 5000 / 3000 when free, else any free loopback port."""
+    """The six steps; ``None`` ports mean 5000 / 3000 when free, else any free loopback port."""
     from model.bento import export_build_context
     from model.container import MODEL_TAG_ENV, READINESS_PATH
     from model.spec import SpecError, load_spec
@@ -159,6 +166,12 @@ def run(
         with Step(5, "scoring held-out rows over HTTP"):
             scored = score_heldout(spec, result.run_id, tracking, endpoint)
         print_predictions(spec, scored)
+        with Step(6, "monitoring: the data's rows, then shifted rows; drift from /metrics"):
+            drift = measure_drift(spec, endpoint)
+        print_drift(drift)
+        chart = drift_chart_path or demo_dir / "drift.png"
+        save_drift_chart(drift, chart, spec.name)
+        say(f"drift chart: {chart}; the same PSI as recording rules: monitoring/rules.yml")
         print_summary(result, ctx, tracking, endpoint, mlflow_dir, spec.image_repository)
         if keep_running:
             say("servers are up; press Ctrl-C to stop them")
@@ -191,6 +204,91 @@ def score_heldout(spec: ModelSpec, run_id: str, tracking: str, endpoint: str) ->
         (spec.class_name(actual), str(label), f"{float(probs[label]):.4f}")
         for actual, label, probs in zip(sample[spec.target], predicted, proba, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class Drift:
+    """PSI per feature (and the predictions) for in-distribution and for shifted rows."""
+
+    shifted: tuple[str, ...]
+    before: dict[str, float]
+    after: dict[str, float]
+    threshold: float
+
+
+def measure_drift(spec: ModelSpec, endpoint: str) -> Drift:
+    """Send the spec's data rows (the distribution the model was trained on), then the same rows
+    with the first SHIFTED_FEATURES numeric features scaled by SHIFT_FACTOR; PSI of each pass from
+    the /metrics scrapes around it. All rows, not only the held-out ones: PSI of a few dozen rows
+    is sampling noise (the alert rules wait for 200 values for that reason)."""
+    from infra.alert_rules import AlertThresholds
+    from model.data import load_dataset, request_rows
+    from model.monitoring import drift_between
+    from model.spec import bento_name_for
+
+    dataset = load_dataset(spec)
+    features, rows = dataset.features, dataset.frame
+    numeric = [f for f in features if f.type in ("double", "long")][:SHIFTED_FEATURES]
+    shifted = rows.copy()
+    for feature in numeric:
+        scaled = shifted[feature.name] * SHIFT_FACTOR
+        shifted[feature.name] = scaled.round().astype("int64") if feature.type == "long" else scaled
+    service = bento_name_for(spec.name)
+    scrapes = [_metrics(endpoint)]
+    for frame in (rows, shifted):
+        payload = request_rows(frame, features)
+        for start in range(0, len(payload), REQUEST_ROWS):
+            _post(f"{endpoint}/predict", payload[start : start + REQUEST_ROWS])
+        scrapes.append(_metrics(endpoint))
+    return Drift(
+        tuple(f.name for f in numeric),
+        drift_between(scrapes[0], scrapes[1], service),
+        drift_between(scrapes[1], scrapes[2], service),
+        AlertThresholds().psi,
+    )
+
+
+def _metrics(endpoint: str) -> str:
+    from model.container import METRICS_PATH
+
+    response = requests.get(f"{endpoint}{METRICS_PATH}", timeout=60)
+    response.raise_for_status()
+    return response.text
+
+
+def print_drift(drift: Drift) -> None:
+    width = max(len(k) for k in drift.after)
+    print(f"\n  {'feature':<{width}}  {'data':>8}  {'shifted':>8}  (PSI; alert above {drift.threshold:g})")
+    for key, value in drift.after.items():
+        note = "  <- scaled" if key in drift.shifted else ""
+        flag = " DRIFT" if value > drift.threshold else ""
+        print(f"  {key:<{width}}  {drift.before[key]:>8.3f}  {value:>8.3f}{flag}{note}")
+    print()
+
+
+def save_drift_chart(drift: Drift, path: Path, model_name: str) -> None:
+    """A bar chart of PSI per feature, the data's rows against the shifted ones, with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(drift.after)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(keys) + 2), 4))
+    positions = range(len(keys))
+    ax.bar([p - 0.2 for p in positions], [drift.before[k] for k in keys], width=0.4, label="the data's rows")
+    ax.bar([p + 0.2 for p in positions], [drift.after[k] for k in keys], width=0.4,
+           label=f"{', '.join(drift.shifted)} x{SHIFT_FACTOR:g}")  # fmt: skip
+    ax.axhline(drift.threshold, color="crimson", linestyle="--", label=f"alert threshold {drift.threshold:g}")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xticks(list(positions), keys, rotation=75, ha="right", fontsize=7)
+    ax.set_ylabel("population stability index")
+    ax.set_title(f"{model_name}: drift per feature, before and after a shift")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _post(url: str, rows: list[dict[str, object]]) -> list[Any]:
@@ -245,12 +343,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="local state (git-ignored)")
     parser.add_argument("--keep-running", action="store_true", help="leave the servers up until Ctrl-C")
+    parser.add_argument("--drift-chart", type=Path, default=None, help="default: <demo-dir>/drift.png")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     try:
         data = args.data_path.resolve() if args.data_path else None
-        return run(args.spec.resolve(), args.demo_dir.resolve(), args.keep_running, data_path=data)
+        chart = args.drift_chart.resolve() if args.drift_chart else None
+        return run(
+            args.spec.resolve(),
+            args.demo_dir.resolve(),
+            args.keep_running,
+            data_path=data,
+            drift_chart_path=chart,
+        )
     except KeyboardInterrupt:
         say("interrupted; servers stopped")
         return 130

@@ -1,0 +1,260 @@
+"""What the serving process counts for monitoring, on BentoML's ``/metrics``: ``Monitor.observe``.
+
+Per feature, served values per reference bin (``model.profile``), values outside the training range
+and missing values; the predictions per bin (class names, or numeric bins of predicted values); the
+reference proportions of every bin as gauges, so that Prometheus rules (``infra.alert_rules``) can
+compute the population stability index by joining on ``feature``/``bin``; and an info gauge naming
+the model, its registered version and training fingerprint. BentoML's own request, latency and
+error metrics are untouched.
+
+Metric names (``METRICS``; every series carries ``service_name``, the label BentoML's own metrics use):
+
+- ``model_feature_bin_total{feature,bin}``, ``model_feature_out_of_range_total{feature}``,
+  ``model_feature_missing_total{feature}`` counters
+- ``model_prediction_bin_total{bin}`` counter
+- ``model_feature_reference_proportion{feature,bin}``, ``model_prediction_reference_proportion{bin}``
+  gauges (the training shares)
+- ``model_info{model,version,fingerprint}`` gauge, always 1
+
+BentoML runs the service in several worker processes and serves ``/metrics`` from
+``prometheus_client``'s multiprocess collector (``PROMETHEUS_MULTIPROC_DIR``, set for each worker
+before it imports the service). ``prometheus_client`` is imported only when a Monitor is made (in the
+worker), counters add up across workers, and the constant gauges use ``multiprocess_mode="max"``
+so that N workers give one series, not N. Every series is created at start with 0, so that the
+first served value already counts in Prometheus' ``increase``.
+
+Counting is vectorised per column (``np.searchsorted`` or a category lookup, then ``np.bincount``)
+with one ``inc(amount)`` per non-empty bin; a failure is logged and never fails the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from model.profile import NUMERIC, Binning, Profile, bin_categorical, bin_numeric, psi
+
+logger = logging.getLogger(__name__)
+
+SERVICE_LABEL = "service_name"  # BentoML's label for the service on its own metrics
+FEATURE_BINS = "model_feature_bin_total"
+FEATURE_OUT_OF_RANGE = "model_feature_out_of_range_total"
+FEATURE_MISSING = "model_feature_missing_total"
+FEATURE_REFERENCE = "model_feature_reference_proportion"
+PREDICTION_BINS = "model_prediction_bin_total"
+PREDICTION_REFERENCE = "model_prediction_reference_proportion"
+INFO = "model_info"
+METRICS: tuple[str, ...] = (
+    FEATURE_BINS,
+    FEATURE_OUT_OF_RANGE,
+    FEATURE_MISSING,
+    FEATURE_REFERENCE,
+    PREDICTION_BINS,
+    PREDICTION_REFERENCE,
+    INFO,
+)
+PREDICTION = "prediction"  # the key of the predictions in drift results
+
+
+class Columns(Protocol):
+    """Per-feature values: a mapping name -> array/list, or a DataFrame."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the info metric says about the served model."""
+
+    model: str
+    version: str
+    fingerprint: str
+
+
+def _counter_name(name: str) -> str:
+    return name.removesuffix("_total")  # prometheus_client appends _total itself
+
+
+class Monitor:
+    """Counters for one served model; ``observe`` once per request or adaptive batch."""
+
+    def __init__(self, profile: Profile, service: str, identity: ModelIdentity, registry: Any = None) -> None:
+        import prometheus_client  # here, in the worker: after BentoML set PROMETHEUS_MULTIPROC_DIR
+
+        reg = {"registry": registry} if registry is not None else {}
+        counter, gauge = prometheus_client.Counter, prometheus_client.Gauge
+        bins = counter(_counter_name(FEATURE_BINS), "Served feature values per reference bin",
+                       [SERVICE_LABEL, "feature", "bin"], **reg)  # fmt: skip
+        out_of_range = counter(_counter_name(FEATURE_OUT_OF_RANGE), "Served numeric values outside the "
+                               "training range", [SERVICE_LABEL, "feature"], **reg)  # fmt: skip
+        missing = counter(_counter_name(FEATURE_MISSING), "Served feature values that were missing",
+                          [SERVICE_LABEL, "feature"], **reg)  # fmt: skip
+        reference = gauge(FEATURE_REFERENCE, "Training share of each feature bin",
+                          [SERVICE_LABEL, "feature", "bin"], multiprocess_mode="max", **reg)  # fmt: skip
+        predictions = counter(_counter_name(PREDICTION_BINS), "Predictions per reference bin",
+                              [SERVICE_LABEL, "bin"], **reg)  # fmt: skip
+        prediction_reference = gauge(PREDICTION_REFERENCE, "Held-out share of each prediction bin",
+                                     [SERVICE_LABEL, "bin"], multiprocess_mode="max", **reg)  # fmt: skip
+        info = gauge(INFO, "The served model (always 1)", [SERVICE_LABEL, "model", "version", "fingerprint"],
+                     multiprocess_mode="max", **reg)  # fmt: skip
+        info.labels(service, identity.model, identity.version, identity.fingerprint).set(1)
+
+        self.profile = profile
+        numeric = [b for b in profile.features if b.kind == NUMERIC]
+        self._categorical = [
+            (
+                b,
+                [bins.labels(service, b.name, str(i)) for i in range(b.size)],
+                missing.labels(service, b.name),
+            )
+            for b in profile.features
+            if b.kind != NUMERIC
+        ]
+        # Numeric features are counted together: one matrix, one bincount over all their bins.
+        self._numeric_names = [b.name for b in numeric]
+        self._edges = [np.asarray(b.edges, dtype="float64") for b in numeric]
+        self._offsets = np.cumsum([0, *(b.size for b in numeric)])
+        self._lows = np.array([b.low for b in numeric], dtype="float64")
+        self._highs = np.array([b.high for b in numeric], dtype="float64")
+        self._numeric_bins = [bins.labels(service, b.name, str(i)) for b in numeric for i in range(b.size)]
+        self._out_of_range = [out_of_range.labels(service, b.name) for b in numeric]
+        self._numeric_missing = [missing.labels(service, b.name) for b in numeric]
+        for binning in profile.features:
+            for i, share in enumerate(binning.proportions):
+                reference.labels(service, binning.name, str(i)).set(share)
+        self._predictions = [predictions.labels(service, str(i)) for i in range(profile.prediction.size)]
+        for i, share in enumerate(profile.prediction.proportions):
+            prediction_reference.labels(service, str(i)).set(share)
+
+    def observe(self, columns: Columns, predictions: Sequence[Any] | np.ndarray) -> None:
+        """Count one request's (or batch's) values: ``columns[name]`` per feature, and the answers
+        (class names, or predicted numbers). Never raises: a failure is logged."""
+        try:
+            if self._numeric_names:
+                self._observe_numeric(_matrix(columns, self._numeric_names))
+            for binning, children, missing in self._categorical:
+                counts, _, absent = count_column(binning, columns[binning.name])
+                _add(children, counts)
+                if absent:
+                    missing.inc(absent)
+            _add(self._predictions, count_column(self.profile.prediction, predictions)[0])
+        except Exception:
+            logger.exception("monitoring: counting a request failed (the request itself was answered)")
+
+    def _observe_numeric(self, matrix: np.ndarray) -> None:
+        present = ~np.isnan(matrix)
+        index = np.empty(matrix.shape, dtype="int64")
+        for j, edges in enumerate(self._edges):
+            index[:, j] = np.searchsorted(edges, matrix[:, j], side="right") + self._offsets[j]
+        _add(self._numeric_bins, np.bincount(index[present], minlength=int(self._offsets[-1])))
+        _add(self._out_of_range, ((matrix < self._lows) | (matrix > self._highs)).sum(axis=0))  # NaN: False
+        _add(self._numeric_missing, matrix.shape[0] - present.sum(axis=0))
+
+
+def _matrix(columns: Columns, names: Sequence[str]) -> np.ndarray:
+    """The numeric columns as one (rows, features) float64 array; missing values (None) as NaN."""
+    if hasattr(columns, "to_numpy") and hasattr(columns, "columns"):  # a DataFrame: one copy
+        frame: Any = columns
+        return np.asarray(frame[list(names)].to_numpy(dtype="float64", na_value=np.nan))
+    return np.column_stack([np.asarray(columns[name], dtype="float64") for name in names])
+
+
+def _add(children: Sequence[Any], counts: np.ndarray) -> None:
+    for i in np.flatnonzero(counts).tolist():
+        children[i].inc(float(counts[i]))
+
+
+def count_column(binning: Binning, values: Any) -> tuple[np.ndarray, int, int]:
+    """(count per bin, values outside the training range, missing values) of one column."""
+    if binning.kind == NUMERIC:
+        array = np.asarray(values, dtype="float64")  # None becomes NaN
+        present = ~np.isnan(array)
+        absent = int(array.size - np.count_nonzero(present))
+        if absent:
+            array = array[present]
+        counts = np.bincount(bin_numeric(array, binning.edges), minlength=binning.size)
+        assert binning.low is not None and binning.high is not None
+        outside = int(np.count_nonzero((array < binning.low) | (array > binning.high)))
+        return counts, outside, absent
+    items = list(values.tolist() if isinstance(values, np.ndarray) else values)
+    kept = [v for v in items if not _missing(v)]
+    if binning.type == "boolean" or (kept and isinstance(kept[0], bool | np.bool_)):
+        kept = ["true" if v else "false" for v in kept]
+    return (
+        np.bincount(bin_categorical(kept, binning.categories), minlength=binning.size),
+        0,
+        len(items) - len(kept),
+    )
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# ---- drift from two /metrics scrapes (the demo; Prometheus does the same with its rules) -------------
+
+
+def bin_counts(metrics_text: str, service: str) -> dict[str, dict[str, dict[int, float]]]:
+    """From one ``/metrics`` text: {"counts" | "reference": {feature or PREDICTION: {bin: value}}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, dict[int, float]]] = {"counts": {}, "reference": {}}
+    wanted = {
+        FEATURE_BINS: "counts",
+        PREDICTION_BINS: "counts",
+        FEATURE_REFERENCE: "reference",
+        PREDICTION_REFERENCE: "reference",
+    }
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            kind = wanted.get(sample.name)
+            if kind is None or sample.labels.get(SERVICE_LABEL) != service:
+                continue
+            key = sample.labels.get("feature", PREDICTION)
+            column = out[kind].setdefault(key, {})
+            column[int(sample.labels["bin"])] = column.get(int(sample.labels["bin"]), 0.0) + sample.value
+    return out
+
+
+def drift_between(before: str, after: str, service: str) -> dict[str, float]:
+    """PSI per feature (and PREDICTION) of what was served between two ``/metrics`` scrapes, against
+    the reference proportions the service exports; NaN where nothing was served in between."""
+    old, new = bin_counts(before, service), bin_counts(after, service)
+    result = {}
+    for key, reference in new["reference"].items():
+        bins = sorted(reference)
+        counts = new["counts"].get(key, {})
+        start = old["counts"].get(key, {})
+        served = [counts.get(b, 0.0) - start.get(b, 0.0) for b in bins]
+        result[key] = psi(served, [reference[b] for b in bins])
+    return result
+
+
+_MONITORS: dict[tuple[str, str], Monitor] = {}  # a metric can be registered once per process
+
+
+def monitor_for(model_dir: str | Path, labels: Mapping[str, str], service: str) -> Monitor:
+    """The Monitor of the MLflow model folder ``model_dir`` (its ``extra_files/profile.json``),
+    named by the BentoML model's ``labels`` (``mlflow_model_uri``, ``fingerprint``; model.bento).
+    One per process and service: a second service instance in the same process shares it."""
+    key = (str(model_dir), service)
+    if key not in _MONITORS:
+        _MONITORS[key] = _new_monitor(model_dir, labels, service)
+    return _MONITORS[key]
+
+
+def _new_monitor(model_dir: str | Path, labels: Mapping[str, str], service: str) -> Monitor:
+    from model.profile import PROFILE_PATH_IN_MODEL, load_profile
+
+    uri = labels.get("mlflow_model_uri", "")
+    name, _, version = uri.removeprefix("models:/").rpartition("/")
+    identity = ModelIdentity(
+        model=name or service, version=version, fingerprint=labels.get("fingerprint", "")
+    )
+    return Monitor(load_profile(Path(model_dir) / PROFILE_PATH_IN_MODEL), service, identity)
