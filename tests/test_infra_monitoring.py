@@ -10,6 +10,7 @@ same for the rule groups the program ships.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -392,3 +393,41 @@ def test_a_bad_monitoring_value_names_the_key_and_the_fix(key: str, value: objec
     message = str(exc.value)
     assert f"Pulumi.dev.yaml: config key 'ml-delivery:{key}'" in message
     assert hint in message, message
+
+
+# ---------------------------------------------------------------- the policy pack guards the wiring
+
+
+@pytest.mark.parametrize(
+    ("drop", "policy"),
+    [
+        (
+            lambda s: s.name in ("monitoring-allow-metrics-scrape", "serving-allow-model-port"),
+            "scraped-pods-admit-the-collector",
+        ),
+        (lambda s: s.type == DCRA, "aks-metrics-collected"),
+        (lambda s: s.type == DCR, "aks-metrics-collected"),
+    ],
+)
+def test_the_pack_blocks_the_stack_without_a_piece_of_the_collection(drop: Any, policy: str) -> None:
+    from policy.evaluate import evaluate, load_pack_config, stack_config_path, subjects_of
+
+    subjects = subjects_of(stack("dev"))
+    config = load_pack_config(stack_config_path("dev"))
+    assert [v.policy for v in evaluate(subjects, stack="dev", config=config)] == []
+    kept = [s for s in subjects if not drop(s)]
+    assert len(kept) < len(subjects)
+    assert [v.policy for v in evaluate(kept, stack="dev", config=config)] == [policy]
+
+
+def test_the_pack_blocks_the_cluster_without_the_addon() -> None:
+    from policy.evaluate import evaluate, load_pack_config, stack_config_path, subjects_of
+
+    subjects = [
+        dataclasses.replace(s, props={k: v for k, v in s.props.items() if k != "azureMonitorProfile"})
+        if s.type == AKS
+        else s
+        for s in subjects_of(stack("dev"))
+    ]
+    violations = evaluate(subjects, stack="dev", config=load_pack_config(stack_config_path("dev")))
+    assert [v.policy for v in violations] == ["aks-managed-prometheus"]
