@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from infra.monitoring import (
     ADDON_NAMESPACE,
     SCRAPER_LABELS,
     SETTINGS_CONFIGMAP,
+    addon_settings,
     azure_group_name,
     azure_interval,
     iso_duration,
@@ -284,6 +286,32 @@ def test_the_addon_scrapes_the_serving_pods_through_their_network_policy(name: s
     annotations = deployment.inputs["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(container.SERVICE_PORT)
+
+
+def v1_sections(data: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The settings as the addon reads schema v1: each key a file of ``key = value`` lines, comments
+    and blank lines skipped, quotes around the value removed (prometheus-collector shared.ParseV1Config)."""
+    sections = {}
+    for name, text in data.items():
+        pairs = {}
+        for line in (raw.strip() for raw in text.splitlines()):
+            if line and not line.startswith("#") and "=" in line:
+                key, value = (part.strip() for part in line.split("=", 1))
+                pairs[key] = value.strip('"')
+        sections[name] = pairs
+    return sections
+
+
+def test_the_addon_reads_the_serving_namespace_from_its_settings() -> None:
+    data = addon_settings(SERVING_NS)
+    assert data["schema-version"] == "v1"  # the schema the addon's collector declares (schema-versions)
+    sections = v1_sections(data)
+    assert sections["pod-annotation-based-scraping"] == {"podannotationnamespaceregex": SERVING_NS}
+    # a DNS label needs no escaping: it is a regex matching exactly itself (relabel regexes are anchored)
+    assert re.fullmatch(sections["pod-annotation-based-scraping"]["podannotationnamespaceregex"], SERVING_NS)
+    assert not re.fullmatch(
+        sections["pod-annotation-based-scraping"]["podannotationnamespaceregex"], "mlflow"
+    )
 
 
 def test_no_action_group_without_receivers() -> None:
