@@ -715,17 +715,17 @@ def test_a_stack_without_aks_has_no_grant_to_wait_for() -> None:
 def test_an_azure_cluster_without_the_prometheus_addon_is_rejected(
     monkeypatch: pytest.MonkeyPatch, stack: str, profile: dict[str, Any] | None
 ) -> None:
-    monkeypatch.setenv("PULUMI_STACK", stack)
+    analyzing(monkeypatch, stack)
     props: dict[str, Any] = {} if profile is None else {"azureMonitorProfile": profile}
     [message] = run_policy("aks-managed-prometheus", policies.AKS_TYPE, props)
     assert "azureMonitorProfile.metrics.enabled is not true" in message
 
 
 def test_the_prometheus_addon_passes_and_local_stacks_are_exempt(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PULUMI_STACK", "dev")
+    analyzing(monkeypatch, "dev")
     on = {"azureMonitorProfile": {"metrics": {"enabled": True}}}
     assert run_policy("aks-managed-prometheus", policies.AKS_TYPE, on) == []
-    monkeypatch.setenv("PULUMI_STACK", "local")
+    analyzing(monkeypatch, "local")
     assert run_policy("aks-managed-prometheus", policies.AKS_TYPE, {}) == []
 
 
