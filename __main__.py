@@ -1,6 +1,7 @@
 """The ML delivery program: read this stack's settings, plan the release, wire the components.
 
-Every stack: cluster + its own registry (the kubelet pulls from it only) -> release -> ModelServing.
+Every stack: cluster + its own registry (the kubelet pulls from it only) -> release -> ModelServing;
+Azure stacks also AzureMonitoring (managed Prometheus with the rule groups of infra/alert_rules.py).
 The release plan (infra/release.py) is decided once: BUILD (dev/local: MLflow -> TrainedModel ->
 ServingImage), PROMOTE (staging/prod: the source stack's digest, gated again, imported into this
 stack's registry; no MLflow here), ROLLBACK (``imageRefOverride``: that digest, no training, no
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pulumi
 
+from infra import alert_rules
 from infra.cluster import AksCluster, LocalCluster
 from infra.image import ServingImage
 from infra.mlflow_image import REPOSITORY as MLFLOW_REPOSITORY
 from infra.mlflow_image import MlflowImage
+from infra.monitoring import AzureMonitoring
 from infra.promotion import Promotion
 from infra.registry import LocalRegistry, Registry
 from infra.release import Release, ReleaseKind, ReleasePlan, plan_release
@@ -212,6 +215,19 @@ def main() -> None:
         model_version=release.version_label,
         provider=cluster.provider,
     )
+    if isinstance(cluster, AksCluster):
+        monitoring = AzureMonitoring(
+            "monitoring",
+            settings,
+            resource_group_name=cluster.resource_group_name,
+            cluster_id=cluster.cluster_id,
+            cluster_name=cluster.cluster_name,
+            groups=alert_rules.rule_groups(settings.training.spec.bento_name, settings.monitoring.thresholds),
+            provider=cluster.provider,
+            serving=serving,
+        )
+        pulumi.export("monitoringWorkspaceId", monitoring.workspace_id)
+        pulumi.export("prometheusQueryEndpoint", monitoring.query_endpoint)
     if plan.override is not None:
         pulumi.export("imageRefOverride", plan.override)
     pulumi.export("task", settings.training.spec.task)  # promotion re-gates over this task's metrics

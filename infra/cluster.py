@@ -5,9 +5,10 @@ pool tainted CriticalAddonsOnly inside the cluster, the autoscaling user pool as
 ``AgentPool`` so pool changes never update the cluster (named from a hash of its immutable settings:
 a change of VM size or zones replaces it create-before-delete under a new name, the old pool
 draining only once the new one runs), SystemAssigned identity, OIDC issuer +
-workload identity, Azure CNI overlay with Cilium network policy, managed Entra ID with Azure RBAC,
-local accounts disabled, auto-upgrade inside a weekly ``maintenanceWindow``, optional API server
-authorized ranges or private cluster). The deployers from config (``deployerPrincipals``) get Azure
+workload identity, the managed Prometheus addon (its data collection: infra/monitoring.py), Azure
+CNI overlay with Cilium network policy, managed Entra ID with Azure RBAC, local accounts disabled,
+auto-upgrade inside a weekly ``maintenanceWindow``, optional API server authorized ranges or private
+cluster). The deployers from config (``deployerPrincipals``) get Azure
 Kubernetes Service RBAC Cluster Admin; the kubeconfig (a secret, exec format) uses kubelogin
 (``kubeloginMode`` picks a non-interactive login for CI); the Kubernetes provider depends on the
 grants and on ``ClusterAccess``, which waits until the API server allows the deployer and the user
@@ -117,6 +118,7 @@ class AksCluster(pulumi.ComponentResource):
     oidc_issuer_url: pulumi.Output[str]
     kubelet_object_id: pulumi.Output[str]
     cluster_id: pulumi.Output[str]
+    cluster_name: pulumi.Output[str]
     network: Network
     admin_grants: list[pulumi.CustomResource]
     user_pool: containerservice.AgentPool
@@ -178,6 +180,8 @@ class AksCluster(pulumi.ComponentResource):
             },
             oidc_issuer_profile={"enabled": True},
             security_profile={"workload_identity": {"enabled": True}},
+            # Managed Prometheus addon (ama-metrics); where it sends is infra/monitoring.py's DCR association.
+            azure_monitor_profile={"metrics": {"enabled": True}},
             aad_profile=aad_profile,
             enable_rbac=True,
             disable_local_accounts=True,
@@ -265,6 +269,7 @@ class AksCluster(pulumi.ComponentResource):
         )
         self.resource_group_name = group.name
         self.cluster_id = aks.id
+        self.cluster_name = aks.name
         self.oidc_issuer_url = aks.oidc_issuer_profile.apply(lambda p: p.issuer_url if p else "")
         self.kubelet_object_id = aks.identity_profile.apply(
             lambda p: p["kubeletidentity"].object_id if p and "kubeletidentity" in p else ""

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import pulumi
 
+from infra.alert_rules import AlertThresholds
 from infra.network import AKS_POD_CIDR, AKS_SERVICE_CIDR, subnet_prefixes
 from model.gate import Gate, GateConfigError
 from model.spec import ModelSpec, SpecError, load_spec
@@ -52,6 +53,9 @@ AVAILABILITY_ZONES = ("1", "2", "3")
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 UTC_OFFSET_RE = re.compile(r"^[+-](0[0-9]|1[0-4]):[0-5][0-9]$")
+# A Prometheus duration in whole minutes, hours or days (the window drift and shares are computed over).
+PROM_WINDOW_RE = re.compile(r"^[1-9][0-9]*[mhd]$")
+EMAIL_RE = re.compile(r"^[^@\s,;]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 T = TypeVar("T")
 
@@ -160,6 +164,14 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """What the alert rules treat as trouble, and who Azure Monitor notifies when one fires."""
+
+    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+    alert_emails: tuple[str, ...] = ()  # Azure stacks: e-mail receivers of the alerts' action group
+
+
+@dataclass(frozen=True)
 class Settings:
     project: str
     stack: str
@@ -174,6 +186,7 @@ class Settings:
     serving: ServingSettings
     gate: Gate  # the spec's gate with this stack's `gate` overrides
     tags: Mapping[str, str]
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     # Rollback: deploy exactly this digest instead of what the stack builds or promotes.
     image_ref_override: str | None = None
     # `protect` on stateful Azure resources (PostgreSQL, storage, registry): destroy cannot delete them.
@@ -242,6 +255,20 @@ class _Reader:
             raise self.fail(key, value, "is not an integer", f"Set a whole number {low}..{high}.") from None
         if not low <= number <= high:
             raise self.fail(key, value, f"is outside {low}..{high}", f"Set a number {low}..{high}.")
+        return number
+
+    def float_(self, key: str, default: float, low: float, high: float, *, open_low: bool = True) -> float:
+        """A number in (low, high] (or [low, high] with ``open_low=False``)."""
+        value = self.raw(key)
+        if value is None:
+            return default
+        span = f"{'above' if open_low else 'from'} {low:g} up to {high:g}"
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.fail(key, value, "is not a number", f"Set a number {span}.") from None
+        if not (low < number if open_low else low <= number) or not number <= high:
+            raise self.fail(key, value, f"is not {span}", f"Set a number {span}.")
         return number
 
     def obj(self, key: str, kind: type[T], default: T) -> T:
@@ -494,6 +521,31 @@ def _vnet_cidr(reader: _Reader, default: str) -> str:
     return value
 
 
+def _monitoring(reader: _Reader) -> MonitoringSettings:
+    """The alert thresholds (``monitoring*`` keys) and the alert e-mail receivers."""
+    d = AlertThresholds()
+    window = reader.matching("monitoringWindow", d.window, PROM_WINDOW_RE, "1h") or d.window
+    minutes = int(window[:-1]) * {"m": 1, "h": 60, "d": 1440}[window[-1]]
+    if not 5 <= minutes <= 7 * 1440:
+        raise reader.fail(
+            "monitoringWindow", window, "is outside 5m..7d", "Set a window such as 30m, 1h or 1d."
+        )
+    thresholds = AlertThresholds(
+        psi=reader.float_("monitoringPsiThreshold", d.psi, 0, 10),
+        error_rate=reader.float_("monitoringErrorRate", d.error_rate, 0, 1),
+        p99_latency_s=reader.float_("monitoringP99LatencySeconds", d.p99_latency_s, 0, 300),
+        out_of_range_share=reader.float_("monitoringOutOfRangeShare", d.out_of_range_share, 0, 1),
+        no_traffic_minutes=reader.int_("monitoringNoTrafficMinutes", d.no_traffic_minutes, 1, 7 * 1440),
+        window=window,
+    )
+    emails = reader.str_list("monitoringAlertEmails", EMAIL_RE, "oncall@example.com")
+    if len(set(emails)) != len(emails):
+        raise reader.fail(
+            "monitoringAlertEmails", list(emails), "lists an address twice", "List each address once."
+        )
+    return MonitoringSettings(thresholds=thresholds, alert_emails=emails)
+
+
 # Keys an older version of this program read, and what replaced them (a stale key is an error).
 RETIRED_TRACKING_KEYS = {
     "mlflowAllowedCidrs": "MLflow is never public in an Azure stack (ClusterIP only)",
@@ -641,6 +693,7 @@ def parse_settings(
             "myregistry.azurecr.io/my-model@sha256:<64 hex> (an earlier imageRef output)",
         ),
         protect_stateful=reader.bool_("protectStatefulResources", mode != "local"),
+        monitoring=_monitoring(reader),
     )
 
 

@@ -55,6 +55,14 @@ POSTGRES_FIREWALL_TYPE = "azure-native:dbforpostgresql:FirewallRule"
 DOCKER_IMAGE_TYPE = "docker:index/image:Image"
 ROLE_ASSIGNMENT_TYPE = "azure-native:authorization:RoleAssignment"
 K8S_PROVIDER_TYPE = "pulumi:providers:kubernetes"
+DCR_TYPE = "azure-native:monitor:DataCollectionRule"
+DCRA_TYPE = "azure-native:monitor:DataCollectionRuleAssociation"
+DEPLOYMENT_TYPE = "kubernetes:apps/v1:Deployment"
+NETWORK_POLICY_TYPE = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+PROMETHEUS_STREAM = "Microsoft-PrometheusMetrics"
+# Who scrapes annotated pods on AKS managed Prometheus: the addon's collector pods.
+SCRAPER_NAMESPACE = "kube-system"
+SCRAPER_POD_LABELS = {"rsName": "ama-metrics"}
 # Azure Kubernetes Service RBAC Cluster Admin (a built-in role: the same GUID in every tenant).
 AKS_RBAC_CLUSTER_ADMIN_ROLE = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
 ARM_PRINCIPAL_TYPES = frozenset({"User", "Group", "ServicePrincipal", "ForeignGroup", "Device"})
@@ -429,6 +437,133 @@ def check_k8s_provider_after_cluster_grant(resources: Sequence[Any]) -> list[tup
     return problems
 
 
+def check_aks_managed_prometheus(props: Props, config: Config, stack: str) -> list[str]:
+    """Azure stacks run the managed Prometheus addon (else nothing scrapes the model's metrics)."""
+    if _stack_in(stack, config, "localStacks", ["local"]):
+        return []
+    if _get(props, "azureMonitorProfile", "metrics", "enabled") is not True:
+        return [
+            "AKS cluster: azureMonitorProfile.metrics.enabled is not true, so no managed Prometheus "
+            "collects the served model's metrics and no alert rule sees them. Set azureMonitorProfile: "
+            "{metrics: {enabled: true}} and associate a Prometheus data collection rule "
+            "(infra/monitoring.py)."
+        ]
+    return []
+
+
+def _streams_prometheus(rule: Any) -> bool:
+    """A data collection rule forwarding Prometheus metrics to a workspace (unknown in a preview: yes)."""
+    try:
+        sources = _items(_get(rule.props, "dataSources", "prometheusForwarder"))
+        accounts = _items(_get(rule.props, "destinations", "monitoringAccounts"))
+        streams = {str(s) for source in sources for s in _items(_get(source, "streams"))}
+    except UnknownValueError:
+        return True
+    return PROMETHEUS_STREAM in streams and bool(accounts)
+
+
+def check_aks_metrics_collected(resources: Sequence[Any]) -> list[tuple[str, str | None]]:
+    """Every AKS cluster has a data collection rule association that depends on it and on a data
+    collection rule forwarding Prometheus metrics to an Azure Monitor workspace: the addon alone
+    sends nothing. Checked by dependency, so it holds in a preview where ids are unknown."""
+    rules = {r.urn for r in resources if r.resource_type == DCR_TYPE and _streams_prometheus(r)}
+    associations = [r for r in resources if r.resource_type == DCRA_TYPE]
+    problems: list[tuple[str, str | None]] = []
+    for cluster in (r for r in resources if r.resource_type == AKS_TYPE):
+        if _prop(cluster, "azureMonitorProfile") is None:
+            continue  # aks-managed-prometheus reports the addon itself
+        linked = [a for a in associations if cluster.urn in {d.urn for d in a.dependencies}]
+        if not any(rules & {d.urn for d in a.dependencies} for a in linked):
+            problems.append(
+                (
+                    f"AKS cluster '{cluster.name}' runs the managed Prometheus addon but no data collection "
+                    "rule association ties it to a data collection rule with a prometheusForwarder "
+                    f"({PROMETHEUS_STREAM}) and a monitoringAccounts destination, so its metrics go "
+                    "nowhere. Declare the rule and the association (resourceUri: the cluster's id), as "
+                    "infra/monitoring.py does.",
+                    cluster.urn,
+                )
+            )
+    return problems
+
+
+def _selects(selector: Any, labels: Mapping[str, Any]) -> bool:
+    """Whether a label selector's matchLabels all hold in ``labels`` (matchExpressions: not judged, no)."""
+    if not isinstance(selector, Mapping):
+        return False
+    if _items(_get(selector, "matchExpressions")):
+        return False
+    wanted = _get(selector, "matchLabels") or {}
+    return isinstance(wanted, Mapping) and all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _admits_scraper(peer: Any) -> bool:
+    namespaces, pods = _get(peer, "namespaceSelector"), _get(peer, "podSelector")
+    if namespaces is None or _get(peer, "ipBlock") is not None:
+        return False  # a podSelector alone means pods of the policy's own namespace
+    scraper_ns = {"kubernetes.io/metadata.name": SCRAPER_NAMESPACE}
+    return _selects(namespaces, scraper_ns) and (pods is None or _selects(pods, SCRAPER_POD_LABELS))
+
+
+def _rule_admits(rule: Any, port: int) -> bool:
+    ports = _items(_get(rule, "ports"))
+    port_ok = not ports or any(
+        _get(p, "port") in (port, str(port)) and _get(p, "protocol") in (None, "TCP") for p in ports
+    )
+    peers = _items(_get(rule, "from"))
+    return port_ok and (not peers or any(_admits_scraper(peer) for peer in peers))
+
+
+def check_scraped_pods_admitted(resources: Sequence[Any]) -> list[tuple[str, str | None]]:
+    """In an AKS stack, every Deployment whose pods ask to be scraped (prometheus.io/scrape) has a
+    NetworkPolicy in its namespace admitting the managed Prometheus collector (kube-system, label
+    rsName=ama-metrics) to the prometheus.io/port: under a default-deny policy the scrape times out."""
+    if not any(r.resource_type == AKS_TYPE for r in resources):
+        return []
+    policies = [r for r in resources if r.resource_type == NETWORK_POLICY_TYPE]
+    problems: list[tuple[str, str | None]] = []
+    for deployment in (r for r in resources if r.resource_type == DEPLOYMENT_TYPE):
+        try:
+            template = _get(deployment.props, "spec", "template", "metadata")
+            namespace = _get(deployment.props, "metadata", "namespace")
+            annotations = _get(template, "annotations") or {}
+            labels = dict(_get(template, "labels") or {})
+            if _get(annotations, "prometheus.io/scrape") != "true":
+                continue
+            port = int(str(_get(annotations, "prometheus.io/port") or 80))
+        except (UnknownValueError, ValueError):
+            continue
+        admitted = False
+        for policy in policies:
+            try:
+                if _get(policy.props, "metadata", "namespace") != namespace:
+                    continue
+                spec = _get(policy.props, "spec")
+                if "Ingress" not in [str(t) for t in _items(_get(spec, "policyTypes"))] and not _items(
+                    _get(spec, "ingress")
+                ):
+                    continue
+                if _selects(_get(spec, "podSelector"), labels) and any(
+                    _rule_admits(rule, port) for rule in _items(_get(spec, "ingress"))
+                ):
+                    admitted = True
+            except UnknownValueError:
+                admitted = True  # not judged in a preview that cannot see the policy yet
+        if not admitted:
+            problems.append(
+                (
+                    f"Deployment '{namespace}/{deployment.name}': its pods carry prometheus.io/scrape but no "
+                    f"NetworkPolicy in namespace '{namespace}' admits the managed Prometheus collector "
+                    f"({SCRAPER_NAMESPACE} pods labelled rsName=ama-metrics) to port {port}, so no metric "
+                    "of it reaches the workspace. Add an ingress rule from namespaceSelector "
+                    "kubernetes.io/metadata.name: kube-system + podSelector rsName: ama-metrics on that "
+                    "port.",
+                    deployment.urn,
+                )
+            )
+    return problems
+
+
 def check_storage(resource_type: str, props: Props) -> list[str]:
     """Storage accounts: no public blob access, TLS 1.2+, HTTPS only; blob containers: private."""
     if resource_type == BLOB_CONTAINER_TYPE:
@@ -686,6 +821,14 @@ POLICIES: list[ResourceValidationPolicy] = [
         schema=LOAD_BALANCER_SCHEMA,
     ),
     _policy(
+        "aks-managed-prometheus",
+        "AKS runs the managed Prometheus addon (azureMonitorProfile.metrics.enabled), except in local "
+        "stacks.",
+        (AKS_TYPE,),
+        lambda args, cfg: check_aks_managed_prometheus(args.props, cfg, current_stack()),
+        schema=AKS_SCHEMA,
+    ),
+    _policy(
         "acr-admin-user-disabled",
         "Azure Container Registry has its admin user disabled.",
         (ACR_TYPE,),
@@ -748,6 +891,16 @@ def _validate_k8s_provider(args: StackValidationArgs, report_violation: ReportVi
         report_violation(message, urn)
 
 
+def _validate_metrics_collected(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    for message, urn in check_aks_metrics_collected(args.resources):
+        report_violation(message, urn)
+
+
+def _validate_scrape_admitted(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    for message, urn in check_scraped_pods_admitted(args.resources):
+        report_violation(message, urn)
+
+
 STACK_POLICIES: list[StackValidationPolicy] = [
     StackValidationPolicy(
         name="k8s-provider-after-cluster-grant",
@@ -756,5 +909,21 @@ STACK_POLICIES: list[StackValidationPolicy] = [
         validate=_validate_k8s_provider,
         enforcement_level=EnforcementLevel.MANDATORY,
         severity=Severity.HIGH,
+    ),
+    StackValidationPolicy(
+        name="aks-metrics-collected",
+        description="An AKS cluster with managed Prometheus has a data collection rule association to a "
+        "Prometheus data collection rule.",
+        validate=_validate_metrics_collected,
+        enforcement_level=EnforcementLevel.MANDATORY,
+        severity=Severity.HIGH,
+    ),
+    StackValidationPolicy(
+        name="scraped-pods-admit-the-collector",
+        description="In an AKS stack, pods annotated prometheus.io/scrape admit the managed Prometheus "
+        "collector through their namespace's network policies.",
+        validate=_validate_scrape_admitted,
+        enforcement_level=EnforcementLevel.MANDATORY,
+        severity=Severity.MEDIUM,
     ),
 ]

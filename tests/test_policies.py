@@ -8,7 +8,7 @@ report_violation.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -705,3 +705,183 @@ def test_an_aks_stack_without_a_cluster_grant_is_rejected() -> None:
 def test_a_stack_without_aks_has_no_grant_to_wait_for() -> None:
     resources = [r for r in stack_resources([], {}) if r.resource_type != policies.AKS_TYPE]
     assert run_stack_policy(resources) == []
+
+
+# ---------------------------------------------------------------- managed Prometheus on AKS
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+@pytest.mark.parametrize("profile", [None, {}, {"metrics": {"enabled": False}}])
+def test_an_azure_cluster_without_the_prometheus_addon_is_rejected(
+    monkeypatch: pytest.MonkeyPatch, stack: str, profile: dict[str, Any] | None
+) -> None:
+    analyzing(monkeypatch, stack)
+    props: dict[str, Any] = {} if profile is None else {"azureMonitorProfile": profile}
+    [message] = run_policy("aks-managed-prometheus", policies.AKS_TYPE, props)
+    assert "azureMonitorProfile.metrics.enabled is not true" in message
+
+
+def test_the_prometheus_addon_passes_and_local_stacks_are_exempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    analyzing(monkeypatch, "dev")
+    on = {"azureMonitorProfile": {"metrics": {"enabled": True}}}
+    assert run_policy("aks-managed-prometheus", policies.AKS_TYPE, on) == []
+    analyzing(monkeypatch, "local")
+    assert run_policy("aks-managed-prometheus", policies.AKS_TYPE, {}) == []
+
+
+def policy_resource(
+    type_: str, name: str, props: dict[str, Any], depends: Sequence[PolicyResource] = ()
+) -> PolicyResource:
+    options = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
+    urn = f"urn:pulumi:dev::ml-delivery::{type_}::{name}"
+    resource = PolicyResource(type_, unknown_checking_proxy(props), urn, name, options, None, None, [], {})
+    resource.dependencies = list(depends)
+    return resource
+
+
+def run_named_stack_policy(name: str, resources: list[PolicyResource]) -> list[tuple[str, str | None]]:
+    [policy] = [p for p in policies.STACK_POLICIES if p.name == name]
+    found: list[tuple[str, str | None]] = []
+    policy.validate(
+        StackValidationArgs(resources, {}), lambda message, urn=None: found.append((message, urn))
+    )
+    return found
+
+
+PROMETHEUS_DCR = {
+    "dataSources": {"prometheusForwarder": [{"name": "p", "streams": ["Microsoft-PrometheusMetrics"]}]},
+    "destinations": {"monitoringAccounts": [{"accountResourceId": "/ws", "name": "a"}]},
+}
+ADDON_ON = {"azureMonitorProfile": {"metrics": {"enabled": True}}}
+
+
+def collection(
+    dcr_props: dict[str, Any], *, to_cluster: bool = True, to_rule: bool = True
+) -> list[PolicyResource]:
+    cluster = policy_resource(policies.AKS_TYPE, "aks", ADDON_ON)
+    rule = policy_resource(policies.DCR_TYPE, "dcr", dcr_props)
+    depends = [cluster] * to_cluster + [rule] * to_rule
+    association = policy_resource(policies.DCRA_TYPE, "dcra", {"dataCollectionRuleId": "/dcr"}, depends)
+    return [cluster, rule, association]
+
+
+def test_a_cluster_associated_with_a_prometheus_rule_passes() -> None:
+    assert run_named_stack_policy("aks-metrics-collected", collection(PROMETHEUS_DCR)) == []
+
+
+@pytest.mark.parametrize(
+    ("dcr", "kwargs"),
+    [
+        (PROMETHEUS_DCR, {"to_cluster": False}),
+        (PROMETHEUS_DCR, {"to_rule": False}),
+        ({**PROMETHEUS_DCR, "destinations": {"monitoringAccounts": []}}, {}),
+        ({**PROMETHEUS_DCR, "dataSources": {"syslog": [{"name": "s", "streams": ["Microsoft-Syslog"]}]}}, {}),
+    ],
+)
+def test_a_cluster_whose_metrics_go_nowhere_is_rejected(dcr: dict[str, Any], kwargs: dict[str, bool]) -> None:
+    resources = collection(dcr, **kwargs)
+    [(message, urn)] = run_named_stack_policy("aks-metrics-collected", resources)
+    assert "no data collection rule association ties it" in message and urn == resources[0].urn
+
+
+def test_a_cluster_without_the_addon_is_left_to_the_addon_rule() -> None:
+    cluster = policy_resource(policies.AKS_TYPE, "aks", {})
+    assert run_named_stack_policy("aks-metrics-collected", [cluster]) == []
+
+
+SCRAPED_LABELS = {"app": "model-server", "model-version": "3"}
+
+
+def scraped_deployment() -> dict[str, Any]:
+    return {
+        "metadata": {"name": "model-server", "namespace": "model-serving"},
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": SCRAPED_LABELS,
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "3000"},
+                }
+            }
+        },
+    }
+
+
+def network_policy(
+    ingress: list[dict[str, Any]], *, namespace: str = "model-serving", app: str = "model-server"
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "namespace": namespace},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": app}},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+SCRAPER_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"rsName": "ama-metrics"}},
+}
+PORT_3000 = [{"protocol": "TCP", "port": 3000}]
+
+
+def scrape_stack(*policies_: dict[str, Any]) -> list[PolicyResource]:
+    return [
+        policy_resource(policies.AKS_TYPE, "aks", ADDON_ON),
+        policy_resource(policies.DEPLOYMENT_TYPE, "model-server", scraped_deployment()),
+        policy_resource(
+            policies.NETWORK_POLICY_TYPE,
+            "deny",
+            {
+                "metadata": {"name": "deny", "namespace": "model-serving"},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+            },
+        ),
+        *(policy_resource(policies.NETWORK_POLICY_TYPE, f"p{i}", p) for i, p in enumerate(policies_)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "ingress",
+    [
+        [{"from": [SCRAPER_PEER], "ports": PORT_3000}],  # the collector only (infra/monitoring.py)
+        [{"ports": PORT_3000}],  # the model port from anywhere
+        [{"from": [{"namespaceSelector": {}}], "ports": [{"port": 3000}]}],  # every namespace
+    ],
+)
+def test_scraped_pods_that_admit_the_collector_pass(ingress: list[dict[str, Any]]) -> None:
+    assert (
+        run_named_stack_policy("scraped-pods-admit-the-collector", scrape_stack(network_policy(ingress)))
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        None,  # default deny only
+        network_policy([{"from": [SCRAPER_PEER], "ports": [{"protocol": "TCP", "port": 8080}]}]),
+        network_policy([{"from": [{"podSelector": {"matchLabels": {"rsName": "ama-metrics"}}}]}]),  # own ns
+        network_policy([{"from": [{**SCRAPER_PEER, "podSelector": {"matchLabels": {"app": "ingress"}}}]}]),
+        network_policy([{"from": [SCRAPER_PEER]}], namespace="other"),
+        network_policy([{"from": [SCRAPER_PEER]}], app="mlflow"),
+    ],
+)
+def test_scraped_pods_closed_to_the_collector_are_rejected(policy: dict[str, Any] | None) -> None:
+    resources = scrape_stack(*([policy] if policy else []))
+    [(message, urn)] = run_named_stack_policy("scraped-pods-admit-the-collector", resources)
+    assert "admits the managed Prometheus collector" in message and "port 3000" in message
+    assert urn == resources[1].urn
+
+
+def test_scrape_admission_is_judged_on_aks_stacks_and_annotated_pods_only() -> None:
+    without_aks = [r for r in scrape_stack() if r.resource_type != policies.AKS_TYPE]
+    assert run_named_stack_policy("scraped-pods-admit-the-collector", without_aks) == []
+    unannotated = scraped_deployment()
+    del unannotated["spec"]["template"]["metadata"]["annotations"]
+    resources = [
+        policy_resource(policies.AKS_TYPE, "aks", ADDON_ON),
+        policy_resource(policies.DEPLOYMENT_TYPE, "d", unannotated),
+    ]
+    assert run_named_stack_policy("scraped-pods-admit-the-collector", resources) == []

@@ -62,6 +62,18 @@ ARM_TYPES = {
     "azure-native:managedidentity:UserAssignedIdentity": "Microsoft.ManagedIdentity/userAssignedIdentities",
     "azure-native:privatedns:PrivateZone": "Microsoft.Network/privateDnsZones",
     "azure-native:authorization:RoleAssignment": "Microsoft.Authorization/roleAssignments",
+    "azure-native:monitor:AzureMonitorWorkspace": "Microsoft.Monitor/accounts",
+    "azure-native:monitor:DataCollectionEndpoint": "Microsoft.Insights/dataCollectionEndpoints",
+    "azure-native:monitor:DataCollectionRule": "Microsoft.Insights/dataCollectionRules",
+    "azure-native:monitor:ActionGroup": "Microsoft.Insights/actionGroups",
+    "azure-native:alertsmanagement:PrometheusRuleGroup": "Microsoft.AlertsManagement/prometheusRuleGroups",
+}
+# Extension resources: ARM ids under the resource they are attached to (its id in input `resourceUri`).
+EXTENSION_TYPES = {
+    "azure-native:monitor:DataCollectionRuleAssociation": (
+        "Microsoft.Insights/dataCollectionRuleAssociations",
+        "associationName",
+    ),
 }
 # Child resources of the AKS cluster: ARM ids under the cluster's id.
 AKS_CHILD_TYPES = {
@@ -340,6 +352,10 @@ class _Mocks(pulumi.runtime.Mocks):
                 f"Microsoft.ContainerService/managedClusters/{cluster}/{collection}/"
                 f"{args.inputs.get(name_key, args.name)}"
             )
+        if args.typ in EXTENSION_TYPES:
+            collection, name_key = EXTENSION_TYPES[args.typ]
+            target, child = args.inputs.get("resourceUri"), args.inputs.get(name_key, args.name)
+            return f"{target}/providers/{collection}/{child}"
         if args.typ.startswith("azure-native:") and arm is not None:
             group = f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/rg-{self.stack}"
             return group if arm == "" else f"{group}/providers/{arm}/{args.name}"
@@ -379,6 +395,13 @@ class _Mocks(pulumi.runtime.Mocks):
             }
         if typ == "azure-native:dbforpostgresql:Server":
             return {"name": name, "fullyQualifiedDomainName": f"{name}.postgres.database.azure.com"}
+        if typ == "azure-native:monitor:AzureMonitorWorkspace":
+            host = f"{name}-{_digest('amw', name)[:8]}.{inputs.get('location')}"
+            endpoint = f"https://{host}.prometheus.monitor.azure.com"
+            return {
+                "name": name,
+                "metrics": {"internalId": _digest("amw-id", name)[:32], "prometheusQueryEndpoint": endpoint},
+            }
         if typ == "azure-native:storage:StorageAccount":
             return {"name": name, "primaryEndpoints": {"blob": f"https://{name}.blob.core.windows.net/"}}
         if typ.startswith("azure-native:"):
