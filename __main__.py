@@ -222,7 +222,11 @@ def main() -> None:
             resource_group_name=cluster.resource_group_name,
             cluster_id=cluster.cluster_id,
             cluster_name=cluster.cluster_name,
-            groups=alert_rules.rule_groups(settings.training.spec.bento_name, settings.monitoring.thresholds),
+            groups=alert_rules.rule_groups(
+                settings.training.spec.bento_name,
+                settings.monitoring.thresholds,
+                namespace=settings.serving.namespace,
+            ),
             provider=cluster.provider,
             serving=serving,
         )

@@ -93,7 +93,7 @@ def given_groups(asked: list[tuple[str, AlertThresholds]]) -> Iterator[None]:
     """``infra.alert_rules.rule_groups`` answers ``sample_groups`` meanwhile, recording its calls."""
     saved = getattr(alert_rules, "rule_groups", None)
 
-    def given(service: str, thresholds: AlertThresholds) -> tuple[RuleGroup, ...]:
+    def given(service: str, thresholds: AlertThresholds, **_: object) -> tuple[RuleGroup, ...]:
         asked.append((service, thresholds))
         return sample_groups(service, thresholds)
 
@@ -355,7 +355,11 @@ def test_the_shipped_rule_groups_reach_azure_verbatim() -> None:
     """With the program's own rule groups (infra.alert_rules.rule_groups), not the sample ones."""
     run = run_stack("dev")
     settings = run_settings("dev")
-    groups = alert_rules.rule_groups(settings.training.spec.bento_name, settings.monitoring.thresholds)
+    groups = alert_rules.rule_groups(
+        settings.training.spec.bento_name,
+        settings.monitoring.thresholds,
+        namespace=settings.serving.namespace,
+    )
     assert groups, "the program ships no rule group"
     assert_carried_verbatim(run, groups)
 
