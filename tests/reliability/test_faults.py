@@ -35,7 +35,7 @@ from model.container import MODEL_TAG_ENV, READINESS_PATH
 from model.registry import CANDIDATE_ALIAS, CHAMPION_ALIAS, FINGERPRINT_TAG, GATE_TAG
 from tests.conftest import REPO_ROOT, ServedExample
 from tests.reliability.conftest import full_only, record, scaled
-from tools import bench_serving
+from tools import load_client
 from tools.processes import (
     MLFLOW_SERVER_ENV,
     bentoml_serve_command,
@@ -227,10 +227,10 @@ def test_a_serving_worker_killed_under_load_is_replaced(
         "BENTOML_HOME": str(tmp_path / "home"),
         "BENTOML_DO_NOT_TRACK": "True",
     }
-    rows, _ = sample_rows(served_default.spec, None, bench_serving.SAMPLE_ROWS)
-    bodies = bench_serving.request_bodies(rows, 1, len(rows))
+    rows, _ = sample_rows(served_default.spec, None, load_client.SAMPLE_ROWS)
+    bodies = load_client.request_bodies(rows, 1, len(rows))
     seconds = scaled(40, 20)
-    scenario = bench_serving.Scenario(1, 4, 10**7, seconds)
+    scenario = load_client.Scenario(1, 4, 10**7, seconds)
     with running(
         bentoml_serve_command(context.path, port),
         ready_url=f"{url}{READINESS_PATH}",
@@ -240,10 +240,10 @@ def test_a_serving_worker_killed_under_load_is_replaced(
         cwd=tmp_path,
     ) as server:
         (victim,) = _workers(server)
-        outcome: list[bench_serving.Result] = []
+        outcome: list[load_client.Result] = []
         load = threading.Thread(
             target=lambda: outcome.append(
-                bench_serving.run_scenario(("127.0.0.1", port), "predict", bodies, scenario, print)
+                load_client.run_scenario(("127.0.0.1", port), "predict", bodies, scenario, print)
             )
         )
         load.start()
@@ -263,7 +263,7 @@ def test_a_serving_worker_killed_under_load_is_replaced(
         "fault-worker-killed",
         {
             "requests_ok": result.ok,
-            "errors": {bench_serving._status_name(k): v for k, v in result.failures.items()},
+            "errors": {load_client._status_name(k): v for k, v in result.failures.items()},
             "error_count": sum(result.failures.values()),
             "recovered_within_s": round(recovered_s, 1),
         },

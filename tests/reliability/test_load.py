@@ -1,6 +1,6 @@
 """Sustained valid load on a real ``bentoml serve``: zero errors, latency percentiles reported.
 
-The load loop and its statistics are tools/bench_serving.py's (one keep-alive connection per client
+The load loop and its statistics are tools/load_client.py's (one keep-alive connection per client
 thread); this test only sets the scale (full run: 60 s at 8 connections) and asserts no request
 failed. Figures go to .build/reliability/load.json and load.png.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ServedExample
 from tests.reliability.conftest import REPORT_DIR, record, scaled
-from tools import bench_serving
+from tools import load_client
 from tools.smoke import sample_rows
 
 pytestmark = pytest.mark.servers
@@ -22,11 +22,11 @@ MAX_REQUESTS = 10**7  # bounded by time, not count
 
 
 def test_sustained_load_of_valid_requests_has_zero_errors(served_default: ServedExample) -> None:
-    rows, _ = sample_rows(served_default.spec, None, bench_serving.SAMPLE_ROWS)
-    bodies = bench_serving.request_bodies(rows, 1, len(rows))
-    scenario = bench_serving.Scenario(1, CONNECTIONS, MAX_REQUESTS, SECONDS)
-    result = bench_serving.run_scenario(
-        bench_serving.loopback_address(served_default.url), "predict", bodies, scenario, print
+    rows, _ = sample_rows(served_default.spec, None, load_client.SAMPLE_ROWS)
+    bodies = load_client.request_bodies(rows, 1, len(rows))
+    scenario = load_client.Scenario(1, CONNECTIONS, MAX_REQUESTS, SECONDS)
+    result = load_client.run_scenario(
+        load_client.loopback_address(served_default.url), "predict", bodies, scenario, print
     )
     figures = {
         "connections": CONNECTIONS,
@@ -37,6 +37,6 @@ def test_sustained_load_of_valid_requests_has_zero_errors(served_default: Served
         **{f"p{q}_ms": round(result.latency_ms(q), 1) for q in (50, 95, 99, 100)},
     }
     record("load", figures)
-    bench_serving.write_png([result], served_default.url, "predict", REPORT_DIR / "load.png")
+    load_client.write_png([result], served_default.url, "predict", REPORT_DIR / "load.png")
     assert result.ok > 0
     assert not result.failures, f"failed requests under load: {result.failures}"
