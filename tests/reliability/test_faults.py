@@ -298,9 +298,18 @@ def test_the_gate_refuses_a_worse_model_and_the_champion_keeps_alias_and_serving
     record("fault-gate-refuses", {"exit_code": worse.returncode, "told": err.strip().splitlines()[-1]})
 
 
+# ``python -m model.bento`` (what export_build_context runs), held once the export is written into
+# its staging folder and before it is moved into place: the kill lands mid-export on any machine,
+# however fast the export.
+HELD_EXPORT = (
+    "import sys, time, model.bento as b; real = b.normalize_tree; "
+    "b.normalize_tree = lambda *a, **k: (real(*a, **k), time.sleep(3600)); sys.exit(b.main(sys.argv[1:]))"
+)
+
+
 def _killed_export(served: ServedExample, mlflow_server: str, out: Path, home: Path) -> list[Path]:
-    """Start the export child (``python -m model.bento``, what export_build_context runs), SIGKILL it
-    the moment its staging folder appears beside ``out``; return the leftovers it could not clean."""
+    """Start the export child (HELD_EXPORT), SIGKILL it once its staging folder holds the written
+    export (the hold), and return the leftovers it could not clean."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": mlflow_server,
@@ -309,7 +318,7 @@ def _killed_export(served: ServedExample, mlflow_server: str, out: Path, home: P
         "PYTHONPATH": str(REPO_ROOT),
     }
     command = [
-        sys.executable, "-m", "model.bento", "--model-uri", served.result.model_uri,
+        sys.executable, "-c", HELD_EXPORT, "--model-uri", served.result.model_uri,
         "--fingerprint", served.result.fingerprint, "--out-dir", str(out),
     ]  # fmt: skip
     child = subprocess.Popen(
@@ -317,7 +326,7 @@ def _killed_export(served: ServedExample, mlflow_server: str, out: Path, home: P
     )
     try:
         deadline = time.monotonic() + 900
-        while not list(out.parent.glob(f".{out.name}-new-*")):
+        while not list(out.parent.glob(f".{out.name}-new-*/*/bento.yaml")):
             assert child.poll() is None, (
                 f"the export ended (exit {child.returncode}) before it was interrupted"
             )
