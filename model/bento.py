@@ -22,6 +22,8 @@ The child process:
    later one cannot shrink the layer the install made, and BentoML's ``Image.run`` post-commands each
    get a RUN of their own. ``bentoml containerize`` regenerates BentoML's own Dockerfile without this
    step; the product builds from the exported folder (infra/image.py), so its image is the slim one.
+   The RUN that creates the image's user runs under SOURCE_DATE_EPOCH = the model's creation time
+   (``pin_user_creation_day``), so /etc/shadow does not record the build day.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ PRUNE_STEP = (
     "-prune -exec rm -rf {} + && \\\n"
     "    rm -rf /root/.cache/uv /root/.cache/pip"
 )
+
+# The RUN of BentoML 1.4's template that creates the image's user. useradd writes the day it runs into
+# /etc/shadow (the password's last change), so two builds of one context on different days would
+# differ in that layer; shadow's useradd takes the day from SOURCE_DATE_EPOCH, exported for this RUN
+# only (set image-wide it would also switch Python's later .pyc writes to hash checking).
+USER_STEP = "RUN if command -v groupadd &>/dev/null; then \\\n"
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<version>[0-9]+)$")
 _CREATION_TIME = re.compile(r"^(\s*creation_time:\s*).*$", re.MULTILINE)
@@ -210,6 +218,24 @@ def slim_install_step(dockerfile: str, source: str) -> str:
             "BentoML's Dockerfile template changed; update INSTALL_STEP in model/bento.py to its new step"
         )
     return dockerfile.replace(INSTALL_STEP + "\n", INSTALL_STEP + PRUNE_STEP + "\n")
+
+
+def pin_user_creation_day(dockerfile: str, created: datetime, source: str) -> str:
+    """``dockerfile`` with USER_STEP run under ``SOURCE_DATE_EPOCH`` = ``created``; idempotent.
+
+    A Dockerfile without exactly one USER_STEP line is an error naming ``source``: the BentoML
+    template changed, and the user layer would again record the build day.
+    """
+    pinned = USER_STEP.replace("RUN ", f"RUN export SOURCE_DATE_EPOCH={int(created.timestamp())}; ", 1)
+    if pinned in dockerfile:
+        return dockerfile
+    found = dockerfile.count(USER_STEP)
+    if found != 1:
+        raise BentoBuildError(
+            f"{source} has {found} lines {USER_STEP.strip()!r} creating the image's user (expected 1): "
+            "BentoML's Dockerfile template changed; update USER_STEP in model/bento.py to its new step"
+        )
+    return dockerfile.replace(USER_STEP, pinned)
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -446,10 +472,9 @@ def _build_in_this_process(
         bentoml.bentos.export_bento(bento_tag, str(staging) + "/", output_format="folder")
         exported = next(p.parent for p in staging.rglob("bento.yaml") if p.parent.parent == staging)
         dockerfile = exported / "env/docker/Dockerfile"
-        dockerfile.write_text(
-            slim_install_step(dockerfile.read_text(encoding="utf-8"), f"{bento_tag}: env/docker/Dockerfile"),
-            encoding="utf-8",
-        )
+        source = f"{bento_tag}: env/docker/Dockerfile"
+        text = slim_install_step(dockerfile.read_text(encoding="utf-8"), source)
+        dockerfile.write_text(pin_user_creation_day(text, created, source), encoding="utf-8")
         normalize_tree(exported, created)
         image_pins = parse_pinned_requirements(
             (exported / "env/python/requirements.txt").read_text(encoding="utf-8"),

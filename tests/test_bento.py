@@ -6,6 +6,7 @@ Real MLflow server, real training, real BentoML build and export (no mocks). The
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -17,9 +18,11 @@ from model.bento import (
     BENTOML_PACKAGE,
     INSTALL_STEP,
     PRUNE_STEP,
+    USER_STEP,
     BentoBuildError,
     BuildContext,
     ParityError,
+    _mlmodel_creation_time,
     bento_version,
     check_out_dir,
     check_parity,
@@ -27,6 +30,7 @@ from model.bento import (
     normalize_tree,
     parse_model_uri,
     parse_pinned_requirements,
+    pin_user_creation_day,
     replace_dir,
     slim_install_step,
     tree_digest,
@@ -133,6 +137,55 @@ def test_slim_install_step_refuses_a_template_it_does_not_know(dockerfile: str, 
     with pytest.raises(BentoBuildError, match=f"bento:1: env/docker/Dockerfile has {found} lines") as info:
         slim_install_step(dockerfile, "bento:1: env/docker/Dockerfile")
     assert "update INSTALL_STEP in model/bento.py" in str(info.value)
+
+
+BENTO_USER_RUN = (
+    "ARG BENTO_USER_GID=1034\n"
+    f"{USER_STEP}"
+    "    groupadd -g $BENTO_USER_GID -o $BENTO_USER && "
+    "useradd -m -u $BENTO_USER_UID -g $BENTO_USER_GID -o -r "
+    "$BENTO_USER; \\\n    fi\n"
+)
+
+
+def test_pin_user_creation_day_exports_the_creation_time_to_the_user_run_only() -> None:
+    created = datetime(2026, 11, 30, 23, 59, 0, tzinfo=UTC)
+    dockerfile = f"FROM base AS base-container\n{BENTO_USER_RUN}\n{BENTO_INSTALL_RUN}"
+    pinned = pin_user_creation_day(dockerfile, created, "Dockerfile")
+    epoch = int(created.timestamp())
+    assert f"RUN export SOURCE_DATE_EPOCH={epoch}; if command -v groupadd" in pinned
+    assert pinned.count("SOURCE_DATE_EPOCH") == 1  # not an ARG or ENV: later RUNs and the image keep none
+    assert pinned.replace(f"export SOURCE_DATE_EPOCH={epoch}; ", "") == dockerfile
+    assert pin_user_creation_day(pinned, created, "Dockerfile") == pinned
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "found"), [("FROM x\nRUN useradd -r app\n", 0), (BENTO_USER_RUN * 2, 2)]
+)
+def test_pin_user_creation_day_refuses_a_template_it_does_not_know(dockerfile: str, found: int) -> None:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(BentoBuildError, match=f"bento:1: env/docker/Dockerfile has {found} lines") as info:
+        pin_user_creation_day(dockerfile, created, "bento:1: env/docker/Dockerfile")
+    assert "update USER_STEP in model/bento.py" in str(info.value)
+
+
+def test_useradd_takes_the_day_from_source_date_epoch(tmp_path: Path) -> None:
+    """The contract pin_user_creation_day relies on: shadow's useradd writes the password's last change
+    day from SOURCE_DATE_EPOCH. Run against a scratch root (``--prefix``), never the host's files."""
+    useradd = shutil.which("useradd")
+    if useradd is None or os.geteuid() != 0:
+        pytest.skip("needs shadow's useradd and root (it writes the scratch root's /etc/shadow)")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name, line in [("passwd", "root:x:0:0::/root:/bin/sh\n"), ("group", "root:x:0:\n"),
+                       ("shadow", "root:*:1::::::\n"), ("gshadow", "root:*::\n")]:  # fmt: skip
+        (etc / name).write_text(line)
+    (etc / "login.defs").write_text("")
+    day = 19_000
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(day * 86_400 + 3_600)}
+    subprocess.run([useradd, "--prefix", str(tmp_path), "-r", "-u", "1034", "bentoml"], env=env, check=True)
+    entry = next(line for line in (etc / "shadow").read_text().splitlines() if line.startswith("bentoml:"))
+    assert entry.split(":")[2] == str(day)
 
 
 def test_prune_step_removes_only_test_folders_and_caches(tmp_path: Path) -> None:
@@ -279,6 +332,9 @@ def test_dockerfile_uses_the_base_image_without_compilers_or_git(
     assert "FROM python:3.11-slim AS base-container" in dockerfile
     assert "build-essential" not in dockerfile and " git" not in dockerfile
     assert f"{INSTALL_STEP}{PRUNE_STEP}\n" in dockerfile  # test folders go in the install's own layer
+    mlmodel_dir = next(first.path.glob("models/*/*/mlflow_model"))
+    created = _mlmodel_creation_time(mlmodel_dir)  # the same instant every timestamp is pinned to
+    assert f"RUN export SOURCE_DATE_EPOCH={int(created.timestamp())}; if command -v groupadd" in dockerfile
     assert "ENV SERVING_MODEL_TAG=$SERVING_MODEL_TAG" in dockerfile
     assert f"ARG SERVING_MODEL_TAG={BENTO_NAME}:{bento_version(trained.fingerprint)}" in dockerfile
 
