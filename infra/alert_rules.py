@@ -181,6 +181,7 @@ def rule_groups(
     def reference(metric: str) -> str:
         return f'max by ({SERVICE_LABEL}) ({REFERENCE_QUALITY}{{{sel}, metric="{metric}"}})'
 
+    rows = f"({feedback_sum(FEEDBACK)} > 0)"  # no feedback in the window: no series, not NaN
     enough_feedback = f"and on ({by_version}) {feedback_sum(FEEDBACK)} >= {FEEDBACK_MIN_ROWS}"
     recording = RuleGroup(
         name=f"{service}-drift",
@@ -201,15 +202,15 @@ def rule_groups(
             ),
             Rule(
                 record=FEEDBACK_ACCURACY,
-                expr=f"{feedback_sum(FEEDBACK, RIGHT_ANSWERS)}\n/ {feedback_sum(FEEDBACK)}",
+                expr=f"{feedback_sum(FEEDBACK, RIGHT_ANSWERS)}\n/ {rows}",
             ),
             Rule(
                 record=FEEDBACK_MAE,
-                expr=f"{feedback_sum(FEEDBACK_ABSOLUTE_ERROR)}\n/ {feedback_sum(FEEDBACK)}",
+                expr=f"{feedback_sum(FEEDBACK_ABSOLUTE_ERROR)}\n/ {rows}",
             ),
             Rule(
                 record=FEEDBACK_RMSE,
-                expr=f"sqrt(\n  {feedback_sum(FEEDBACK_SQUARED_ERROR)}\n  / {feedback_sum(FEEDBACK)}\n)",
+                expr=f"sqrt(\n  {feedback_sum(FEEDBACK_SQUARED_ERROR)}\n  / {rows}\n)",
             ),
         ),
     )
@@ -262,8 +263,8 @@ def rule_groups(
                 f"{FEEDBACK_ACCURACY}{{{sel}}}\n< on ({SERVICE_LABEL}) group_left ()\n"
                 f"({reference('accuracy')} - {t.accuracy_drop:g})\n{enough_feedback}",
                 "warning",
-                f"version {{{{ $labels.version }}}}: accuracy {{{{ $value | humanizePercentage }}}} on the last "
-                f"{fw} of feedback, more than {t.accuracy_drop:g} under its held-out accuracy",
+                f"version {{{{ $labels.version }}}}: accuracy {{{{ $value | humanizePercentage }}}} on the "
+                f"last {fw} of feedback, more than {t.accuracy_drop:g} under its held-out accuracy",
             ),
             alert(
                 "ModelErrorRise",
