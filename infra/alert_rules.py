@@ -16,8 +16,12 @@ from model.monitoring import (
     FEATURE_BINS,
     FEATURE_OUT_OF_RANGE,
     FEATURE_REFERENCE,
+    FEEDBACK,
+    FEEDBACK_ABSOLUTE_ERROR,
+    FEEDBACK_SQUARED_ERROR,
     PREDICTION_BINS,
     PREDICTION_REFERENCE,
+    REFERENCE_QUALITY,
     SERVICE_LABEL,
 )
 from model.profile import PSI_EPSILON  # an empty bin's share is floored at this, as in the demo
@@ -33,6 +37,10 @@ class AlertThresholds:
     out_of_range_share: float = 0.05  # share of served values outside the training range
     no_traffic_minutes: int = 15
     window: str = "1h"  # the window drift and shares are computed over
+    # Ground truth (POST /feedback) against the served model's held-out figures, over feedback_window:
+    accuracy_drop: float = 0.05  # classifiers: online accuracy this far under the held-out accuracy
+    error_increase: float = 0.25  # regressors: online MAE this share over the held-out MAE
+    feedback_window: str = "1d"
 
 
 @dataclass(frozen=True)
@@ -112,10 +120,17 @@ FEATURE_PSI = "model:feature_psi"
 PREDICTION_SHARE = "model:prediction_bin_share"
 PREDICTION_PSI = "model:prediction_psi"
 OUT_OF_RANGE_SHARE = "model:feature_out_of_range_share"
+FEEDBACK_ACCURACY = "model:feedback_accuracy:ratio"
+FEEDBACK_MAE = "model:feedback_absolute_error:mean"
+FEEDBACK_RMSE = "model:feedback_squared_error:root_mean"
 RUNBOOK = "README.md#runbook"
 # Drift alerts wait for this many served values in the window: PSI of a small sample is noise
 # (its expected value is about (bins - 1) / values, ~0.05 here for 10 bins).
 DRIFT_MIN_VALUES = 200
+# Quality alerts wait for this many feedback rows in the window (an accuracy of 20 rows moves by 5%
+# with one row).
+FEEDBACK_MIN_ROWS = 100
+RIGHT_ANSWERS = ', correct="true"'  # model.monitoring's label on feedback rows answered right
 
 
 def _share(counter: str, selector: str, keys: str, window: str) -> str:
@@ -157,6 +172,17 @@ def rule_groups(
     api = f'{sel}, endpoint=~"{PREDICT_ENDPOINTS}"'
     deploy = f'deployment="{deployment}"' + (f', namespace="{namespace}"' if namespace else "")
     by_feature = f"{SERVICE_LABEL}, feature"
+    by_version = f"{SERVICE_LABEL}, version"
+    fw = t.feedback_window
+
+    def feedback_sum(counter: str, extra: str = "") -> str:
+        return f"sum by ({by_version}) (increase({counter}{{{sel}{extra}}}[{fw}]))"
+
+    def reference(metric: str) -> str:
+        return f'max by ({SERVICE_LABEL}) ({REFERENCE_QUALITY}{{{sel}, metric="{metric}"}})'
+
+    rows = f"({feedback_sum(FEEDBACK)} > 0)"  # no feedback in the window: no series, not NaN
+    enough_feedback = f"and on ({by_version}) {feedback_sum(FEEDBACK)} >= {FEEDBACK_MIN_ROWS}"
     recording = RuleGroup(
         name=f"{service}-drift",
         interval=interval,
@@ -173,6 +199,18 @@ def rule_groups(
                     f"sum by ({by_feature}) (increase({FEATURE_OUT_OF_RANGE}{{{sel}}}[{t.window}]))\n"
                     f"/ sum by ({by_feature}) (increase({FEATURE_BINS}{{{sel}}}[{t.window}]))"
                 ),
+            ),
+            Rule(
+                record=FEEDBACK_ACCURACY,
+                expr=f"{feedback_sum(FEEDBACK, RIGHT_ANSWERS)}\n/ {rows}",
+            ),
+            Rule(
+                record=FEEDBACK_MAE,
+                expr=f"{feedback_sum(FEEDBACK_ABSOLUTE_ERROR)}\n/ {rows}",
+            ),
+            Rule(
+                record=FEEDBACK_RMSE,
+                expr=f"sqrt(\n  {feedback_sum(FEEDBACK_SQUARED_ERROR)}\n  / {rows}\n)",
             ),
         ),
     )
@@ -219,6 +257,22 @@ def rule_groups(
                 "warning",
                 f"{{{{ $labels.feature }}}}: {{{{ $value | humanizePercentage }}}} of served values over "
                 f"{t.window} lie outside the training range (threshold {t.out_of_range_share:g})",
+            ),
+            alert(
+                "ModelAccuracyDrop",
+                f"{FEEDBACK_ACCURACY}{{{sel}}}\n< on ({SERVICE_LABEL}) group_left ()\n"
+                f"({reference('accuracy')} - {t.accuracy_drop:g})\n{enough_feedback}",
+                "warning",
+                f"version {{{{ $labels.version }}}}: accuracy {{{{ $value | humanizePercentage }}}} on the "
+                f"last {fw} of feedback, more than {t.accuracy_drop:g} under its held-out accuracy",
+            ),
+            alert(
+                "ModelErrorRise",
+                f"{FEEDBACK_MAE}{{{sel}}}\n> on ({SERVICE_LABEL}) group_left ()\n"
+                f"({reference('mae')} * {1 + t.error_increase:g})\n{enough_feedback}",
+                "warning",
+                f'version {{{{ $labels.version }}}}: mean absolute error {{{{ $value | printf "%.4g" }}}} on '
+                f"the last {fw} of feedback, over {1 + t.error_increase:g}x its held-out MAE",
             ),
             alert(
                 "ModelHighErrorRate",

@@ -524,12 +524,15 @@ def _vnet_cidr(reader: _Reader, default: str) -> str:
 def _monitoring(reader: _Reader) -> MonitoringSettings:
     """The alert thresholds (``monitoring*`` keys) and the alert e-mail receivers."""
     d = AlertThresholds()
-    window = reader.matching("monitoringWindow", d.window, PROM_WINDOW_RE, "1h") or d.window
-    minutes = int(window[:-1]) * {"m": 1, "h": 60, "d": 1440}[window[-1]]
-    if not 5 <= minutes <= 7 * 1440:
-        raise reader.fail(
-            "monitoringWindow", window, "is outside 5m..7d", "Set a window such as 30m, 1h or 1d."
-        )
+
+    def window_of(key: str, default: str, example: str) -> str:
+        window = reader.matching(key, default, PROM_WINDOW_RE, example) or default
+        minutes = int(window[:-1]) * {"m": 1, "h": 60, "d": 1440}[window[-1]]
+        if not 5 <= minutes <= 7 * 1440:
+            raise reader.fail(key, window, "is outside 5m..7d", "Set a window such as 30m, 1h or 1d.")
+        return window
+
+    window = window_of("monitoringWindow", d.window, "1h")
     thresholds = AlertThresholds(
         psi=reader.float_("monitoringPsiThreshold", d.psi, 0, 10),
         error_rate=reader.float_("monitoringErrorRate", d.error_rate, 0, 1),
@@ -537,6 +540,9 @@ def _monitoring(reader: _Reader) -> MonitoringSettings:
         out_of_range_share=reader.float_("monitoringOutOfRangeShare", d.out_of_range_share, 0, 1),
         no_traffic_minutes=reader.int_("monitoringNoTrafficMinutes", d.no_traffic_minutes, 1, 7 * 1440),
         window=window,
+        accuracy_drop=reader.float_("monitoringAccuracyDrop", d.accuracy_drop, 0, 1),
+        error_increase=reader.float_("monitoringErrorIncrease", d.error_increase, 0, 100),
+        feedback_window=window_of("monitoringFeedbackWindow", d.feedback_window, "1d"),
     )
     emails = reader.str_list("monitoringAlertEmails", EMAIL_RE, "oncall@example.com")
     if len(set(emails)) != len(emails):

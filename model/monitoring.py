@@ -15,6 +15,12 @@ Metric names (``METRICS``; every series carries ``service_name``, the label Bent
 - ``model_feature_reference_proportion{feature,bin}``, ``model_prediction_reference_proportion{bin}``
   gauges (the training shares)
 - ``model_info{model,version,fingerprint}`` gauge, always 1
+- ground truth posted to ``/feedback`` (``model.feedback``), per model ``version`` that answered:
+  ``model_feedback_total{version,correct}`` rows and
+  ``model_feedback_confusion_total{version,predicted,actual}`` (classifiers), or
+  ``model_feedback_total{version}``, ``model_feedback_absolute_error_total{version}`` and
+  ``model_feedback_squared_error_total{version}`` (regressors); ``model_reference_quality{metric}``
+  gauges, the held-out figures of the served model to compare them with (``Profile.quality``)
 
 BentoML runs the service in several worker processes and serves ``/metrics`` from
 ``prometheus_client``'s multiprocess collector (``PROMETHEUS_MULTIPROC_DIR``, set for each worker
@@ -38,6 +44,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.feedback import Feedback
 from model.profile import NUMERIC, Binning, Profile, bin_categorical, bin_numeric, psi
 
 logger = logging.getLogger(__name__)
@@ -50,6 +57,11 @@ FEATURE_REFERENCE = "model_feature_reference_proportion"
 PREDICTION_BINS = "model_prediction_bin_total"
 PREDICTION_REFERENCE = "model_prediction_reference_proportion"
 INFO = "model_info"
+FEEDBACK = "model_feedback_total"
+FEEDBACK_CONFUSION = "model_feedback_confusion_total"
+FEEDBACK_ABSOLUTE_ERROR = "model_feedback_absolute_error_total"
+FEEDBACK_SQUARED_ERROR = "model_feedback_squared_error_total"
+REFERENCE_QUALITY = "model_reference_quality"
 METRICS: tuple[str, ...] = (
     FEATURE_BINS,
     FEATURE_OUT_OF_RANGE,
@@ -58,6 +70,11 @@ METRICS: tuple[str, ...] = (
     PREDICTION_BINS,
     PREDICTION_REFERENCE,
     INFO,
+    FEEDBACK,
+    FEEDBACK_CONFUSION,
+    FEEDBACK_ABSOLUTE_ERROR,
+    FEEDBACK_SQUARED_ERROR,
+    REFERENCE_QUALITY,
 )
 PREDICTION = "prediction"  # the key of the predictions in drift results
 
@@ -132,6 +149,30 @@ class Monitor:
         for i, share in enumerate(profile.prediction.proportions):
             prediction_reference.labels(service, str(i)).set(share)
 
+        self.service = service
+        self.identity = identity
+        self.classifier = profile.prediction.kind != NUMERIC
+        by_version = [SERVICE_LABEL, "version"]
+        if self.classifier:
+            self._feedback = counter(_counter_name(FEEDBACK), "Feedback rows, by whether the answer was "
+                                     "right", [*by_version, "correct"], **reg)  # fmt: skip
+            self._confusion = counter(_counter_name(FEEDBACK_CONFUSION), "Feedback rows per answered and "
+                                      "true class", [*by_version, "predicted", "actual"], **reg)  # fmt: skip
+            for correct in ("true", "false"):
+                self._feedback.labels(service, identity.version, correct)
+        else:
+            self._feedback = counter(_counter_name(FEEDBACK), "Feedback rows", by_version, **reg)
+            self._absolute = counter(_counter_name(FEEDBACK_ABSOLUTE_ERROR), "Sum of |answer - truth| over "
+                                     "feedback rows", by_version, **reg)  # fmt: skip
+            self._squared = counter(_counter_name(FEEDBACK_SQUARED_ERROR), "Sum of (answer - truth)^2 over "
+                                    "feedback rows", by_version, **reg)  # fmt: skip
+            for family in (self._feedback, self._absolute, self._squared):
+                family.labels(service, identity.version)
+        quality = gauge(REFERENCE_QUALITY, "Held-out metric of the served model, for the feedback figures",
+                        [SERVICE_LABEL, "metric"], multiprocess_mode="max", **reg)  # fmt: skip
+        for metric, value in profile.quality.items():
+            quality.labels(service, metric).set(value)
+
     def observe(self, columns: Columns, predictions: Sequence[Any] | np.ndarray) -> None:
         """Count one request's (or batch's) values: ``columns[name]`` per feature, and the answers
         (class names, or predicted numbers). Never raises: a failure is logged."""
@@ -146,6 +187,28 @@ class Monitor:
             _add(self._predictions, count_column(self.profile.prediction, predictions)[0])
         except Exception:
             logger.exception("monitoring: counting a request failed (the request itself was answered)")
+
+    def observe_feedback(self, feedback: Feedback) -> None:
+        """Count checked ground truth (``model.feedback.check_feedback``) for the version that answered."""
+        version, service = feedback.version, self.service
+        if self.classifier:
+            pairs: dict[tuple[str, str], int] = {}
+            for answer, truth in zip(feedback.predictions, feedback.actuals, strict=True):
+                key = (str(answer), str(truth))
+                pairs[key] = pairs.get(key, 0) + 1
+            right = sum(n for (answer, truth), n in pairs.items() if answer == truth)
+            for correct, rows in (("true", right), ("false", len(feedback.predictions) - right)):
+                if rows:
+                    self._feedback.labels(service, version, correct).inc(rows)
+            for (answer, truth), rows in pairs.items():
+                self._confusion.labels(service, version, answer, truth).inc(rows)
+            return
+        errors = np.asarray(feedback.predictions, dtype="float64") - np.asarray(
+            feedback.actuals, dtype="float64"
+        )
+        self._feedback.labels(service, version).inc(errors.size)
+        self._absolute.labels(service, version).inc(float(np.abs(errors).sum()))
+        self._squared.labels(service, version).inc(float(np.square(errors).sum()))
 
     def _observe_numeric(self, matrix: np.ndarray) -> None:
         present = ~np.isnan(matrix)

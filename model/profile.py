@@ -19,6 +19,10 @@ Every feature carries ``proportions``: the share of training rows per bin (sum 1
 on the held-out rows get the same treatment: class names as categories for a classifier, numeric
 bins from their deciles for a regressor.
 
+``quality`` holds the held-out metrics that feedback can measure again once the true values arrive
+(``ONLINE_METRICS``: accuracy for a classifier, MAE and RMSE for a regressor), so that the online
+figures (``model.feedback``) are compared with what the model scored when it was trained.
+
 Bin labels are the bin's index as text (``"0"``, ``"1"``, ...): short, stable Prometheus label
 values; ``bin_labels`` says which range or category each one is.
 """
@@ -29,7 +33,7 @@ import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,8 @@ QUANTILES = tuple(i / 10 for i in range(1, 10))  # deciles: at most 10 bins per 
 OTHER_BIN = "other"
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 BOOLEAN_CATEGORIES = ("false", "true")
+# Held-out metrics (model.metric_rules names) that feedback counters can compute again.
+ONLINE_METRICS = ("accuracy", "mae", "rmse")
 
 
 class ProfileError(ValueError):
@@ -92,6 +98,7 @@ class Profile:
     features: tuple[Binning, ...]
     prediction: Binning
     task: str
+    quality: Mapping[str, float] = field(default_factory=dict)  # ONLINE_METRICS on the held-out rows
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -99,6 +106,7 @@ class Profile:
             "task": self.task,
             "features": [f.as_dict() for f in self.features],
             "prediction": self.prediction.as_dict(),
+            "quality": dict(self.quality),
         }
 
     def to_json(self) -> str:
@@ -140,10 +148,12 @@ def build_profile(
     predictions: Sequence[object] | np.ndarray,
     task: str,
     class_names: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> Profile:
     """The profile of training rows ``frame`` (a DataFrame with each feature's column) and of the
     model's ``predictions`` on the held-out rows. ``features``: ``model.spec.Feature``s (name, type,
-    categories); ``class_names``: target value (as text) -> served class name, for classifiers."""
+    categories); ``class_names``: target value (as text) -> served class name, for classifiers;
+    ``metrics``: the held-out metrics (the ONLINE_METRICS among them are kept)."""
     binnings = []
     for feature in features:
         column = frame[feature.name].to_numpy()
@@ -160,7 +170,8 @@ def build_profile(
         prediction = categorical_binning("prediction", names, list(class_names.values()))
     else:
         prediction = numeric_binning("prediction", np.asarray(predictions, dtype="float64"))
-    return Profile(tuple(binnings), prediction, task)
+    quality = {k: float(v) for k, v in (metrics or {}).items() if k in ONLINE_METRICS and math.isfinite(v)}
+    return Profile(tuple(binnings), prediction, task, quality)
 
 
 def _boolean_text(values: Sequence[object] | np.ndarray) -> list[str]:
@@ -251,5 +262,20 @@ def load_profile(path: str | Path) -> Profile:
     )
     if not features:
         raise ProfileError(f"{path}: field 'features' is empty; {fix}")
-    return Profile(features, binning_from_dict(raw.get("prediction") or {}, f"{path}: prediction"),
-                   str(raw.get("task", "")))  # fmt: skip
+    prediction = binning_from_dict(raw.get("prediction") or {}, f"{path}: prediction")
+    quality = _quality(raw.get("quality") or {}, f"{path}: quality")
+    return Profile(features, prediction, str(raw.get("task", "")), quality)
+
+
+def _quality(raw: Any, where: str) -> dict[str, float]:
+    """The ``quality`` field (absent in profiles written before it: no online comparison)."""
+    if not isinstance(raw, Mapping):
+        raise ProfileError(f"{where}: expected a mapping of metric name to number, got {type(raw).__name__}")
+    out = {}
+    for name, value in raw.items():
+        if name not in ONLINE_METRICS:
+            raise ProfileError(f"{where}: {name!r} is not one of {', '.join(ONLINE_METRICS)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ProfileError(f"{where}: {name} is {value!r}, expected a finite number")
+        out[str(name)] = float(value)
+    return out

@@ -8,6 +8,9 @@ tag). Both expose:
   name for a classifier (``"malignant"``), a number for a regressor (``151.2``)
 - ``POST /predict_proba`` (classifiers only) same body -> per row ``{class name: probability}``,
   keys in the model's class order
+- ``POST /feedback`` ``{"prediction_id": ..., "predictions": [...], "actuals": [...]}``: the true
+  values of an earlier answer, counted for the online quality figures (``model.feedback``; every
+  answer above carries its id in the ``X-Prediction-Id`` header) -> ``{"rows": n, "version": v}``
 - BentoML's ``/livez``, ``/readyz`` and Prometheus ``/metrics`` (paths and port in ``model.container``).
 
 The request schema is the model's MLflow signature (names, types), plus the categories of its string
@@ -50,6 +53,8 @@ from model.container import (
     SERVICE_PORT,
     WORKERS_ENV,
 )
+from model.feedback import PREDICTION_ID_HEADER, check_feedback
+from model.feedback import prediction_id as prediction_id_of
 from model.monitoring import monitor_for
 from model.predictor import predictor_for
 from model.request_guard import RequestGuard
@@ -62,7 +67,7 @@ MLFLOW_MODEL_FOLDER = "mlflow_model"  # where bentoml.mlflow.import_model puts t
 # as a binary wheel, and the python:*-slim base already has bash and ca-certificates.
 NO_SYSTEM_PACKAGES_DISTRO = "python-slim"
 
-API_PATHS = ("/predict", "/predict_proba")
+API_PATHS = ("/predict", "/predict_proba", "/feedback")
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +164,17 @@ _SERVICE_CONFIG: dict[str, Any] = {
 }
 
 
-def _json(answer: list[Any]) -> Any:
-    """The answer as a JSON response, encoded by pydantic-core. The methods' return annotations
-    still give the OpenAPI schema; BentoML's own encoding rebuilt that schema on every response."""
+def _json(answer: list[Any], prediction: str) -> Any:
+    """The answer as a JSON response, encoded by pydantic-core, with its prediction id
+    (``model.feedback``). The methods' return annotations still give the OpenAPI schema; BentoML's
+    own encoding rebuilt that schema on every response."""
     from starlette.responses import Response
 
-    return Response(pydantic_core.to_json(answer), media_type="application/json")
+    return Response(
+        pydantic_core.to_json(answer),
+        media_type="application/json",
+        headers={PREDICTION_ID_HEADER: prediction},
+    )
 
 
 class _Served:
@@ -207,6 +217,29 @@ class _Served:
             raise BadInput(str(overflow_problem(batch))) from exc
         return scores
 
+    def _answered(self, answer: list[Any], batch: Batch, labels: list[Any]) -> Any:
+        """The response for ``answer``; ``labels``: the class names or numbers it stands for (counted
+        for monitoring, and what the prediction id covers)."""
+        self.monitor.observe(batch.columns, labels)
+        return _json(answer, prediction_id_of(self.monitor.identity.version, labels))
+
+    @bentoml.api
+    async def feedback(
+        self, prediction_id: str, predictions: list[Any], actuals: list[Any]
+    ) -> dict[str, Any]:
+        """The true values of an earlier answer: ``prediction_id`` from its X-Prediction-Id header,
+        its ``predictions`` as answered (for /predict_proba: the most probable class per row) and one
+        actual value per row (a class name, or a number). Counted for the model version that answered."""
+        classes = self.contract.class_names if self.contract.classes else None
+        try:
+            checked = check_feedback(
+                prediction_id, predictions, actuals, class_names=classes, max_rows=max_rows_from_env()
+            )
+        except ValueError as exc:
+            raise BadInput(str(exc)) from exc
+        self.monitor.observe_feedback(checked)
+        return {"rows": len(checked.actuals), "version": checked.version}
+
 
 @bentoml.service(**_SERVICE_CONFIG)
 class Classifier(_Served):
@@ -228,8 +261,7 @@ class Classifier(_Served):
         """The predicted class name per row."""
         batch = cast(Batch, rows)
         answers = [self.names[str(label)] for label in self._scored(batch, "predict").tolist()]
-        self.monitor.observe(batch.columns, answers)
-        return _json(answers)
+        return self._answered(answers, batch, answers)
 
     @bentoml.api
     async def predict_proba(self, rows: Rows) -> list[dict[str, float]]:
@@ -237,8 +269,8 @@ class Classifier(_Served):
         names = self.contract.class_names
         batch = cast(Batch, rows)
         scores = self._scored(batch, "predict_proba")
-        self.monitor.observe(batch.columns, [names[i] for i in scores.argmax(axis=1)])
-        return _json([dict(zip(names, probs, strict=True)) for probs in scores.tolist()])
+        answers = [dict(zip(names, probs, strict=True)) for probs in scores.tolist()]
+        return self._answered(answers, batch, [names[i] for i in scores.argmax(axis=1)])
 
 
 @bentoml.service(**_SERVICE_CONFIG)
@@ -250,8 +282,7 @@ class Regressor(_Served):
         """The predicted value per row."""
         batch = cast(Batch, rows)
         answers = [float(value) for value in self._scored(batch, "predict").tolist()]
-        self.monitor.observe(batch.columns, answers)
-        return _json(answers)
+        return self._answered(answers, batch, answers)
 
 
 for _service in (Classifier, Regressor):

@@ -453,7 +453,9 @@ def write_reference_profile(fitted: Fitted, spec: ModelSpec, folder: Path) -> Pa
     from model.profile import PROFILE_FILE, build_profile
 
     names = None if fitted.classes is None else {str(c): spec.class_name(c) for c in fitted.classes}
-    profile = build_profile(fitted.train, fitted.dataset.features, fitted.predictions, spec.task, names)
+    profile = build_profile(
+        fitted.train, fitted.dataset.features, fitted.predictions, spec.task, names, fitted.metrics
+    )
     path = folder / PROFILE_FILE
     path.write_text(profile.to_json(), encoding="utf-8")
     return path

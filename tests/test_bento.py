@@ -307,7 +307,8 @@ def test_context_layout_and_identity(first: BuildContext, trained: TrainResult) 
     assert f"mlflow_run_id: {trained.run_id}" in bento_yaml
     sources = sorted(p.relative_to(first.path / "src").as_posix() for p in (first.path / "src").rglob("*.py"))
     assert sources == [
-        "model/__init__.py", "model/container.py", "model/monitoring.py", "model/predictor.py",
+        "model/__init__.py", "model/container.py", "model/feedback.py", "model/monitoring.py",
+        "model/predictor.py",
         "model/profile.py", "model/request_guard.py", "model/service.py", "model/validation.py",
     ]  # fmt: skip
 

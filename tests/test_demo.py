@@ -45,7 +45,8 @@ def test_demo_runs_twice_reuses_the_second_time_and_stops_its_servers(
     assert "unchanged: reused models:/cancer-classifier/1, no retraining" in second
     assert "already built for this fingerprint: reused, not rebuilt" in second
     for out in outputs:
-        assert "[demo] 6/6 done" in out
+        assert "[demo] 7/7 done" in out
+        assert "online accuracy" in out and "feedback rows (held-out" in out
         drifted = {line.split()[0] for line in out.splitlines() if " DRIFT" in line} - {"prediction"}
         assert drifted == {"mean_radius", "mean_texture", "mean_perimeter"}  # the scaled features, only
         assert out.count("malignant") >= demo.SAMPLES_PER_CLASS  # the actual column, at least

@@ -386,6 +386,9 @@ def test_monitoring_keys_set_the_thresholds() -> None:
         monitoringOutOfRangeShare="0.2",
         monitoringNoTrafficMinutes="30",
         monitoringWindow="6h",
+        monitoringAccuracyDrop="0.02",
+        monitoringErrorIncrease="0.5",
+        monitoringFeedbackWindow="7d",
         monitoringAlertEmails=["oncall@example.com"],
     )
     assert m.thresholds == AlertThresholds(
@@ -395,6 +398,9 @@ def test_monitoring_keys_set_the_thresholds() -> None:
         out_of_range_share=0.2,
         no_traffic_minutes=30,
         window="6h",
+        accuracy_drop=0.02,
+        error_increase=0.5,
+        feedback_window="7d",
     )
     assert m.alert_emails == ("oncall@example.com",)
 
@@ -414,6 +420,10 @@ def test_monitoring_keys_set_the_thresholds() -> None:
         ("monitoringWindow", "1h30m", "Write it like '1h'"),
         ("monitoringWindow", "2m", "5m..7d"),
         ("monitoringWindow", "8d", "5m..7d"),
+        ("monitoringFeedbackWindow", "1w", "Write it like '1d'"),
+        ("monitoringFeedbackWindow", "30d", "5m..7d"),
+        ("monitoringAccuracyDrop", "1.5", "up to 1"),
+        ("monitoringErrorIncrease", "-1", "above 0"),
         ("monitoringAlertEmails", ["not-an-address"], "oncall@example.com"),
         ("monitoringAlertEmails", ["a@example.com", "a@example.com"], "twice"),
         ("monitoringAlertEmails", "oncall@example.com", "YAML mapping/list"),

@@ -4,7 +4,10 @@ and a real Prometheus (Debian's) scraping it with the project's rules on loopbac
 - the counters of both workers add up on ``/metrics`` (multiprocess mode), the names and labels the
   rules use are the ones a real server exports (ours and BentoML's);
 - in-distribution rows (the held-out rows) keep every feature's PSI under the threshold, shifted
-  rows push exactly the shifted features over it, and the drift alert fires in Prometheus.
+  rows push exactly the shifted features over it, and the drift alert fires in Prometheus;
+- ground truth posted to /feedback with the answers' X-Prediction-Id is counted for the version that
+  answered, bad feedback gets a 400 naming the problem, and a low online accuracy fires
+  ModelAccuracyDrop in Prometheus.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import yaml
 
 from infra.alert_rules import (
     FEATURE_PSI,
+    FEEDBACK_ACCURACY,
     LATENCY_BUCKETS,
     REQUESTS,
     STATUS_LABEL,
@@ -30,6 +34,7 @@ from infra.alert_rules import (
     to_prometheus_yaml,
 )
 from model import monitoring
+from model.feedback import PREDICTION_ID_HEADER, prediction_id
 from tests.conftest import ServedExample, free_port
 from tools.processes import bentoml_serve_command, running
 
@@ -46,7 +51,9 @@ WORKERS = 2
 SHIFTED = ("mean_radius", "mean_texture", "worst_area")
 SHIFT_FACTOR = 2.0
 WINDOW_S = 20  # the rules' window in this test: long enough for several scrapes, short to wait for
-THRESHOLDS = AlertThresholds(window=f"{WINDOW_S}s")
+# The feedback window outlasts the test: feedback posted once stays in it.
+THRESHOLDS = AlertThresholds(window=f"{WINDOW_S}s", feedback_window="10m")
+FEEDBACK_ROWS, WRONG_ROWS = 150, 45  # an online accuracy of 70%, far under the model's held-out one
 TIMEOUT_S = 240
 
 
@@ -312,3 +319,74 @@ def test_every_task_and_feature_type_is_counted_by_a_real_server(
     assert served == {name: len(heldout) for name in [*(f.name for f in features), monitoring.PREDICTION]}
     drift = monitoring.drift_between(before, after, service)
     assert set(drift) == set(served) and all(value >= 0 for value in drift.values())
+
+
+def answered(server: str, path: str, rows: list[dict[str, Any]]) -> tuple[str, Any]:
+    response = requests.post(f"{server}{path}", json={"rows": rows}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.headers[PREDICTION_ID_HEADER], response.json()
+
+
+def test_feedback_counts_for_the_version_that_answered_and_fires_the_accuracy_alert(
+    prometheus: str, server: str, context: BuildContext, heldout_rows: pd.DataFrame, trained: TrainResult
+) -> None:
+    service = context.image_name
+    rows = rows_of(heldout_rows.sample(n=FEEDBACK_ROWS, replace=True, random_state=3))
+    # Prometheus has seen the (pre-created) feedback counters at 0 before any feedback arrives.
+    poll(
+        lambda: query(prometheus, f'{monitoring.FEEDBACK}{{service_name="{service}"}} == 0'), "zero counters"
+    )
+    pid, answers = answered(server, "/predict", rows)
+    assert pid == prediction_id(trained.version, answers)
+    proba_id, proba = answered(server, "/predict_proba", rows[:3])  # its id covers the top classes
+    assert proba_id == prediction_id(trained.version, [max(p, key=p.get) for p in proba])
+    names = sorted(set(proba[0]))
+    actuals = [a if i >= WRONG_ROWS else next(n for n in names if n != a) for i, a in enumerate(answers)]
+
+    def feedback(body: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{server}/feedback", json=body, timeout=120)
+
+    bad = [
+        ({"prediction_id": pid, "predictions": answers[::-1], "actuals": actuals}, "are not the answers of"),
+        ({"prediction_id": pid, "predictions": answers, "actuals": ["nope", *actuals[1:]]}, "actuals[0]"),
+        ({"prediction_id": "x", "predictions": answers, "actuals": actuals}, "is not a prediction id"),
+        ({"prediction_id": pid, "predictions": answers}, "actuals"),
+    ]
+    for body, fragment in bad:
+        response = feedback(body)
+        assert response.status_code == 400 and fragment in response.text, (fragment, response.text)
+    response = feedback({"prediction_id": pid, "predictions": answers, "actuals": actuals})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"rows": FEEDBACK_ROWS, "version": trained.version}
+
+    text = requests.get(f"{server}/metrics", timeout=30).text
+    counted = {
+        labels["correct"]: value
+        for labels, value in samples(text, monitoring.FEEDBACK)
+        if labels["version"] == trained.version
+    }
+    assert counted == {"true": FEEDBACK_ROWS - WRONG_ROWS, "false": WRONG_ROWS}  # once, not per bad try
+    reference = samples(text, monitoring.REFERENCE_QUALITY)
+    assert [labels["metric"] for labels, _ in reference] == ["accuracy"]
+    held_out = reference[0][1]
+    assert held_out == pytest.approx(trained.metrics["accuracy"])
+
+    expected = (FEEDBACK_ROWS - WRONG_ROWS) / FEEDBACK_ROWS
+    selector = f'{{service_name="{service}", version="{trained.version}"}}'
+
+    def online_accuracy() -> float | None:
+        result = query(prometheus, f"{FEEDBACK_ACCURACY}{selector}")
+        return float(result[0]["value"][1]) if result else None
+
+    assert poll(online_accuracy, FEEDBACK_ACCURACY) == pytest.approx(expected, abs=1e-9)
+
+    def alerted() -> list[dict[str, Any]] | None:
+        alerts = requests.get(f"{prometheus}/api/v1/alerts", timeout=30).json()["data"]["alerts"]
+        mine = [
+            a for a in alerts if a["labels"]["alertname"] == "ModelAccuracyDrop" and a["state"] == "firing"
+        ]
+        return mine or None
+
+    fired = poll(alerted, "ModelAccuracyDrop firing")
+    assert [a["labels"]["version"] for a in fired] == [trained.version]
+    assert f"accuracy {expected:.0%}" in fired[0]["annotations"]["summary"]

@@ -600,4 +600,4 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     assert seen["bento_model"] is True
     assert seen["models"] == [tag]
     assert seen["names"] == ["env_chosen_model", "env_chosen_model"]  # the service is named after the model
-    assert seen["apis"] == [["predict", "predict_proba"], ["predict"]]
+    assert seen["apis"] == [["feedback", "predict", "predict_proba"], ["feedback", "predict"]]

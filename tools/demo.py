@@ -66,7 +66,7 @@ def port_or_free(preferred: int) -> int:
 class Step:
     """Prints ``n/N what ...`` and, on exit, how long it took."""
 
-    total = 6
+    total = 7
 
     def __init__(self, number: int, what: str) -> None:
         self.number, self.what = number, what
@@ -95,7 +95,7 @@ def run(
     data_path: Path | None = None,
     drift_chart_path: Path | None = None,
 ) -> int:
-    """The six steps; ``None`` ports mean 5000 / 3000 when free, else any free loopback port."""
+    """The seven steps; ``None`` ports mean 5000 / 3000 when free, else any free loopback port."""
     from model.bento import export_build_context
     from model.container import MODEL_TAG_ENV, READINESS_PATH
     from model.spec import SpecError, load_spec
@@ -172,6 +172,9 @@ def run(
         chart = drift_chart_path or demo_dir / "drift.png"
         save_drift_chart(drift, chart, spec.name)
         say(f"drift chart: {chart}; the same PSI as recording rules: monitoring/rules.yml")
+        with Step(7, "ground truth: the held-out rows' true values posted to /feedback"):
+            quality = post_feedback(spec, result.run_id, tracking, endpoint)
+        say(quality)
         print_summary(result, ctx, tracking, endpoint, mlflow_dir, spec.image_repository)
         if keep_running:
             say("servers are up; press Ctrl-C to stop them")
@@ -204,6 +207,60 @@ def score_heldout(spec: ModelSpec, run_id: str, tracking: str, endpoint: str) ->
         (spec.class_name(actual), str(label), f"{float(probs[label]):.4f}")
         for actual, label, probs in zip(sample[spec.target], predicted, proba, strict=True)
     ]
+
+
+def post_feedback(spec: ModelSpec, run_id: str, tracking: str, endpoint: str) -> str:
+    """Score the held-out rows, post their true values back with the answer's X-Prediction-Id, and
+    say what the service counted (its /metrics) next to the held-out figure it exports."""
+    from model.data import load_dataset, request_rows
+    from model.feedback import PREDICTION_ID_HEADER
+    from model.monitoring import FEEDBACK, FEEDBACK_ABSOLUTE_ERROR, REFERENCE_QUALITY
+    from model.train import load_heldout
+
+    heldout = load_heldout(run_id, tracking_uri=tracking)[:REQUEST_ROWS]
+    response = requests.post(
+        f"{endpoint}/predict", json={"rows": request_rows(heldout, load_dataset(spec).features)}, timeout=120
+    )
+    response.raise_for_status()
+    truth = heldout[spec.target]
+    actuals = [spec.class_name(v) for v in truth] if spec.is_classifier else [float(v) for v in truth]
+    body = {"prediction_id": response.headers[PREDICTION_ID_HEADER], "predictions": response.json(),
+            "actuals": actuals}  # fmt: skip
+    answer = requests.post(f"{endpoint}/feedback", json=body, timeout=120)
+    if answer.status_code != 200:
+        raise RuntimeError(f"{endpoint}/feedback answered {answer.status_code}: {answer.text}")
+    version = answer.json()["version"]
+    sums = _sums(_metrics(endpoint), version)
+    rows = sums.get(FEEDBACK, 0.0)
+    if spec.is_classifier:
+        online, metric = sums.get(f"{FEEDBACK}:true", 0.0) / rows, "accuracy"
+    else:
+        online, metric = sums.get(FEEDBACK_ABSOLUTE_ERROR, 0.0) / rows, "mae"
+    reference = sums.get(f"{REFERENCE_QUALITY}:{metric}", float("nan"))
+    return (
+        f"version {version}: online {metric} {online:.4f} on {rows:.0f} feedback rows "
+        f"(held-out {reference:.4f}); alerts ModelAccuracyDrop / ModelErrorRise compare the two"
+    )
+
+
+def _sums(metrics_text: str, version: str) -> dict[str, float]:
+    """Feedback counters of ``version`` summed over workers (``<name>:true`` for right answers), and
+    the reference gauges as ``<name>:<metric>``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from model.monitoring import REFERENCE_QUALITY
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == REFERENCE_QUALITY:
+                out[f"{REFERENCE_QUALITY}:{labels['metric']}"] = sample.value
+            elif sample.name.startswith("model_feedback_") and labels.get("version") == version:
+                keys = [sample.name] + ([f"{sample.name}:true"] if labels.get("correct") == "true" else [])
+                for key in keys:
+                    out[key] = out.get(key, 0.0) + sample.value
+    return out
 
 
 @dataclass(frozen=True)
@@ -319,7 +376,7 @@ def print_summary(
     say(f"held-out metrics of run {result.run_id}: {metrics}")
     say(f"MLflow UI: {tracking}/#/models/{result.model_name}/versions/{result.version}")
     say(f"  (after the demo: {mlflow_ui_command(mlflow_dir)})")
-    apis = "/predict, /predict_proba" if result.task != "regression" else "/predict"
+    apis = "/predict, /predict_proba, /feedback" if result.task != "regression" else "/predict, /feedback"
     say(f"served at {endpoint}: POST {apis}; GET /readyz, /metrics")
     say(f"build context: {ctx.path}")
     image = f"{image_repository or ctx.image_name}:{ctx.image_tag}"  # the repository Pulumi pushes to

@@ -98,8 +98,11 @@ def openapi(served_default: ServedExample) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("variant", ["served", "rows"])
-@pytest.mark.parametrize("path", ENDPOINTS)
+# /feedback as served only: its generated ids never match answers, so every body is a 4xx to name.
+FUZZED = [(path, variant) for path in ENDPOINTS for variant in ("served", "rows")] + [("/feedback", "served")]
+
+
+@pytest.mark.parametrize(("path", "variant"), FUZZED)
 def test_generated_requests_get_no_5xx_and_every_4xx_names_the_problem(
     openapi: dict[str, Any], served_default: ServedExample, path: str, variant: str
 ) -> None:

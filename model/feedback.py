@@ -1,0 +1,109 @@
+"""Ground truth that arrives after the answer: the prediction id the APIs return, and the check of a
+``POST /feedback`` body. Pure functions; the service counts what passes (``model.monitoring``).
+
+Every ``/predict`` and ``/predict_proba`` answer carries the header ``X-Prediction-Id``:
+``<version>.<digest>``, the registered model version that answered and the first 24 hex chars of a
+SHA-256 over that version and the answers (class names, or numbers; for ``/predict_proba`` the most
+probable class per row). The service keeps nothing per request, so any worker or replica, even one
+serving a newer version, takes the feedback: its body names the id, the answers as they came back
+and the true values, row for row::
+
+    {"prediction_id": "3.5f0c...", "predictions": ["benign", "malignant"], "actuals": ["benign", "benign"]}
+
+The digest proves that these answers came from that version: feedback paired with the wrong id or
+edited answers is a 400, not a wrong quality metric. It is a check against mix-ups, not a secret:
+whoever may post feedback is trusted with the true values anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+
+PREDICTION_ID_HEADER = "X-Prediction-Id"
+DIGEST_LENGTH = 24
+# A registered model version is a number; "" when the served model names none (a local bento).
+_PREDICTION_ID = re.compile(rf"^(?P<version>[0-9]{{0,12}})\.(?P<digest>[0-9a-f]{{{DIGEST_LENGTH}}})$")
+_ASK = f"send the {PREDICTION_ID_HEADER} header of the /predict or /predict_proba answer"
+
+Answer = str | float
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A checked feedback body: the version that answered, and per row its answer and the truth."""
+
+    version: str
+    predictions: tuple[Answer, ...]
+    actuals: tuple[Answer, ...]
+
+
+def prediction_id(version: str, answers: Sequence[Answer]) -> str:
+    """The id of one answer of model ``version``: what ``/feedback`` takes back with the answers."""
+    return f"{version}.{_digest(version, answers)}"
+
+
+def _digest(version: str, answers: Sequence[Answer]) -> str:
+    payload = pydantic_core.to_json([version, list(answers)])
+    return hashlib.sha256(payload).hexdigest()[:DIGEST_LENGTH]
+
+
+def check_feedback(
+    prediction_id_: Any,
+    predictions: Sequence[Any],
+    actuals: Sequence[Any],
+    *,
+    class_names: Sequence[str] | None,
+    max_rows: int,
+) -> Feedback:
+    """The feedback body as ``Feedback``; a ValueError naming the field (and row) that is wrong.
+
+    ``class_names``: the classifier's classes (answers and truths must be among them); None for a
+    regressor (finite numbers). ``max_rows``: the service's row limit per request."""
+    match = _PREDICTION_ID.match(prediction_id_) if isinstance(prediction_id_, str) else None
+    if match is None:
+        raise ValueError(f"prediction_id {repr(prediction_id_)[:80]} is not a prediction id: {_ASK}")
+    if not predictions:
+        raise ValueError("predictions is empty: send the answers of the prediction, one per row")
+    if len(predictions) > max_rows:
+        raise ValueError(f"predictions has {len(predictions)} rows, over the limit of {max_rows}")
+    if len(actuals) != len(predictions):
+        raise ValueError(
+            f"actuals has {len(actuals)} values for {len(predictions)} predictions: "
+            "send one true value per row"
+        )
+    answers: tuple[Answer, ...]
+    truths: tuple[Answer, ...]
+    if class_names is None:
+        answers = tuple(_number(v, "predictions", i) for i, v in enumerate(predictions))
+        truths = tuple(_number(v, "actuals", i) for i, v in enumerate(actuals))
+    else:
+        known = frozenset(class_names)
+        answers = tuple(_class(v, "predictions", i, known, class_names) for i, v in enumerate(predictions))
+        truths = tuple(_class(v, "actuals", i, known, class_names) for i, v in enumerate(actuals))
+    version = match["version"]
+    if _digest(version, answers) != match["digest"]:
+        raise ValueError(
+            f"predictions are not the answers of prediction_id {prediction_id_!r}: send that answer's "
+            f"rows unchanged, in order, with the {PREDICTION_ID_HEADER} it came with"
+        )
+    return Feedback(version, answers, truths)
+
+
+def _number(value: Any, field: str, row: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{field}[{row}] is {repr(value)[:40]}: expected a finite number")
+    return float(value)
+
+
+def _class(value: Any, field: str, row: int, known: frozenset[str], names: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in known:
+        listed = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+        raise ValueError(f"{field}[{row}] is {repr(value)[:40]}: expected a class name ({listed})")
+    return value
