@@ -77,6 +77,9 @@ METRICS: tuple[str, ...] = (
     REFERENCE_QUALITY,
 )
 PREDICTION = "prediction"  # the key of the predictions in drift results
+# Distinct model versions one process counts feedback for: the label values stay bounded whatever
+# clients send (the served version and those before it still in their feedback window).
+MAX_FEEDBACK_VERSIONS = 16
 
 
 class Columns(Protocol):
@@ -151,6 +154,7 @@ class Monitor:
 
         self.service = service
         self.identity = identity
+        self._feedback_versions = {identity.version}
         self.classifier = profile.prediction.kind != NUMERIC
         by_version = [SERVICE_LABEL, "version"]
         if self.classifier:
@@ -189,8 +193,20 @@ class Monitor:
             logger.exception("monitoring: counting a request failed (the request itself was answered)")
 
     def observe_feedback(self, feedback: Feedback) -> None:
-        """Count checked ground truth (``model.feedback.check_feedback``) for the version that answered."""
+        """Count checked ground truth (``model.feedback.check_feedback``) for the version that answered.
+
+        The version is a label value a client chooses, so one process counts at most
+        MAX_FEEDBACK_VERSIONS of them (the served one among them); feedback for another is a
+        ValueError, counted nowhere."""
         version, service = feedback.version, self.service
+        if version not in self._feedback_versions:
+            if len(self._feedback_versions) >= MAX_FEEDBACK_VERSIONS:
+                raise ValueError(
+                    f"feedback for model version {version!r} refused: this service already counts feedback "
+                    f"for {MAX_FEEDBACK_VERSIONS} versions ({', '.join(sorted(self._feedback_versions))}); "
+                    "send the feedback of recent versions"
+                )
+            self._feedback_versions.add(version)
         if self.classifier:
             pairs: dict[tuple[str, str], int] = {}
             for answer, truth in zip(feedback.predictions, feedback.actuals, strict=True):

@@ -235,9 +235,9 @@ class _Served:
             checked = check_feedback(
                 prediction_id, predictions, actuals, class_names=classes, max_rows=max_rows_from_env()
             )
+            self.monitor.observe_feedback(checked)
         except ValueError as exc:
             raise BadInput(str(exc)) from exc
-        self.monitor.observe_feedback(checked)
         return {"rows": len(checked.actuals), "version": checked.version}
 
 

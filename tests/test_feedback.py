@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from model.feedback import PREDICTION_ID_HEADER, Feedback, check_feedback, prediction_id
-from model.monitoring import ModelIdentity, Monitor
+from model.monitoring import MAX_FEEDBACK_VERSIONS, ModelIdentity, Monitor
 from model.profile import ONLINE_METRICS, ProfileError, build_profile, load_profile
 from model.spec import Feature
 
@@ -153,6 +153,24 @@ def test_regressor_feedback_sums_absolute_and_squared_errors() -> None:
     assert 'model_feedback_squared_error_total{service_name="svc",version="3"} 10.0' in text
     assert 'model_reference_quality{metric="mae",service_name="svc"} 2.0' in text
     assert 'model_reference_quality{metric="rmse",service_name="svc"} 2.5' in text
+
+
+def test_one_process_counts_feedback_for_a_bounded_number_of_versions() -> None:
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry()
+    monitor = Monitor(profile_for("binary", {}), "svc", ModelIdentity("m", "3", "f" * 64), registry=registry)
+    others = [str(v) for v in range(100, 100 + MAX_FEEDBACK_VERSIONS - 1)]  # with "3": the limit
+    for version in ["3", *others]:
+        monitor.observe_feedback(Feedback(version, ("benign",), ("benign",)))
+    with pytest.raises(
+        ValueError, match=f"refused: this service already counts feedback for {MAX_FEEDBACK_VERSIONS}"
+    ):
+        monitor.observe_feedback(Feedback("999", ("benign",), ("benign",)))
+    monitor.observe_feedback(Feedback(others[0], ("benign",), ("malignant",)))  # a known one still counts
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'version="999"' not in text
+    assert f'model_feedback_total{{correct="false",service_name="svc",version="{others[0]}"}} 1.0' in text
 
 
 # ---- the held-out figures in the profile ---------------------------------------------------------------
