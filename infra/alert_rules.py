@@ -179,7 +179,10 @@ def rule_groups(
         return f"sum by ({by_version}) (increase({counter}{{{sel}{extra}}}[{fw}]))"
 
     def reference(metric: str) -> str:
-        return f'max by ({SERVICE_LABEL}) ({REFERENCE_QUALITY}{{{sel}, metric="{metric}"}})'
+        """The version's held-out figure; over the feedback window, so that a version no pod serves
+        any more keeps its reference while its feedback still counts."""
+        gauge = f'{REFERENCE_QUALITY}{{{sel}, metric="{metric}"}}'
+        return f"max by ({by_version}) (max_over_time({gauge}[{fw}]))"
 
     rows = f"({feedback_sum(FEEDBACK)} > 0)"  # no feedback in the window: no series, not NaN
     enough_feedback = f"and on ({by_version}) {feedback_sum(FEEDBACK)} >= {FEEDBACK_MIN_ROWS}"
@@ -260,7 +263,7 @@ def rule_groups(
             ),
             alert(
                 "ModelAccuracyDrop",
-                f"{FEEDBACK_ACCURACY}{{{sel}}}\n< on ({SERVICE_LABEL}) group_left ()\n"
+                f"{FEEDBACK_ACCURACY}{{{sel}}}\n< on ({by_version})\n"
                 f"({reference('accuracy')} - {t.accuracy_drop:g})\n{enough_feedback}",
                 "warning",
                 f"version {{{{ $labels.version }}}}: accuracy {{{{ $value | humanizePercentage }}}} on the "
@@ -268,7 +271,7 @@ def rule_groups(
             ),
             alert(
                 "ModelErrorRise",
-                f"{FEEDBACK_MAE}{{{sel}}}\n> on ({SERVICE_LABEL}) group_left ()\n"
+                f"{FEEDBACK_MAE}{{{sel}}}\n> on ({by_version})\n"
                 f"({reference('mae')} * {1 + t.error_increase:g})\n{enough_feedback}",
                 "warning",
                 f'version {{{{ $labels.version }}}}: mean absolute error {{{{ $value | printf "%.4g" }}}} on '

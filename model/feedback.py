@@ -10,9 +10,10 @@ and the true values, row for row::
 
     {"prediction_id": "3.5f0c...", "predictions": ["benign", "malignant"], "actuals": ["benign", "benign"]}
 
-The digest proves that these answers came from that version: feedback paired with the wrong id or
-edited answers is a 400, not a wrong quality metric. It is a check against mix-ups, not a secret:
-whoever may post feedback is trusted with the true values anyway.
+The digest ties the answers to the id: feedback paired with the wrong id or with edited answers is a
+400, not a wrong quality metric. It is a check against mix-ups, not a signature: the recipe is
+public, so whoever may post feedback (the serving namespace's network policy decides who reaches the
+service) is trusted with the ids as with the true values.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import pydantic_core
 PREDICTION_ID_HEADER = "X-Prediction-Id"
 DIGEST_LENGTH = 24
 # A registered model version is a number; "" when the served model names none (a local bento).
-_PREDICTION_ID = re.compile(rf"^(?P<version>[0-9]{{0,12}})\.(?P<digest>[0-9a-f]{{{DIGEST_LENGTH}}})$")
+# Canonical numbers only ("3", never "03"), so one version is one label value.
+_PREDICTION_ID = re.compile(rf"^(?P<version>0|[1-9][0-9]{{0,11}}|)\.(?P<digest>[0-9a-f]{{{DIGEST_LENGTH}}})$")
 _ASK = f"send the {PREDICTION_ID_HEADER} header of the /predict or /predict_proba answer"
 
 Answer = str | float
@@ -50,7 +52,9 @@ def prediction_id(version: str, answers: Sequence[Answer]) -> str:
 
 
 def _digest(version: str, answers: Sequence[Answer]) -> str:
-    payload = pydantic_core.to_json([version, list(answers)])
+    # -0.0 as 0.0: JavaScript's JSON.stringify(-0) sends "0" back.
+    canonical = [a + 0.0 if isinstance(a, float) else a for a in answers]
+    payload = pydantic_core.to_json([version, canonical])
     return hashlib.sha256(payload).hexdigest()[:DIGEST_LENGTH]
 
 
@@ -97,9 +101,16 @@ def check_feedback(
 
 
 def _number(value: Any, field: str, row: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{field}[{row}] is {repr(value)[:40]}: expected a finite number")
-    return float(value)
+    problem = ValueError(f"{field}[{row}] is {repr(value)[:40]}: expected a finite number")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise problem
+    try:
+        number = float(value)  # a JSON integer can be beyond any float
+    except OverflowError:
+        raise problem from None
+    if not math.isfinite(number):
+        raise problem
+    return number
 
 
 def _class(value: Any, field: str, row: int, known: frozenset[str], names: Sequence[str]) -> str:

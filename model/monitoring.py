@@ -19,8 +19,8 @@ Metric names (``METRICS``; every series carries ``service_name``, the label Bent
   ``model_feedback_total{version,correct}`` rows and
   ``model_feedback_confusion_total{version,predicted,actual}`` (classifiers), or
   ``model_feedback_total{version}``, ``model_feedback_absolute_error_total{version}`` and
-  ``model_feedback_squared_error_total{version}`` (regressors); ``model_reference_quality{metric}``
-  gauges, the held-out figures of the served model to compare them with (``Profile.quality``)
+  ``model_feedback_squared_error_total{version}`` (regressors); ``model_reference_quality{version,
+  metric}`` gauges, the held-out figures of the served version to compare them with (``Profile.quality``)
 
 BentoML runs the service in several worker processes and serves ``/metrics`` from
 ``prometheus_client``'s multiprocess collector (``PROMETHEUS_MULTIPROC_DIR``, set for each worker
@@ -80,6 +80,7 @@ PREDICTION = "prediction"  # the key of the predictions in drift results
 # Distinct model versions one process counts feedback for: the label values stay bounded whatever
 # clients send (the served version and those before it still in their feedback window).
 MAX_FEEDBACK_VERSIONS = 16
+MAX_PRECREATED_CELLS = 100  # confusion cells made at start (classes squared), for up to 10 classes
 
 
 class Columns(Protocol):
@@ -154,7 +155,6 @@ class Monitor:
 
         self.service = service
         self.identity = identity
-        self._feedback_versions = {identity.version}
         self.classifier = profile.prediction.kind != NUMERIC
         by_version = [SERVICE_LABEL, "version"]
         if self.classifier:
@@ -162,20 +162,23 @@ class Monitor:
                                      "right", [*by_version, "correct"], **reg)  # fmt: skip
             self._confusion = counter(_counter_name(FEEDBACK_CONFUSION), "Feedback rows per answered and "
                                       "true class", [*by_version, "predicted", "actual"], **reg)  # fmt: skip
-            for correct in ("true", "false"):
-                self._feedback.labels(service, identity.version, correct)
+            names = [str(c) for c in profile.prediction.categories]
+            # The served version's confusion cells from the start too, where they are few.
+            self._cells = (
+                [(a, t) for a in names for t in names] if len(names) ** 2 <= MAX_PRECREATED_CELLS else []
+            )
         else:
             self._feedback = counter(_counter_name(FEEDBACK), "Feedback rows", by_version, **reg)
             self._absolute = counter(_counter_name(FEEDBACK_ABSOLUTE_ERROR), "Sum of |answer - truth| over "
                                      "feedback rows", by_version, **reg)  # fmt: skip
             self._squared = counter(_counter_name(FEEDBACK_SQUARED_ERROR), "Sum of (answer - truth)^2 over "
                                     "feedback rows", by_version, **reg)  # fmt: skip
-            for family in (self._feedback, self._absolute, self._squared):
-                family.labels(service, identity.version)
-        quality = gauge(REFERENCE_QUALITY, "Held-out metric of the served model, for the feedback figures",
-                        [SERVICE_LABEL, "metric"], multiprocess_mode="max", **reg)  # fmt: skip
+        self._feedback_versions: set[str] = set()
+        self._admit(identity.version)
+        quality = gauge(REFERENCE_QUALITY, "Held-out metric of the served model version, for the feedback "
+                        "figures", [*by_version, "metric"], multiprocess_mode="max", **reg)  # fmt: skip
         for metric, value in profile.quality.items():
-            quality.labels(service, metric).set(value)
+            quality.labels(service, identity.version, metric).set(value)
 
     def observe(self, columns: Columns, predictions: Sequence[Any] | np.ndarray) -> None:
         """Count one request's (or batch's) values: ``columns[name]`` per feature, and the answers
@@ -192,6 +195,19 @@ class Monitor:
         except Exception:
             logger.exception("monitoring: counting a request failed (the request itself was answered)")
 
+    def _admit(self, version: str) -> None:
+        """Create a version's feedback series at 0 before its first rows: ``increase()`` misses the
+        increment of a series that appears with it."""
+        self._feedback_versions.add(version)
+        if self.classifier:
+            for correct in ("true", "false"):
+                self._feedback.labels(self.service, version, correct)
+            for answer, truth in self._cells if version == self.identity.version else []:
+                self._confusion.labels(self.service, version, answer, truth)
+        else:
+            for family in (self._feedback, self._absolute, self._squared):
+                family.labels(self.service, version)
+
     def observe_feedback(self, feedback: Feedback) -> None:
         """Count checked ground truth (``model.feedback.check_feedback``) for the version that answered.
 
@@ -206,7 +222,7 @@ class Monitor:
                     f"for {MAX_FEEDBACK_VERSIONS} versions ({', '.join(sorted(self._feedback_versions))}); "
                     "send the feedback of recent versions"
                 )
-            self._feedback_versions.add(version)
+            self._admit(version)
         if self.classifier:
             pairs: dict[tuple[str, str], int] = {}
             for answer, truth in zip(feedback.predictions, feedback.actuals, strict=True):

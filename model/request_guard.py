@@ -86,7 +86,7 @@ def media_type_problem(content_type: bytes | None, content_encoding: bytes | Non
         return None
     media, _, params = content_type.decode("latin-1").partition(";")
     if media.strip().lower() != JSON_MEDIA_TYPE:
-        return f'Content-Type {media.strip()!r} is not accepted: send {JSON_MEDIA_TYPE} ({{"rows": [...]}})'
+        return f"Content-Type {media.strip()!r} is not accepted: send {JSON_MEDIA_TYPE} (a JSON object)"
     for param in params.split(";"):
         key, _, value = param.partition("=")
         if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):

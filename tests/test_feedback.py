@@ -41,6 +41,11 @@ def test_feedback_with_its_id_is_taken_for_the_version_that_answered() -> None:
     )
 
 
+def test_negative_zero_comes_back_as_zero_from_javascript() -> None:
+    pid = prediction_id("2", [-0.0, 1.5])
+    assert check(pid, [0, 1.5], [0.0, 1.0], classes=None).predictions == (0.0, 1.5)
+
+
 def test_regression_feedback_survives_the_json_round_trip_of_its_numbers() -> None:
     answers = [151.2, 1e16, 3.0, -0.1]
     pid = prediction_id("2", answers)
@@ -57,6 +62,8 @@ def test_regression_feedback_survives_the_json_round_trip_of_its_numbers() -> No
         (12, ["benign"], ["benign"], CLASSES, f"send the {PREDICTION_ID_HEADER} header"),
         ("3.abc", ["benign"], ["benign"], CLASSES, "'3.abc' is not a prediction id"),
         ("v3." + "0" * 24, ["benign"], ["benign"], CLASSES, "is not a prediction id"),
+        ("03." + "0" * 24, ["benign"], ["benign"], CLASSES, "is not a prediction id"),  # one spelling each
+        ("ID", [1.0], [10**400], None, "actuals[0] is 1000"),  # beyond any float: a 400, not a crash
         ("ID", [], [], CLASSES, "predictions is empty"),
         ("ID", ["benign"] * 6, ["benign"] * 6, CLASSES, "predictions has 6 rows, over the limit of 5"),
         ("ID", ["benign", "benign"], ["benign"], CLASSES, "actuals has 1 values for 2 predictions"),
@@ -135,7 +142,7 @@ def test_classifier_feedback_counts_right_and_wrong_rows_and_the_confusion_per_v
     assert 'model_feedback_total{correct="true",service_name="svc",version="2"} 1.0' in text
     confusion = 'model_feedback_confusion_total{actual="benign",predicted="malignant",service_name="svc",'
     assert confusion + 'version="3"} 1.0' in text
-    assert 'model_reference_quality{metric="accuracy",service_name="svc"} 0.93' in text
+    assert 'model_reference_quality{metric="accuracy",service_name="svc",version="3"} 0.93' in text
     assert 'metric="f1"' not in text  # only what feedback can measure again
 
 
@@ -151,8 +158,21 @@ def test_regressor_feedback_sums_absolute_and_squared_errors() -> None:
     assert 'model_feedback_total{service_name="svc",version="3"} 3.0' in text
     assert 'model_feedback_absolute_error_total{service_name="svc",version="3"} 4.0' in text
     assert 'model_feedback_squared_error_total{service_name="svc",version="3"} 10.0' in text
-    assert 'model_reference_quality{metric="mae",service_name="svc"} 2.0' in text
-    assert 'model_reference_quality{metric="rmse",service_name="svc"} 2.5' in text
+    assert 'model_reference_quality{metric="mae",service_name="svc",version="3"} 2.0' in text
+    assert 'model_reference_quality{metric="rmse",service_name="svc",version="3"} 2.5' in text
+
+
+def test_a_version_s_series_exist_at_zero_before_its_first_rows() -> None:
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry()
+    monitor = Monitor(profile_for("binary", {}), "svc", ModelIdentity("m", "3", "f" * 64), registry=registry)
+    monitor.observe_feedback(Feedback("2", ("benign",), ("benign",)))  # an older version, all right
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'model_feedback_total{correct="false",service_name="svc",version="2"} 0.0' in text
+    cell = 'model_feedback_confusion_total{actual="malignant",predicted="benign",service_name="svc",'
+    cell += 'version="3"} 0.0'
+    assert cell in text  # the served version's confusion cells, from the start
 
 
 def test_one_process_counts_feedback_for_a_bounded_number_of_versions() -> None:

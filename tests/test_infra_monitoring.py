@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from infra import alert_rules
-from infra.alert_rules import AlertThresholds, Rule, RuleGroup, rule_as_dict
+from infra.alert_rules import AlertThresholds, Rule, RuleGroup, rule_as_dict, rule_groups
 from infra.monitoring import (
     ADDON_NAMESPACE,
     SCRAPER_LABELS,
@@ -473,3 +473,16 @@ def test_the_pack_blocks_the_cluster_without_the_addon() -> None:
     ]
     violations = evaluate(subjects, stack="dev", config=load_pack_config(stack_config_path("dev")))
     assert [v.policy for v in violations] == ["aks-managed-prometheus"]
+
+
+# Azure Monitor's service limits for managed Prometheus: at most 20 rules in one rule group.
+AZURE_RULES_PER_GROUP = 20
+
+
+def test_every_rule_group_fits_azure_s_limit_of_rules_per_group() -> None:
+    for groups in (
+        rule_groups("cancer_classifier", AlertThresholds()),
+        rule_groups("cancer_classifier", AlertThresholds(), namespace="models"),
+    ):
+        for group in groups:
+            assert len(group.rules) <= AZURE_RULES_PER_GROUP, (group.name, len(group.rules))

@@ -367,7 +367,9 @@ def test_feedback_counts_for_the_version_that_answered_and_fires_the_accuracy_al
     }
     assert counted == {"true": FEEDBACK_ROWS - WRONG_ROWS, "false": WRONG_ROWS}  # once, not per bad try
     reference = samples(text, monitoring.REFERENCE_QUALITY)
-    assert [labels["metric"] for labels, _ in reference] == ["accuracy"]
+    assert [(labels["metric"], labels["version"]) for labels, _ in reference] == [
+        ("accuracy", trained.version)
+    ]
     held_out = reference[0][1]
     assert held_out == pytest.approx(trained.metrics["accuracy"])
 

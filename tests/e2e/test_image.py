@@ -196,6 +196,21 @@ def test_metrics_endpoint_counts_requests(serving: RunningContainer) -> None:
     assert "request" in metrics.text and "_total" in metrics.text
 
 
+def test_the_image_user_records_the_model_creation_day_not_the_build_day(
+    engine: DockerEngine, build_context: BuildContext, built_image_id: str
+) -> None:
+    """/etc/shadow's last-change day of the image's user is the day the model was created
+    (model.bento.pin_user_creation_day): the base image's useradd takes it from SOURCE_DATE_EPOCH."""
+    from model.bento import _mlmodel_creation_time
+
+    created = _mlmodel_creation_time(next(build_context.path.glob("models/*/*/mlflow_model")))
+    shadow = docker(
+        engine, ["run", "--rm", "--user", "0", "--entrypoint", "cat", built_image_id, "/etc/shadow"]
+    ).stdout
+    entry = next(line for line in shadow.splitlines() if line.startswith("bentoml:"))
+    assert entry.split(":")[2] == str(int(created.timestamp()) // 86_400), entry
+
+
 def test_same_fingerprint_rebuilds_to_the_same_content(
     engine: DockerEngine,
     build_context: BuildContext,
