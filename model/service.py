@@ -40,6 +40,7 @@ from typing import Annotated, Any, cast
 import bentoml
 import numpy as np
 import pydantic_core
+from bentoml._internal.server.http import traffic as _bentoml_traffic
 from bentoml.exceptions import BadInput
 from pydantic import AfterValidator
 
@@ -57,7 +58,7 @@ from model.feedback import PREDICTION_ID_HEADER, check_feedback
 from model.feedback import prediction_id as prediction_id_of
 from model.monitoring import monitor_for
 from model.predictor import predictor_for
-from model.request_guard import RequestGuard
+from model.request_guard import RequestGuard, RequestTimeout
 from model.validation import DEFAULT_MAX_ROWS, Batch, RowSchema, overflow_problem, validate_batch
 
 DEFAULT_MODEL_TAG = "model:latest"
@@ -284,6 +285,11 @@ class Regressor(_Served):
         answers = [float(value) for value in self._scored(batch, "predict").tolist()]
         return self._answered(answers, batch, answers)
 
+
+# BentoML 1.4 builds its ``traffic.timeout`` middleware from this module attribute when a worker makes
+# the app (bentoml._internal.server.base_app.BaseAppFactory.middlewares): the same 504 after the
+# timeout, without the uncancelled per-request timer (model.request_guard.RequestTimeout).
+_bentoml_traffic.TimeoutMiddleware = RequestTimeout  # type: ignore[misc,assignment]
 
 for _service in (Classifier, Regressor):
     cast(Any, _service).add_asgi_middleware(

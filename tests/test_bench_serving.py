@@ -39,6 +39,7 @@ from tools.bench_servers import (
     mlflow_body,
     mlserver_answers,
     mlserver_body_for,
+    mlserver_model,
     project_answers,
     project_body,
 )
@@ -218,6 +219,52 @@ def test_every_peer_gets_the_same_rows_in_its_own_protocol() -> None:
     assert mlflow_answers({"predictions": [0, 1]}) == 2 and mlflow_answers([0]) == -1
     assert mlserver_answers({"outputs": [{"shape": [2, 1], "data": [0, 1]}]}) == 2
     assert mlserver_answers({"error": "x"}) == -1
+
+
+def _fitted_on_a_frame(columns: list[str]) -> object:
+    import numpy as np
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(60, len(columns))), columns=columns)
+    pipeline = Pipeline(
+        [
+            ("preprocess", ColumnTransformer([("numeric", StandardScaler(), columns)])),
+            ("estimator", LogisticRegression()),
+        ]
+    )
+    return pipeline.fit(frame, (frame[columns[0]] > 0).astype(int))
+
+
+def test_mlserver_gets_the_same_fitted_steps_on_one_fp64_tensor() -> None:
+    import numpy as np
+    import pandas as pd
+
+    names = ["b", "a", "c"]
+    pipeline = _fitted_on_a_frame(names)
+    served, body, how = mlserver_model(pipeline, [(n, "double") for n in names])
+    assert "FP64 tensor [rows, 3]" in how
+    rows = [{"a": 0.5, "b": -1.0, "c": 2}, {"a": -0.25, "b": 1.5, "c": 0.0}]
+    (tensor,) = json.loads(body(rows))["inputs"]
+    assert (tensor["datatype"], tensor["shape"]) == ("FP64", [2, 3])
+    assert tensor["data"] == [-1.0, 0.5, 2.0, 1.5, -0.25, 0.0]  # row by row, signature order
+    array = np.array(tensor["data"]).reshape(tensor["shape"])
+    frame = pd.DataFrame.from_records(rows, columns=names)
+    assert served.predict(array).tolist() == pipeline.predict(frame).tolist()
+    np.testing.assert_allclose(served.predict_proba(array), pipeline.predict_proba(frame), rtol=1e-12)
+
+
+def test_mlserver_keeps_the_frame_form_when_a_feature_is_not_a_double() -> None:
+    names = ["b", "a"]
+    pipeline = _fitted_on_a_frame(names)
+    columns = [("b", "double"), ("a", "long")]
+    served, body, how = mlserver_model(pipeline, columns)
+    assert served is pipeline and "pandas" in how
+    assert json.loads(body([{"a": 1, "b": 0.5}]))["parameters"] == {"content_type": "pd"}
 
 
 def test_sampler_sums_cpu_and_memory_over_a_process_tree() -> None:

@@ -7,6 +7,7 @@ pid. The request validator (model.validation) is also tested on its own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import requests
 from model.bento import BuildContext, export_build_context
 from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG_ENV, READINESS_PATH
 from model.predictor import ArrayPredictor, FramePredictor, predictor_for, probe_columns
-from model.request_guard import RequestGuard
+from model.request_guard import RequestGuard, RequestTimeout
 from model.train import TrainResult, load_heldout
 from model.validation import COLUMN_DTYPES, RequestValidationError, RowSchema, validate_batch, validate_rows
 from tests.conftest import REPO_ROOT, SERVING_MODEL_NAME
@@ -187,7 +188,6 @@ def _through_guard(
     headers: list[tuple[bytes, bytes]], chunks: list[bytes], path: str = "/predict"
 ) -> tuple[int, bytes]:
     """Status and body the guard (limit 10 bytes) answers; the inner app echoes the body it read."""
-    import asyncio
 
     async def echo(scope: Any, receive: Any, send: Any) -> None:
         body = b""
@@ -216,6 +216,43 @@ def _through_guard(
 
 
 JSON = (b"content-type", b"application/json")
+
+
+def _through_timeout(app: Any, timeout: float) -> tuple[list[dict[str, Any]], int]:
+    """The messages ``RequestTimeout(app)`` sends, and the timers left in the loop afterwards."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> int:
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+        await RequestTimeout(app, timeout)(scope, receive, send)
+        loop: Any = asyncio.get_running_loop()
+        return sum(1 for handle in loop._scheduled if not handle.cancelled())
+
+    return sent, asyncio.run(run())
+
+
+def test_timeout_answers_and_leaves_no_timer_behind() -> None:
+    async def quick(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent, live_timers = _through_timeout(quick, timeout=60)
+    assert [m.get("status") for m in sent] == [200, None] and sent[1]["body"] == b"ok"
+    assert live_timers == 0  # BentoML's own left one per request for 60 s
+
+
+def test_timeout_answers_504_to_a_request_with_no_answer_in_time() -> None:
+    async def stuck(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(30)
+
+    sent, _ = _through_timeout(stuck, timeout=0.05)
+    assert sent[0]["status"] == 504 and b"in 0.05 seconds" in sent[1]["body"]
 
 
 def test_guard_refuses_a_declared_length_over_the_limit_unread() -> None:
@@ -585,7 +622,10 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
         " 'bento_model': s.Classifier.inner.bento_model is s.SERVED_MODEL,"
         " 'models': [str(m.tag) for m in s.Classifier.models],"
         " 'names': [s.Classifier.name, s.Regressor.name],"
-        " 'apis': [sorted(s.Classifier.apis), sorted(s.Regressor.apis)]}))"
+        " 'apis': [sorted(s.Classifier.apis), sorted(s.Regressor.apis)],"
+        " 'timeout_middleware': [m.cls.__qualname__ for m in __import__('bentoml._internal.server.base_app',"
+        " fromlist=['x']).BaseAppFactory.middlewares.fget(__import__('types').SimpleNamespace("
+        "timeout=60, max_concurrency=None))]}))"
     )
     tag = "env_chosen_model:0123abcd"
     env = {**os.environ, MODEL_TAG_ENV: tag, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
@@ -601,3 +641,5 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     assert seen["models"] == [tag]
     assert seen["names"] == ["env_chosen_model", "env_chosen_model"]  # the service is named after the model
     assert seen["apis"] == [["feedback", "predict", "predict_proba"], ["feedback", "predict"]]
+    # BentoML makes its traffic.timeout middleware from the class model.service put in its place.
+    assert seen["timeout_middleware"] == ["RequestTimeout"]

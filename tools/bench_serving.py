@@ -10,7 +10,8 @@ chart and the README's table.
    bento with the Deployment's worker count, or with ``--image`` the serving image as the pod runs
    it: read-only, uid 1034, the Deployment's CPU and memory limits), ``mlflow models serve``
    (--env-manager local, as many workers), MLServer + its scikit-learn runtime (one process,
-   ``parallel_workers: 0``), all on the same rows (the spec's data, cycled).
+   ``parallel_workers: 0``, ``debug: false``, an FP64 tensor when the pipeline allows it:
+   ``tools.bench_servers``), all on the same rows (the spec's data, cycled).
 3. Per server: a warm-up, then wrk at 1, 8 and 32 connections with single rows and 8 with 100-row
    requests; server CPU and peak memory summed over its process tree from /proc. Then the floor: the
    fitted pipeline called in this process (on a pandas frame, and as the service calls it).
@@ -290,7 +291,13 @@ def docker_resource_args(workers: int, cpu_limit: str, memory_limit: str) -> lis
 
 
 def server_contexts(
-    args: argparse.Namespace, ctx: Any, model_dir: Path, spec: Any, schema: Any, work: Path
+    args: argparse.Namespace,
+    ctx: Any,
+    model_dir: Path,
+    spec: Any,
+    schema: Any,
+    work: Path,
+    notes: dict[str, str],  # filled: how a server is set up, where the report says it
 ) -> Iterator[
     tuple[str, AbstractContextManager[tuple[int, str]], Callable[..., bytes], Callable[[Any], int]]
 ]:
@@ -314,8 +321,9 @@ def server_contexts(
         import mlflow.pyfunc
 
         pipeline = mlflow.pyfunc.load_model(str(model_dir)).get_raw_model()
-        cm = s.mlserver(pipeline, spec.name, work, logs, say)
-        yield MLSERVER, cm, s.mlserver_body_for(schema.columns), s.mlserver_answers
+        served, body, notes[MLSERVER] = s.mlserver_model(pipeline, schema.columns)
+        cm = s.mlserver(served, spec.name, work, logs, say)
+        yield MLSERVER, cm, body, s.mlserver_answers
 
 
 def write_png(report: Report, path: Path) -> None:
@@ -392,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, _ = sample_rows(spec, None, SAMPLE_ROWS)
     results: list[Measured] = []
     servers: list[str] = []
-    for name, cm, body, answers in server_contexts(args, ctx, model_dir, spec, schema, WORK_DIR):
+    setups: dict[str, str] = {}
+    for name, cm, body, answers in server_contexts(args, ctx, model_dir, spec, schema, WORK_DIR, setups):
         say(f"starting {name}")
         with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
             pid, url = stack.enter_context(cm)
@@ -411,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the same rows for every server.",
         f"This project: {where}, {workers} workers (the Deployment's CPU limit {cpu_limit}, "
         f"memory {memory_limit}); `mlflow models serve --env-manager local -w {workers}`; "
-        "MLServer with `parallel_workers: 0`.",
+        "MLServer: one process (`parallel_workers: 0`, faster here than 1 or 2 inference workers), "
+        "`debug: false` (no access log), metrics on, " + setups.get(MLSERVER, "not run") + ".",
         f"Host load average (1 min) at the start and end of the run: {load_before:.1f} / {load_after:.1f} "
         f"on {os.cpu_count()} CPUs"
         + (": other processes took CPU from every server alike" if busy else "")
@@ -424,8 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_png(report, args.png)
     if not args.no_readme and README.is_file():
         readme = README.read_text()
-        body = text.split("\n", 2)[2] + f"\n![serving benchmark]({args.png.relative_to(REPO_ROOT)})\n"
-        README.write_text(replace_section(readme, README_BEGIN, README_END, body))
+        section = text.split("\n", 2)[2] + f"\n![serving benchmark]({args.png.relative_to(REPO_ROOT)})\n"
+        README.write_text(replace_section(readme, README_BEGIN, README_END, section))
     print(text)
     errors = sum(m.load.errors for m in results)
     if errors:
