@@ -112,11 +112,14 @@ STACK ?= dev
 mlflow-ui: $(STAMP)
 	$(PY) -m tools.mlflow_ui --stack $(STACK) $(if $(MLFLOW_UI_PORT),--port $(MLFLOW_UI_PORT))
 
-## make bench [IMAGE=ref]: after `make demo`, the demo's model served by this project, `mlflow models
-## serve` and MLServer, loaded by wrk; writes benchmarks/results/latest.md, docs/img/bench_serving.png
-## and the README's table. IMAGE benchmarks that serving image, run as the pod runs it (needs Docker).
+## make bench [IMAGE=ref | CONTAINER=1]: after `make demo`, the demo's model served by this project,
+## `mlflow models serve` and MLServer, loaded by wrk; writes benchmarks/results/latest.md,
+## docs/img/bench_serving.png and the README's table. IMAGE benchmarks that serving image, run as the
+## pod runs it; CONTAINER=1 builds the demo model's image first and writes
+## benchmarks/results/container.md and docs/img/bench_serving_container.png (both need Docker).
 bench: system-deps $(STAMP)
-	$(PY) -m tools.bench_serving $(if $(IMAGE),--image "$(IMAGE)")
+	$(PY) -m tools.bench_serving $(if $(IMAGE),--image "$(IMAGE)") $(if $(CONTAINER),--container \
+	  --out benchmarks/results/container.md --png docs/img/bench_serving_container.png --no-readme)
 
 ## make bench-image: image size + cold start of the last e2e image (needs Docker)
 bench-image: system-deps $(STAMP)

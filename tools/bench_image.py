@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.bench_servers import BENCH_ENGINE_DIR
 from tools.container_run import image_size_bytes, remove_container, start_serving
 from tools.docker_env import DockerEngine, docker, docker_engine, free_port
 
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
     image = args.image or last_e2e_image()
-    with docker_engine(REPO_ROOT / ".build" / "bench-dockerd", lambda m: print(m, file=sys.stderr)) as engine:
+    with docker_engine(BENCH_ENGINE_DIR, lambda m: print(m, file=sys.stderr)) as engine:
         if docker(engine, ["image", "inspect", image], check=False).returncode != 0:
             raise SystemExit(
                 f"image {image!r} is not in the Docker engine: build it (make e2e) or pass --image"

@@ -30,6 +30,8 @@ from typing import Any, cast
 from tools.processes import LOOPBACK, bentoml_serve_command, free_port, running
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The Docker engine the benchmarks start (its data root), where a benchmarked image must be.
+BENCH_ENGINE_DIR = REPO_ROOT / ".build" / "bench-dockerd"
 MLSERVER_VERSION = "1.7.1"
 MLSERVER_VENV = REPO_ROOT / ".cache" / "bench-mlserver"
 # The model's own numeric stack goes in beside MLServer, so it unpickles the same fitted pipeline.
@@ -160,7 +162,7 @@ def project_container(
     from tools.container_run import remove_container, start_serving
     from tools.docker_env import docker, docker_engine
 
-    with docker_engine(REPO_ROOT / ".build" / "bench-dockerd", progress) as engine:
+    with docker_engine(BENCH_ENGINE_DIR, progress) as engine:
         if docker(engine, ["image", "inspect", image], check=False).returncode != 0:
             raise SystemExit(
                 f"image {image!r} is not in the Docker engine: build it (make e2e) or pass --image"

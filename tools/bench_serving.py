@@ -207,9 +207,11 @@ def measure_server(
 # ---- the model -------------------------------------------------------------------------------------
 
 
-def prepared_model(spec_path: Path, work: Path) -> tuple[Any, Any, Path]:
-    """(spec, build context, MLflow model folder): the demo's registered model and its bento."""
+def prepared_model(spec_path: Path, work: Path, base_image: str | None = None) -> tuple[Any, Any, Path]:
+    """(spec, build context, MLflow model folder): the demo's registered model and its bento
+    (on ``base_image`` when given, else the service's default base)."""
     from model.bento import export_build_context
+    from model.container import DEFAULT_BASE_IMAGE
     from model.spec import load_spec
     from model.train import TrainConfig, train_and_register
     from tools.processes import free_port, running_mlflow_server
@@ -228,10 +230,28 @@ def prepared_model(spec_path: Path, work: Path) -> tuple[Any, Any, Path]:
         say(f"model {result.model_uri} ({'reused' if result.reused else 'trained'})")
         ctx = export_build_context(
             result.model_uri, result.fingerprint, work / "build-context", tracking_uri=uri,
-            bentoml_home=DEMO_DIR / "bentoml",
+            bentoml_home=DEMO_DIR / "bentoml", base_image=base_image or DEFAULT_BASE_IMAGE,
         )  # fmt: skip
     name, version = ctx.model_tag.split(":")
     return spec, ctx, ctx.path / "models" / name / version / "mlflow_model"
+
+
+def built_image(spec_path: Path, work: Path) -> tuple[Any, Any, Path, str]:
+    """``prepared_model`` exported on the Debian stand-in base (tools.base_image: the harness's
+    offline base for air-gapped builds) and built in the benchmark's Docker engine, the engine
+    ``--image`` runs in; returns its tag last. The build context and the Dockerfile are the product's."""
+    from tools.base_image import ensure_standin
+    from tools.bench_servers import BENCH_ENGINE_DIR
+    from tools.container_run import build_image
+    from tools.docker_env import docker_engine
+
+    with docker_engine(BENCH_ENGINE_DIR, say) as engine:
+        base = ensure_standin(engine, work / "standin", say)
+        spec, ctx, model_dir = prepared_model(spec_path, work, base_image=base)
+        tag = f"bench/{ctx.image_name}:{ctx.image_tag}"
+        build_image(engine, ctx.path, ctx.dockerfile, tag, work / "logs" / "image-build.log",
+                    environ=dict(os.environ), progress=say)  # fmt: skip
+    return spec, ctx, model_dir, tag
 
 
 def floors(model_dir: Path, rows: Sequence[dict[str, object]], schema: Any) -> list[Floor]:
@@ -369,6 +389,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--image", help="benchmark this serving image (as the pod runs it) instead of bentoml serve"
     )
+    parser.add_argument(
+        "--container",
+        action="store_true",
+        help="build the demo model's serving image (the product's build context and Dockerfile) and "
+        "benchmark it as the pod runs it",
+    )
     parser.add_argument("--duration", type=float, default=10, help="seconds per scenario (default 10)")
     parser.add_argument(
         "--only", nargs="+", choices=sorted(SERVER_KEYS), default=list(SERVER_KEYS), help="servers to run"
@@ -381,6 +407,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-readme", action="store_true", help="do not rewrite the README's benchmark table"
     )
     args = parser.parse_args(argv)
+    if args.container and args.image:
+        parser.error("--container builds the image it benchmarks: pass --container or --image, not both")
     if args.duration <= 0:
         parser.error(f"--duration must be positive, got {args.duration}")
     return args
@@ -395,7 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"{WRK} is missing: `make system-deps` installs Debian's wrk")
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
-    spec, ctx, model_dir = prepared_model(args.spec, WORK_DIR)
+    if args.container:
+        spec, ctx, model_dir, args.image = built_image(args.spec, WORK_DIR)
+    else:
+        spec, ctx, model_dir = prepared_model(args.spec, WORK_DIR)
     schema = contract_from_mlmodel(str(model_dir)).schema
     rows, _ = sample_rows(spec, None, SAMPLE_ROWS)
     results: list[Measured] = []
