@@ -5,7 +5,8 @@ filesystem with emptyDirs at model.container.WRITABLE_PATHS, no capabilities, Ru
 seccomp, requests/limits, startup/readiness/liveness probes on BentoML's endpoints, rolling update
 with maxUnavailable 0, Prometheus scrape annotations), Service (ClusterIP unless config allows a
 LoadBalancer), HorizontalPodAutoscaler, PodDisruptionBudget and NetworkPolicies (default deny, allow
-ingress to the model port). pulumi_kubernetes waits for the rollout to be ready.
+ingress to the model port), and the Secret holding the stack's prediction id key (model.feedback),
+mounted read-only as a file. pulumi_kubernetes waits for the rollout to be ready.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from infra import podsecurity
 from infra.image import require_digest_ref
 from infra.settings import Settings
+from infra.tracking_stores import secret
 from model import container
 
 APP = "model-server"
@@ -48,12 +51,33 @@ def workers_for_cpu_limit(cpu_limit: str) -> int:
     return max(1, int(cpu_cores(cpu_limit)))
 
 
+FEEDBACK_KEY_SECRET = f"{APP}-feedback-key"  # the Secret (in the serving namespace) and its one key
+FEEDBACK_KEY_NAME = "key"
+FEEDBACK_KEY_VOLUME = "feedback-key"
+
+
 def serving_env(settings: Settings) -> dict[str, str]:
-    """The serving container's environment: the runtime contract and the worker count."""
+    """The serving container's environment: the runtime contract, the worker count, where the
+    prediction id key is mounted."""
     return {
         **container.RUNTIME_ENV,
         container.WORKERS_ENV: str(workers_for_cpu_limit(settings.serving.cpu_limit)),
+        container.FEEDBACK_KEY_FILE_ENV: container.FEEDBACK_KEY_FILE,
     }
+
+
+def feedback_key_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volume_mount): the key Secret as a read-only file at model.container.FEEDBACK_KEY_FILE."""
+    volume = {
+        "name": FEEDBACK_KEY_VOLUME,
+        "secret": {
+            "secret_name": FEEDBACK_KEY_SECRET,
+            "items": [{"key": FEEDBACK_KEY_NAME, "path": container.FEEDBACK_KEY_FILE.rsplit("/", 1)[1]}],
+            "default_mode": 0o444,
+        },
+    }
+    mount = {"name": FEEDBACK_KEY_VOLUME, "mount_path": container.FEEDBACK_KEY_DIR, "read_only": True}
+    return volume, mount
 
 
 def pod_spec(settings: Settings, image_ref: pulumi.Input[str], service_account: str) -> dict[str, Any]:
@@ -63,6 +87,8 @@ def pod_spec(settings: Settings, image_ref: pulumi.Input[str], service_account: 
     """
     s = settings.serving
     volumes, mounts = podsecurity.empty_dir_volumes(container.WRITABLE_PATHS)
+    key_volume, key_mount = feedback_key_volume()
+    volumes, mounts = [*volumes, key_volume], [*mounts, key_mount]
     return {
         "service_account_name": service_account,
         "automount_service_account_token": False,
@@ -138,6 +164,17 @@ class ModelServing(pulumi.ComponentResource):
             automount_service_account_token=False,
             opts=opts_ns,
         )
+        # One key per stack, kept across ups: replacing it makes the ids clients hold unverifiable.
+        key = random.RandomPassword(
+            f"{name}-feedback-key", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
+        key_secret = k8s.core.v1.Secret(
+            f"{name}-feedback-key",
+            metadata={"name": FEEDBACK_KEY_SECRET, "namespace": ns, "labels": labels},
+            type="Opaque",
+            string_data={FEEDBACK_KEY_NAME: secret(key.result)},  # a secret in the state, too
+            opts=opts_ns,
+        )
         annotations = {
             "prometheus.io/scrape": "true",
             "prometheus.io/port": str(container.SERVICE_PORT),
@@ -169,7 +206,9 @@ class ModelServing(pulumi.ComponentResource):
             # replicas belong to the HPA after the first rollout
             opts=pulumi.ResourceOptions.merge(
                 opts_ns,
-                pulumi.ResourceOptions(depends_on=[namespace, account], ignore_changes=["spec.replicas"]),
+                pulumi.ResourceOptions(
+                    depends_on=[namespace, account, key_secret], ignore_changes=["spec.replicas"]
+                ),
             ),
         )
         service = k8s.core.v1.Service(

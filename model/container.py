@@ -44,6 +44,10 @@ MAX_ROWS_ENV = "SERVING_MAX_ROWS"
 MAX_BODY_ENV = "SERVING_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # 1000 rows of 30 named features are ~1.3 MB of JSON
 WORKERS_ENV = "SERVING_WORKERS"
+# The key of the prediction ids (model.feedback), a file from a Secret volume: unset, ids are unkeyed.
+FEEDBACK_KEY_FILE_ENV = "SERVING_FEEDBACK_KEY_FILE"
+FEEDBACK_KEY_DIR = "/etc/ml-delivery/feedback"
+FEEDBACK_KEY_FILE = f"{FEEDBACK_KEY_DIR}/key"
 DEFAULT_WORKERS = 2
 
 # The serving image's base unless a stack or test overrides it (model.service declares it, model.bento

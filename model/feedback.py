@@ -11,24 +11,29 @@ and the true values, row for row::
     {"prediction_id": "3.5f0c...", "predictions": ["benign", "malignant"], "actuals": ["benign", "benign"]}
 
 The digest ties the answers to the id: feedback paired with the wrong id or with edited answers is a
-400, not a wrong quality metric. It is a check against mix-ups, not a signature: the recipe is
-public, so whoever may post feedback (the serving namespace's network policy decides who reaches the
-service) is trusted with the ids as with the true values.
+400, not a wrong quality metric. With a key (``load_key``: the Deployment mounts one per stack from a
+Secret) the digest is an HMAC, so only ids this deployment issued verify: nobody can make up
+answers, or versions that never answered, to count. Without one (``bentoml serve`` on a laptop) it is
+a plain SHA-256, a check against mix-ups only. Whoever posts feedback is still trusted with the true
+values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic_core
 
 PREDICTION_ID_HEADER = "X-Prediction-Id"
 DIGEST_LENGTH = 24
+MIN_KEY_BYTES = 32
 # A registered model version is a number; "" when the served model names none (a local bento).
 # Canonical numbers only ("3", never "03"), so one version is one label value.
 _PREDICTION_ID = re.compile(rf"^(?P<version>0|[1-9][0-9]{{0,11}}|)\.(?P<digest>[0-9a-f]{{{DIGEST_LENGTH}}})$")
@@ -46,16 +51,31 @@ class Feedback:
     actuals: tuple[Answer, ...]
 
 
-def prediction_id(version: str, answers: Sequence[Answer]) -> str:
+def prediction_id(version: str, answers: Sequence[Answer], key: bytes = b"") -> str:
     """The id of one answer of model ``version``: what ``/feedback`` takes back with the answers."""
-    return f"{version}.{_digest(version, answers)}"
+    return f"{version}.{_digest(version, answers, key)}"
 
 
-def _digest(version: str, answers: Sequence[Answer]) -> str:
+def _digest(version: str, answers: Sequence[Answer], key: bytes) -> str:
     # -0.0 as 0.0: JavaScript's JSON.stringify(-0) sends "0" back.
     canonical = [a + 0.0 if isinstance(a, float) else a for a in answers]
     payload = pydantic_core.to_json([version, canonical])
-    return hashlib.sha256(payload).hexdigest()[:DIGEST_LENGTH]
+    digest = hmac.new(key, payload, hashlib.sha256) if key else hashlib.sha256(payload)
+    return digest.hexdigest()[:DIGEST_LENGTH]
+
+
+def load_key(path: str | None) -> bytes:
+    """The id key from the file at ``path`` (the Deployment's Secret volume); ``b""`` when no path is
+    set. A set path without a key is an error at start, never unkeyed ids in a deployment."""
+    if not path:
+        return b""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise RuntimeError(f"the prediction id key {path} cannot be read ({exc}): mount its Secret") from exc
+    if len(key) < MIN_KEY_BYTES:
+        raise RuntimeError(f"the prediction id key {path} has {len(key)} bytes, fewer than {MIN_KEY_BYTES}")
+    return key
 
 
 def check_feedback(
@@ -65,11 +85,13 @@ def check_feedback(
     *,
     class_names: Sequence[str] | None,
     max_rows: int,
+    key: bytes = b"",
 ) -> Feedback:
     """The feedback body as ``Feedback``; a ValueError naming the field (and row) that is wrong.
 
     ``class_names``: the classifier's classes (answers and truths must be among them); None for a
-    regressor (finite numbers). ``max_rows``: the service's row limit per request."""
+    regressor (finite numbers). ``max_rows``: the service's row limit per request; ``key``: the
+    service's id key (``load_key``)."""
     match = _PREDICTION_ID.match(prediction_id_) if isinstance(prediction_id_, str) else None
     if match is None:
         raise ValueError(f"prediction_id {repr(prediction_id_)[:80]} is not a prediction id: {_ASK}")
@@ -92,7 +114,7 @@ def check_feedback(
         answers = tuple(_class(v, "predictions", i, known, class_names) for i, v in enumerate(predictions))
         truths = tuple(_class(v, "actuals", i, known, class_names) for i, v in enumerate(actuals))
     version = match["version"]
-    if _digest(version, answers) != match["digest"]:
+    if not hmac.compare_digest(_digest(version, answers, key), match["digest"]):
         raise ValueError(
             f"predictions are not the answers of prediction_id {prediction_id_!r}: send that answer's "
             f"rows unchanged, in order, with the {PREDICTION_ID_HEADER} it came with"

@@ -48,13 +48,14 @@ from model.container import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_WORKERS,
+    FEEDBACK_KEY_FILE_ENV,
     MAX_BODY_ENV,
     MAX_ROWS_ENV,
     MODEL_TAG_ENV,
     SERVICE_PORT,
     WORKERS_ENV,
 )
-from model.feedback import PREDICTION_ID_HEADER, check_feedback
+from model.feedback import PREDICTION_ID_HEADER, check_feedback, load_key
 from model.feedback import prediction_id as prediction_id_of
 from model.monitoring import monitor_for
 from model.predictor import predictor_for
@@ -190,6 +191,7 @@ class _Served:
         self.estimator = pyfunc.get_raw_model()
         self.contract = contract()  # fail at start, not on the first request, if the signature is bad
         self.predictor, path = predictor_for(self.estimator, self.contract.schema)
+        self.feedback_key = load_key(os.environ.get(FEEDBACK_KEY_FILE_ENV))
         self.monitor = monitor_for(
             self.bento_model.path_of(MLFLOW_MODEL_FOLDER), self.bento_model.info.labels, SERVICE_NAME
         )
@@ -222,7 +224,7 @@ class _Served:
         """The response for ``answer``; ``labels``: the class names or numbers it stands for (counted
         for monitoring, and what the prediction id covers)."""
         self.monitor.observe(batch.columns, labels)
-        return _json(answer, prediction_id_of(self.monitor.identity.version, labels))
+        return _json(answer, prediction_id_of(self.monitor.identity.version, labels, self.feedback_key))
 
     @bentoml.api
     async def feedback(
@@ -234,7 +236,12 @@ class _Served:
         classes = self.contract.class_names if self.contract.classes else None
         try:
             checked = check_feedback(
-                prediction_id, predictions, actuals, class_names=classes, max_rows=max_rows_from_env()
+                prediction_id,
+                predictions,
+                actuals,
+                class_names=classes,
+                max_rows=max_rows_from_env(),
+                key=self.feedback_key,
             )
             self.monitor.observe_feedback(checked)
         except ValueError as exc:

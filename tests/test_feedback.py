@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.feedback import PREDICTION_ID_HEADER, Feedback, check_feedback, prediction_id
+from model.feedback import (
+    MIN_KEY_BYTES,
+    PREDICTION_ID_HEADER,
+    Feedback,
+    check_feedback,
+    load_key,
+    prediction_id,
+)
 from model.monitoring import MAX_FEEDBACK_VERSIONS, ModelIdentity, Monitor
 from model.profile import ONLINE_METRICS, ProfileError, build_profile, load_profile
 from model.spec import Feature
@@ -32,6 +39,32 @@ def test_an_id_names_the_version_and_moves_with_every_answer() -> None:
     assert prediction_id("3", ["malignant", "benign"]) != pid  # order matters
     assert prediction_id("4", ["benign", "malignant"]).split(".")[1] != digest  # the version is covered
     assert prediction_id("", [1.5]).startswith(".")  # a model without a registered version
+
+
+def test_a_keyed_id_verifies_only_with_its_key() -> None:
+    key, other = b"a" * MIN_KEY_BYTES, b"b" * MIN_KEY_BYTES
+    pid = prediction_id("3", ["benign"], key)
+    assert pid != prediction_id("3", ["benign"]) and pid != prediction_id("3", ["benign"], other)
+    body = (["benign"], ["malignant"])
+    assert check_feedback(pid, *body, class_names=CLASSES, max_rows=5, key=key).version == "3"
+    for wrong in (b"", other):  # an unkeyed id, or another stack's key
+        with pytest.raises(ValueError, match="are not the answers of prediction_id"):
+            check_feedback(pid, *body, class_names=CLASSES, max_rows=5, key=wrong)
+    forged = prediction_id("3", ["benign"])  # the public recipe without the key
+    with pytest.raises(ValueError, match="are not the answers of prediction_id"):
+        check_feedback(forged, *body, class_names=CLASSES, max_rows=5, key=key)
+
+
+def test_load_key_reads_the_mounted_file_or_stops_the_start(tmp_path: Path) -> None:
+    assert load_key(None) == b"" and load_key("") == b""  # no key configured: unkeyed ids
+    path = tmp_path / "key"
+    path.write_bytes(b"x" * MIN_KEY_BYTES + b"\n")
+    assert load_key(str(path)) == b"x" * MIN_KEY_BYTES
+    with pytest.raises(RuntimeError, match=r"cannot be read.*mount its Secret"):
+        load_key(str(tmp_path / "missing"))
+    path.write_bytes(b"short")
+    with pytest.raises(RuntimeError, match=f"has 5 bytes, fewer than {MIN_KEY_BYTES}"):
+        load_key(str(path))
 
 
 def test_feedback_with_its_id_is_taken_for_the_version_that_answered() -> None:

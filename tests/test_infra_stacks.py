@@ -113,7 +113,24 @@ def test_serving_deployment_is_hardened_and_pinned(name: str) -> None:
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
-    assert {m["mountPath"] for m in c["volumeMounts"]} == set(container.WRITABLE_PATHS)
+    writable = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
+    assert writable == set(container.WRITABLE_PATHS)
+    # The prediction id key: a read-only file from the stack's Secret, never an env value.
+    [key_mount] = [m for m in c["volumeMounts"] if m.get("readOnly")]
+    assert key_mount["mountPath"] == container.FEEDBACK_KEY_DIR
+    [key_volume] = [v for v in p["volumes"] if v["name"] == key_mount["name"]]
+    assert key_volume["secret"]["secretName"] == serving.FEEDBACK_KEY_SECRET
+    assert (
+        container.FEEDBACK_KEY_DIR + "/" + key_volume["secret"]["items"][0]["path"]
+        == container.FEEDBACK_KEY_FILE
+    )
+    [key_secret] = [
+        r
+        for r in run.of_type("kubernetes:core/v1:Secret")
+        if r.inputs["metadata"]["name"] == serving.FEEDBACK_KEY_SECRET
+    ]
+    assert key_secret.inputs["metadata"]["namespace"] == SERVING_NS
+    assert len(key_secret.inputs["stringData"][key_volume["secret"]["items"][0]["key"]]) == 48
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(
         c["resources"]["limits"]
     )
@@ -124,6 +141,7 @@ def test_serving_deployment_is_hardened_and_pinned(name: str) -> None:
     assert {e["name"]: e["value"] for e in c["env"]} == {
         **container.RUNTIME_ENV,
         container.WORKERS_ENV: workers,
+        container.FEEDBACK_KEY_FILE_ENV: container.FEEDBACK_KEY_FILE,
     }
 
 

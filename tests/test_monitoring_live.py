@@ -53,6 +53,7 @@ SHIFT_FACTOR = 2.0
 WINDOW_S = 20  # the rules' window in this test: long enough for several scrapes, short to wait for
 # The feedback window outlasts the test: feedback posted once stays in it.
 THRESHOLDS = AlertThresholds(window=f"{WINDOW_S}s", feedback_window="10m")
+FEEDBACK_KEY = b"k" * 48
 FEEDBACK_ROWS, WRONG_ROWS = 150, 45  # an online accuracy of 70%, far under the model's held-out one
 TIMEOUT_S = 240
 
@@ -72,12 +73,15 @@ def context(
 
 @pytest.fixture(scope="module")
 def server(context: BuildContext, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``bentoml serve`` with WORKERS worker processes (BentoML's JSON config override)."""
-    from model.container import MODEL_TAG_ENV, READINESS_PATH
+    """``bentoml serve`` with WORKERS worker processes (BentoML's JSON config override), and a
+    prediction id key file as the Deployment mounts one."""
+    from model.container import FEEDBACK_KEY_FILE_ENV, MODEL_TAG_ENV, READINESS_PATH
 
     work = tmp_path_factory.mktemp("serve-2-workers")
+    (work / "feedback-key").write_bytes(FEEDBACK_KEY + b"\n")
     url = f"http://127.0.0.1:{(port := free_port())}"
     env = {
+        FEEDBACK_KEY_FILE_ENV: str(work / "feedback-key"),
         MODEL_TAG_ENV: context.model_tag,
         "BENTOML_HOME": str(work / "home"),
         "BENTOML_DO_NOT_TRACK": "True",
@@ -337,9 +341,9 @@ def test_feedback_counts_for_the_version_that_answered_and_fires_the_accuracy_al
         lambda: query(prometheus, f'{monitoring.FEEDBACK}{{service_name="{service}"}} == 0'), "zero counters"
     )
     pid, answers = answered(server, "/predict", rows)
-    assert pid == prediction_id(trained.version, answers)
+    assert pid == prediction_id(trained.version, answers, FEEDBACK_KEY)  # keyed by the mounted key
     proba_id, proba = answered(server, "/predict_proba", rows[:3])  # its id covers the top classes
-    assert proba_id == prediction_id(trained.version, [max(p, key=p.get) for p in proba])
+    assert proba_id == prediction_id(trained.version, [max(p, key=p.get) for p in proba], FEEDBACK_KEY)
     names = sorted(set(proba[0]))
     actuals = [a if i >= WRONG_ROWS else next(n for n in names if n != a) for i, a in enumerate(answers)]
 
@@ -350,6 +354,11 @@ def test_feedback_counts_for_the_version_that_answered_and_fires_the_accuracy_al
         ({"prediction_id": pid, "predictions": answers[::-1], "actuals": actuals}, "are not the answers of"),
         ({"prediction_id": pid, "predictions": answers, "actuals": ["nope", *actuals[1:]]}, "actuals[0]"),
         ({"prediction_id": "x", "predictions": answers, "actuals": actuals}, "is not a prediction id"),
+        # made up without the key, for answers that were never given: refused
+        (
+            {"prediction_id": prediction_id("99", answers), "predictions": answers, "actuals": actuals},
+            "not the",
+        ),
         ({"prediction_id": pid, "predictions": answers}, "actuals"),
     ]
     for body, fragment in bad:
