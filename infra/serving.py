@@ -7,6 +7,9 @@ with maxUnavailable 0, Prometheus scrape annotations), Service (ClusterIP unless
 LoadBalancer), HorizontalPodAutoscaler, PodDisruptionBudget and NetworkPolicies (default deny, allow
 ingress to the model port), and the Secret holding the stack's prediction id key (model.feedback),
 mounted read-only as a file. pulumi_kubernetes waits for the rollout to be ready.
+
+Rotating that key: ``pulumi up --replace <the RandomPassword's URN>``; the pods roll (their template
+carries the Secret's uid) and every id issued before stops verifying (its feedback gets a 400).
 """
 
 from __future__ import annotations
@@ -176,6 +179,9 @@ class ModelServing(pulumi.ComponentResource):
             opts=opts_ns,
         )
         annotations = {
+            # The pods read the key at start: a recreated Secret (a new key) rolls them all, so no
+            # two pods behind the Service verify ids with different keys.
+            "ml-delivery/feedback-key-uid": key_secret.metadata.apply(lambda m: str(m.uid) if m else ""),
             "prometheus.io/scrape": "true",
             "prometheus.io/port": str(container.SERVICE_PORT),
             "prometheus.io/path": container.METRICS_PATH,

@@ -131,6 +131,9 @@ def test_serving_deployment_is_hardened_and_pinned(name: str) -> None:
     ]
     assert key_secret.inputs["metadata"]["namespace"] == SERVING_NS
     assert len(key_secret.inputs["stringData"][key_volume["secret"]["items"][0]["key"]]) == 48
+    assert any(path.startswith("stringData") for path in key_secret.secret_paths)  # a secret in state
+    assert key_secret.urn in d.depends_on  # the Secret exists before the pods that mount it
+    assert "ml-delivery/feedback-key-uid" in template["metadata"]["annotations"]  # a new key rolls them
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(
         c["resources"]["limits"]
     )
