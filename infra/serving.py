@@ -181,7 +181,7 @@ class ModelServing(pulumi.ComponentResource):
         annotations = {
             # The pods read the key at start: a recreated Secret (a new key) rolls them all, so no
             # two pods behind the Service verify ids with different keys.
-            "ml-delivery/feedback-key-uid": key_secret.metadata.apply(lambda m: str(m.uid) if m else ""),
+            "ml-delivery/feedback-key-uid": key_secret.metadata.apply(lambda m: (m.uid if m else None) or ""),
             "prometheus.io/scrape": "true",
             "prometheus.io/port": str(container.SERVICE_PORT),
             "prometheus.io/path": container.METRICS_PATH,

@@ -3,8 +3,8 @@
 
 Every ``/predict`` and ``/predict_proba`` answer carries the header ``X-Prediction-Id``:
 ``<version>.<digest>``, the registered model version that answered and the first 24 hex chars of a
-SHA-256 over that version and the answers (class names, or numbers; for ``/predict_proba`` the most
-probable class per row). The service keeps nothing per request, so any worker or replica, even one
+digest (below) over that version and the answers (class names, or numbers; for ``/predict_proba``
+the most probable class per row). The service keeps nothing per request, so any worker or replica, even one
 serving a newer version, takes the feedback: its body names the id, the answers as they came back
 and the true values, row for row::
 

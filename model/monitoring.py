@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,10 +225,7 @@ class Monitor:
                 )
             self._admit(version)
         if self.classifier:
-            pairs: dict[tuple[str, str], int] = {}
-            for answer, truth in zip(feedback.predictions, feedback.actuals, strict=True):
-                key = (str(answer), str(truth))
-                pairs[key] = pairs.get(key, 0) + 1
+            pairs = Counter(zip(map(str, feedback.predictions), map(str, feedback.actuals), strict=True))
             right = sum(n for (answer, truth), n in pairs.items() if answer == truth)
             for correct, rows in (("true", right), ("false", len(feedback.predictions) - right)):
                 if rows:
