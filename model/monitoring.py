@@ -29,12 +29,20 @@ worker), counters add up across workers, and the constant gauges use ``multiproc
 so that N workers give one series, not N. Every series is created at start with 0, so that the
 first served value already counts in Prometheus' ``increase``.
 
-Counting is vectorised per column (``np.searchsorted`` or a category lookup, then ``np.bincount``)
-with one ``inc(amount)`` per non-empty bin; a failure is logged and never fails the request.
+Counting is vectorised: every counter a request can move has a position in one vector, a request's
+values become positions (numeric bins by one comparison against all features' edges, categories by
+lookup) and one ``np.bincount`` adds them to the pending counts. The pending counts are written to the
+counters (one ``inc(amount)`` per non-empty one) at most FLUSH_SECONDS after the first request since
+the last write, by a timer on the serving event loop, and at exit; without a running event loop (a
+script, a test) at once. So ``/metrics`` shows a request within FLUSH_SECONDS, and a worker does a
+few hundred counter writes per second whatever its traffic, instead of ~35 per request (~60% of the
+counting's cost in a multiprocess registry). A failure is logged and never fails the request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import math
 from collections import Counter
@@ -47,6 +55,7 @@ import numpy as np
 
 from model.feedback import Feedback
 from model.profile import NUMERIC, Binning, Profile, bin_categorical, bin_numeric, psi
+from model.validation import ColumnTable, block
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +91,9 @@ PREDICTION = "prediction"  # the key of the predictions in drift results
 # clients send (the served version and those before it still in their feedback window).
 MAX_FEEDBACK_VERSIONS = 16
 MAX_PRECREATED_CELLS = 100  # confusion cells made at start (classes squared), for up to 10 classes
+SMALL_REQUEST_ROWS = 8  # up to this many rows, numeric values are binned in one broadcast comparison
+# The longest a served request's counts wait before they are written to the counters (/metrics).
+FLUSH_SECONDS = 1.0
 
 
 class Columns(Protocol):
@@ -129,28 +141,30 @@ class Monitor:
 
         self.profile = profile
         numeric = [b for b in profile.features if b.kind == NUMERIC]
-        self._categorical = [
-            (
-                b,
-                [bins.labels(service, b.name, str(i)) for i in range(b.size)],
-                missing.labels(service, b.name),
-            )
-            for b in profile.features
-            if b.kind != NUMERIC
-        ]
-        # Numeric features are counted together: one matrix, one bincount over all their bins.
+        # Every counter observe moves, at one position of self._children (and of the pending vector):
+        # the numeric features' bins, their out-of-range and missing counts, then per categorical
+        # feature its bins and its missing count, then the prediction bins.
+        children: list[Any] = [bins.labels(service, b.name, str(i)) for b in numeric for i in range(b.size)]
+        children += [out_of_range.labels(service, b.name) for b in numeric]
+        children += [missing.labels(service, b.name) for b in numeric]
         self._numeric_names = [b.name for b in numeric]
-        self._edges = [np.asarray(b.edges, dtype="float64") for b in numeric]
-        self._offsets = np.cumsum([0, *(b.size for b in numeric)])
-        self._lows = np.array([b.low for b in numeric], dtype="float64")
-        self._highs = np.array([b.high for b in numeric], dtype="float64")
-        self._numeric_bins = [bins.labels(service, b.name, str(i)) for b in numeric for i in range(b.size)]
-        self._out_of_range = [out_of_range.labels(service, b.name) for b in numeric]
-        self._numeric_missing = [missing.labels(service, b.name) for b in numeric]
+        self._numeric = _NumericBins(numeric) if numeric else None
+        self._categorical: list[tuple[Binning, int]] = []
+        for b in profile.features:
+            if b.kind != NUMERIC:
+                self._categorical.append((b, len(children)))
+                children += [bins.labels(service, b.name, str(i)) for i in range(b.size)]
+                children.append(missing.labels(service, b.name))
+        self._prediction_base = len(children)
+        children += [predictions.labels(service, str(i)) for i in range(profile.prediction.size)]
+        self._children = children
+        self._pending = np.zeros(len(children), dtype="float64")
+        self._flush_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        self.flush_seconds = FLUSH_SECONDS
+        atexit.register(self.flush)
         for binning in profile.features:
             for i, share in enumerate(binning.proportions):
                 reference.labels(service, binning.name, str(i)).set(share)
-        self._predictions = [predictions.labels(service, str(i)) for i in range(profile.prediction.size)]
         for i, share in enumerate(profile.prediction.proportions):
             prediction_reference.labels(service, str(i)).set(share)
 
@@ -183,18 +197,47 @@ class Monitor:
 
     def observe(self, columns: Columns, predictions: Sequence[Any] | np.ndarray) -> None:
         """Count one request's (or batch's) values: ``columns[name]`` per feature, and the answers
-        (class names, or predicted numbers). Never raises: a failure is logged."""
+        (class names, or predicted numbers); written to the counters within ``flush_seconds``.
+        Never raises: a failure is logged."""
         try:
-            if self._numeric_names:
-                self._observe_numeric(_matrix(columns, self._numeric_names))
-            for binning, children, missing in self._categorical:
-                counts, _, absent = count_column(binning, columns[binning.name])
-                _add(children, counts)
-                if absent:
-                    missing.inc(absent)
-            _add(self._predictions, count_column(self.profile.prediction, predictions)[0])
+            self._pending += np.bincount(self._positions(columns, predictions), minlength=len(self._children))
+            self._schedule_flush()
         except Exception:
             logger.exception("monitoring: counting a request failed (the request itself was answered)")
+
+    def _positions(self, columns: Columns, predictions: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """One position per counted event (a value in a bin, out of range, missing; an answer's bin)."""
+        parts = []
+        if self._numeric is not None:
+            parts.append(self._numeric.positions(_matrix(columns, self._numeric_names)))
+        for binning, base in self._categorical:
+            counts, _, absent = count_column(binning, columns[binning.name])
+            parts.append(np.repeat(np.arange(base, base + binning.size), counts))
+            parts.append(np.full(absent, base + binning.size))
+        counts = count_column(self.profile.prediction, predictions)[0]
+        parts.append(np.repeat(np.arange(counts.size) + self._prediction_base, counts))
+        return np.concatenate(parts)
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script, a test): write now
+            self.flush()
+            return
+        if self._flush_timer is None or self._flush_timer[0] is not loop:
+            self._flush_timer = (loop, loop.call_later(self.flush_seconds, self.flush))
+
+    def flush(self) -> None:
+        """Write the pending counts to the counters: one ``inc`` per counter that moved."""
+        if self._flush_timer is not None:
+            self._flush_timer[1].cancel()  # when called before its time (no loop, exit)
+            self._flush_timer = None
+        pending, self._pending = self._pending, np.zeros_like(self._pending)
+        try:
+            for i in np.flatnonzero(pending).tolist():
+                self._children[i].inc(float(pending[i]))
+        except Exception:
+            logger.exception("monitoring: writing the counters failed")
 
     def _admit(self, version: str) -> None:
         """Create a version's feedback series at 0 before its first rows: ``increase()`` misses the
@@ -240,14 +283,42 @@ class Monitor:
         self._absolute.labels(service, version).inc(float(np.abs(errors).sum()))
         self._squared.labels(service, version).inc(float(np.square(errors).sum()))
 
-    def _observe_numeric(self, matrix: np.ndarray) -> None:
+
+class _NumericBins:
+    """Positions of numeric values in the counter vector (``Monitor._children``), every feature at once:
+    bin ``i`` of feature ``j`` holds ``edges[i-1] <= v < edges[i]`` (``model.profile.bin_numeric``)."""
+
+    def __init__(self, numeric: Sequence[Binning]) -> None:
+        sizes = np.array([b.size for b in numeric])
+        # Each feature's inner edges, padded to one width with +inf (a finite value never reaches it).
+        self._edges = np.full((len(numeric), int(sizes.max()) - 1), np.inf)
+        for j, b in enumerate(numeric):
+            self._edges[j, : len(b.edges)] = b.edges
+        self._last = sizes - 1
+        self._offsets = np.cumsum([0, *sizes[:-1]])
+        self._out_of_range_base = int(sizes.sum())
+        self._missing_base = self._out_of_range_base + len(numeric)
+        self._lows = np.array([b.low for b in numeric], dtype="float64")
+        self._highs = np.array([b.high for b in numeric], dtype="float64")
+
+    def positions(self, matrix: np.ndarray) -> np.ndarray:
+        """``matrix``: (rows, features) float64, NaN where missing."""
         present = ~np.isnan(matrix)
-        index = np.empty(matrix.shape, dtype="int64")
-        for j, edges in enumerate(self._edges):
-            index[:, j] = np.searchsorted(edges, matrix[:, j], side="right") + self._offsets[j]
-        _add(self._numeric_bins, np.bincount(index[present], minlength=int(self._offsets[-1])))
-        _add(self._out_of_range, ((matrix < self._lows) | (matrix > self._highs)).sum(axis=0))  # NaN: False
-        _add(self._numeric_missing, matrix.shape[0] - present.sum(axis=0))
+        if matrix.shape[0] <= SMALL_REQUEST_ROWS:  # one comparison of all rows with all edges
+            reached = np.count_nonzero(self._edges <= matrix[:, :, None], axis=2)
+        else:  # one edge rank at a time: less memory, fewer passes over a big request
+            reached = np.zeros(matrix.shape, dtype=np.intp)
+            for edge in self._edges.T:
+                reached += edge <= matrix
+        index = np.minimum(reached, self._last) + self._offsets
+        outside = (matrix < self._lows) | (matrix > self._highs)  # NaN: False
+        return np.concatenate(
+            [
+                index[present],
+                np.nonzero(outside)[1] + self._out_of_range_base,
+                np.nonzero(~present)[1] + self._missing_base,
+            ]
+        )
 
 
 def _matrix(columns: Columns, names: Sequence[str]) -> np.ndarray:
@@ -255,12 +326,9 @@ def _matrix(columns: Columns, names: Sequence[str]) -> np.ndarray:
     if hasattr(columns, "to_numpy") and hasattr(columns, "columns"):  # a DataFrame: one copy
         frame: Any = columns
         return np.asarray(frame[list(names)].to_numpy(dtype="float64", na_value=np.nan))
+    if isinstance(columns, ColumnTable):  # validated doubles: its own matrix
+        return block(columns, names)
     return np.column_stack([np.asarray(columns[name], dtype="float64") for name in names])
-
-
-def _add(children: Sequence[Any], counts: np.ndarray) -> None:
-    for i in np.flatnonzero(counts).tolist():
-        children[i].inc(float(counts[i]))
 
 
 def count_column(binning: Binning, values: Any) -> tuple[np.ndarray, int, int]:
@@ -313,6 +381,11 @@ def bin_counts(metrics_text: str, service: str) -> dict[str, dict[str, dict[int,
             column = out[kind].setdefault(key, {})
             column[int(sample.labels["bin"])] = column.get(int(sample.labels["bin"]), 0.0) + sample.value
     return out
+
+
+def served_rows(metrics_text: str, service: str) -> float:
+    """The rows ``service`` has counted on one ``/metrics`` text (the total of its prediction bins)."""
+    return sum(bin_counts(metrics_text, service)["counts"].get(PREDICTION, {}).values())
 
 
 def drift_between(before: str, after: str, service: str) -> dict[str, float]:

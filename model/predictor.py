@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.validation import COLUMN_DTYPES, RowSchema
+from model.validation import COLUMN_DTYPES, RowSchema, block
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class ArrayPredictor:
     def transform(self, columns: Columns) -> np.ndarray:
         blocks = []
         for transformer, names in self.parts:
-            block = np.column_stack([columns[name] for name in names])
-            blocks.append(block if transformer is None else transformer.transform(block))
+            part = block(columns, names)
+            blocks.append(part if transformer is None else transformer.transform(part))
         return blocks[0] if len(blocks) == 1 else np.hstack(blocks)
 
     def predict(self, columns: Columns) -> np.ndarray:

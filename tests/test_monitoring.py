@@ -170,6 +170,108 @@ def test_observe_counts_bins_range_and_missing_values() -> None:
     assert f'{monitoring.FEATURE_REFERENCE}{{bin="0",feature="s",service_name="svc"}} 0.5' in text
 
 
+def counted(registry: object, service: str = "svc") -> dict[tuple[str, str], float]:
+    """{(metric, feature/bin labels): value} of the counters observe moves."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(metrics_text(registry)):
+        for sample in family.samples:
+            if sample.name in (monitoring.FEATURE_BINS, monitoring.FEATURE_OUT_OF_RANGE,
+                               monitoring.FEATURE_MISSING, monitoring.PREDICTION_BINS):  # fmt: skip
+                key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "service_name")
+                out[(sample.name, key)] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 250])  # both sides of SMALL_REQUEST_ROWS
+def test_counting_all_features_at_once_matches_counting_each_column(rows: int) -> None:
+    """The vectorised positions against count_column per column, on values at the edges, beyond the
+    training range, infinite and missing, for numeric features of different bin counts."""
+    import pandas as pd
+
+    from model.spec import Feature
+
+    rng = np.random.default_rng(rows)
+    frame = pd.DataFrame(
+        {
+            "wide": rng.normal(size=400),
+            "few": rng.integers(0, 3, size=400).astype(float),  # 3 distinct values: fewer bins
+            "flag": rng.random(400) > 0.3,
+            "s": rng.choice(["a", "b", "c"], size=400),
+        }
+    )
+    features = [Feature("wide", "double"), Feature("few", "double"), Feature("flag", "boolean"),
+                Feature("s", "string", ("a", "b", "c"))]  # fmt: skip
+    profile = build_profile(frame, features, rng.normal(size=400), "regression")
+    assert len({b.size for b in profile.features if b.kind == NUMERIC}) == 2
+    wide = next(b for b in profile.features if b.name == "wide")
+    specials = [*wide.edges, np.nan, np.inf, -np.inf, 1e9, -1e9]
+    values = np.concatenate([rng.normal(scale=2, size=rows), specials])[:rows]
+    rng.shuffle(values)
+    columns = {
+        "wide": values,
+        "few": rng.choice([0.0, 1.0, 2.0, 5.0, np.nan, np.inf], size=rows),
+        "flag": list(rng.choice(np.array([True, False, None], dtype=object), size=rows)),
+        "s": list(rng.choice(np.array(["a", "c", "zz", None], dtype=object), size=rows)),
+    }
+    predictions = rng.normal(size=rows)
+    registry, monitor = registry_and_monitor(profile)
+    monitor.observe(columns, predictions)
+    got = counted(registry)
+
+    expected: dict[tuple[str, str], float] = {key: 0.0 for key in got}
+    for binning in profile.features:
+        counts, outside, absent = count_column(binning, columns[binning.name])
+        for i, n in enumerate(counts):
+            expected[(monitoring.FEATURE_BINS, f"bin={i},feature={binning.name}")] = float(n)
+        if binning.kind == NUMERIC:
+            expected[(monitoring.FEATURE_OUT_OF_RANGE, f"feature={binning.name}")] = float(outside)
+        expected[(monitoring.FEATURE_MISSING, f"feature={binning.name}")] = float(absent)
+    for i, n in enumerate(count_column(profile.prediction, predictions)[0]):
+        expected[(monitoring.PREDICTION_BINS, f"bin={i}")] = float(n)
+    assert got == expected
+
+
+def test_served_counts_reach_the_counters_within_flush_seconds_on_an_event_loop() -> None:
+    """In the server (a running event loop) a request's counts wait at most flush_seconds, on one
+    timer for all the requests in between; without a loop they are written at once."""
+    import asyncio
+
+    profile = build_profile_for_frame()
+    registry, monitor = registry_and_monitor(profile)
+    monitor.flush_seconds = 0.2
+    request = ({"x": np.array([0.5]), "flag": [True], "s": ["a"]}, np.array([15.0]))
+    x_bins = lambda: sum(v for (name, key), v in counted(registry).items()  # noqa: E731
+                         if name == monitoring.FEATURE_BINS and "feature=x" in key)  # fmt: skip
+
+    async def serve() -> list[float]:
+        seen = []
+        for _ in range(3):
+            monitor.observe(*request)
+        seen.append(x_bins())  # pending
+        timers = len(asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.5)
+        seen.append(x_bins())  # written by the timer
+        seen.append(float(timers))
+        return seen
+
+    assert asyncio.run(serve()) == [0.0, 3.0, 1.0]
+    monitor.observe(*request)  # no running loop now: at once
+    assert x_bins() == 4.0
+
+    async def observe_and_leave() -> None:
+        monitor.observe(*request)  # its timer dies with this loop
+
+    async def observe_and_wait() -> None:
+        monitor.observe(*request)
+        await asyncio.sleep(0.5)
+
+    asyncio.run(observe_and_leave())
+    asyncio.run(observe_and_wait())  # a new loop gets its own timer
+    assert x_bins() == 6.0
+
+
 def test_observe_never_fails_the_request(caplog: pytest.LogCaptureFixture) -> None:
     _, monitor = registry_and_monitor(build_profile_for_frame())
     monitor.observe({"x": [1.0]}, [1.0])  # features missing from the mapping

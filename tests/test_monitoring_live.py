@@ -137,6 +137,19 @@ def poll(check: Callable[[], Any], what: str, timeout: float = TIMEOUT_S, every:
     pytest.fail(f"{what} not seen within {timeout:.0f}s (last: {last!r})")
 
 
+def counting(server: str, service: str, rows: float) -> str:
+    """The first /metrics text that counts ``rows`` served rows (each worker writes its counts on a
+    timer: monitoring.FLUSH_SECONDS); fails if it counts more."""
+
+    def scraped() -> str | None:
+        text = requests.get(f"{server}/metrics", timeout=30).text
+        return text if monitoring.served_rows(text, service) >= rows else None
+
+    text: str = poll(scraped, f"{rows:.0f} served rows on /metrics", every=monitoring.FLUSH_SECONDS / 4)
+    assert monitoring.served_rows(text, service) == rows
+    return text
+
+
 def test_both_workers_count_into_one_metrics_page(
     server: str, context: BuildContext, heldout_rows: pd.DataFrame, trained: TrainResult
 ) -> None:
@@ -156,8 +169,8 @@ def test_both_workers_count_into_one_metrics_page(
         return pids if len(pids) >= WORKERS else None
 
     pids = poll(served_by_both, "requests served by both workers", every=0.1)
-    after = requests.get(f"{server}/metrics", timeout=30).text
     assert len(pids) == WORKERS
+    after = counting(server, service, monitoring.served_rows(before, service) + sent)
 
     def total(text: str, name: str, **match: str) -> float:
         return sum(
@@ -314,7 +327,7 @@ def test_every_task_and_feature_type_is_counted_by_a_real_server(
     service = example.spec.bento_name
     before = requests.get(f"{example.url}/metrics", timeout=30).text
     post(example.url, request_rows(heldout, features))
-    after = requests.get(f"{example.url}/metrics", timeout=30).text
+    after = counting(example.url, service, monitoring.served_rows(before, service) + len(heldout))
     old, new = (
         monitoring.bin_counts(before, service)["counts"],
         monitoring.bin_counts(after, service)["counts"],

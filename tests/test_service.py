@@ -29,7 +29,15 @@ from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG
 from model.predictor import ArrayPredictor, FramePredictor, predictor_for, probe_columns
 from model.request_guard import RequestGuard, RequestTimeout
 from model.train import TrainResult, load_heldout
-from model.validation import COLUMN_DTYPES, RequestValidationError, RowSchema, validate_batch, validate_rows
+from model.validation import (
+    COLUMN_DTYPES,
+    ColumnTable,
+    RequestValidationError,
+    RowSchema,
+    block,
+    validate_batch,
+    validate_rows,
+)
 from tests.conftest import REPO_ROOT, SERVING_MODEL_NAME
 from tests.test_data import DEFAULT, FEATURES
 from tools.processes import bentoml_serve_command, free_port, running
@@ -124,6 +132,39 @@ def test_validate_batch_sends_every_doubtful_value_to_the_per_value_check(
     row = {"x": 1.5, "n": 3, "i": -2, "f": 0.25, "ok": True, "plan": "basic"}
     with pytest.raises(RequestValidationError, match=re.escape(fragment)):
         validate_batch([row, {**row, **change}][1:], MIXED)
+
+
+DOUBLES = RowSchema(columns=(("a", "double"), ("b", "double")), max_rows=3)
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragment"),
+    [
+        ([{"a": "1.5", "b": 2}], "rows[0].a must be a number, got the string '1.5'"),
+        ([{"a": 1, "b": True}], "rows[0].b must be a number, got the boolean true"),
+        ([{"a": None, "b": 2}], "rows[0].a must be a number, got null"),
+        ([{"a": 1, "b": 2}, {"a": math.nan, "b": 2}], "rows[1].a must be a finite number, got nan"),
+        ([{"a": 1, "b": math.inf}], "rows[0].b must be a finite number, got inf"),
+        ([{"a": 1, "b": 10**400}], "rows[0].b is out of range"),
+        ([{"a": 1, "c": 2}], "rows[0] is missing feature(s) 'b'"),
+        ([{"a": [1], "b": 2}], "rows[0].a must be a number"),
+    ],
+)
+def test_an_all_double_request_takes_the_one_matrix_path_or_the_per_value_check(
+    rows: list[dict[str, Any]], fragment: str
+) -> None:
+    with pytest.raises(RequestValidationError, match=re.escape(fragment)):
+        validate_batch(rows, DOUBLES)
+    good = [{"a": 1, "b": 2.5}, {"b": -0.0, "a": 1e300}]  # ints and any key order are fine
+    columns = validate_batch(good, DOUBLES).columns
+    assert isinstance(columns, ColumnTable)
+    assert columns.matrix.dtype == np.float64 and columns.matrix.tolist() == [[1.0, 2.5], [1e300, -0.0]]
+    assert columns["b"].tolist() == [2.5, -0.0] and np.shares_memory(columns["b"], columns.matrix)
+    assert block(columns, ("a", "b")) is columns.matrix
+    assert block(columns, ("b", "a")).tolist() == [[2.5, 1.0], [-0.0, 1e300]]  # another order: a stack
+    per_column = validate_batch(good, RowSchema(columns=(("a", "double"), ("b", "float")))).columns
+    assert not isinstance(per_column, ColumnTable)  # not all doubles: one array per column
+    assert block(per_column, ("a", "b")).tolist() == columns.matrix.tolist()
 
 
 def _churn_like_pipeline() -> Any:

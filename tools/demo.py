@@ -280,7 +280,7 @@ def measure_drift(spec: ModelSpec, endpoint: str) -> Drift:
     is sampling noise (the alert rules wait for 200 values for that reason)."""
     from infra.alert_rules import AlertThresholds
     from model.data import load_dataset, request_rows
-    from model.monitoring import drift_between
+    from model.monitoring import drift_between, served_rows
     from model.spec import bento_name_for
 
     dataset = load_dataset(spec)
@@ -296,7 +296,7 @@ def measure_drift(spec: ModelSpec, endpoint: str) -> Drift:
         payload = request_rows(frame, features)
         for start in range(0, len(payload), REQUEST_ROWS):
             _post(f"{endpoint}/predict", payload[start : start + REQUEST_ROWS])
-        scrapes.append(_metrics(endpoint))
+        scrapes.append(_metrics_counting(endpoint, service, served_rows(scrapes[-1], service) + len(payload)))
     return Drift(
         tuple(f.name for f in numeric),
         drift_between(scrapes[0], scrapes[1], service),
@@ -311,6 +311,25 @@ def _metrics(endpoint: str) -> str:
     response = requests.get(f"{endpoint}{METRICS_PATH}", timeout=60)
     response.raise_for_status()
     return response.text
+
+
+def _metrics_counting(endpoint: str, service: str, rows: float) -> str:
+    """The first ``/metrics`` text that counts ``rows`` served rows: a worker writes its counts on a
+    timer (model.monitoring.FLUSH_SECONDS)."""
+    from model.monitoring import FLUSH_SECONDS, served_rows
+
+    deadline = time.monotonic() + 20 * FLUSH_SECONDS
+    while True:
+        text = _metrics(endpoint)
+        counted = served_rows(text, service)
+        if counted >= rows:
+            return text
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{endpoint}/metrics counts {counted:.0f} served rows, not the {rows:.0f} sent, "
+                f"{20 * FLUSH_SECONDS:.0f} s after the last: see the server's log"
+            )
+        time.sleep(FLUSH_SECONDS / 4)
 
 
 def print_drift(drift: Drift) -> None:
