@@ -6,9 +6,12 @@ scikit-learn's feature-name checks: about 0.6 ms for one row, several times the 
 ``predictor_for`` turns the fitted ColumnTransformer into its parts (a fitted transformer and the
 names of its columns), applies each to a 2-D array cut from the batch's columns and stacks the
 results in the same order, then runs the rest of the pipeline: the same fitted objects, the same
-arithmetic, no frame. It is used only after it answered exactly as the pipeline on a frame did on
-probe rows built from the schema, with no warning; any other pipeline, or a difference, keeps the
-frame path (``FramePredictor``), which is what MLflow's pyfunc calls.
+arithmetic, no frame. On top of it, ``KernelPredictor`` swaps every fitted step that has a numpy form
+(``model.kernels``: a standard scaler, a linear model) for that form, which skips scikit-learn's
+per-call input validation (most of a small request's model time). Each is used only after it
+answered exactly as the pipeline on a frame did on probe rows built from the schema, with no
+warning; the kernel form first, then the array form, and any other pipeline, or a difference, keeps
+the frame path (``FramePredictor``), which is what MLflow's pyfunc calls.
 """
 
 from __future__ import annotations
@@ -77,6 +80,43 @@ class ArrayPredictor:
         return np.asarray(self.rest.predict_proba(self.transform(columns)))
 
 
+@dataclass(frozen=True)
+class KernelPredictor:
+    """An ArrayPredictor with each fitted step that has one replaced by its numpy kernel."""
+
+    array: ArrayPredictor
+    steps: tuple[str, ...]  # the classes now run as kernels
+    parts: tuple[tuple[Any, tuple[str, ...]], ...]
+    rest: Any
+
+    def transform(self, columns: Columns) -> np.ndarray:
+        return ArrayPredictor(self.parts, self.rest).transform(columns)
+
+    def predict(self, columns: Columns) -> np.ndarray:
+        return np.asarray(self.rest.predict(self.transform(columns)))
+
+    def predict_proba(self, columns: Columns) -> np.ndarray:
+        return np.asarray(self.rest.predict_proba(self.transform(columns)))
+
+
+def kernel_predictor(array: ArrayPredictor) -> KernelPredictor | None:
+    """``array`` with its kernels (``model.kernels.kernel_for``), or None when no step has one."""
+    from model.kernels import kernel_for
+
+    steps: list[str] = []
+
+    def swapped(fitted: Any) -> Any:
+        kernel = None if fitted is None else kernel_for(fitted)
+        if kernel is None:
+            return fitted
+        steps.append(type(fitted).__name__)
+        return kernel
+
+    parts = tuple((swapped(transformer), names) for transformer, names in array.parts)
+    rest = swapped(array.rest)
+    return KernelPredictor(array, tuple(steps), parts, rest) if steps else None
+
+
 def array_predictor(pipeline: Any, schema: RowSchema) -> ArrayPredictor | str:
     """The pipeline's ArrayPredictor, or why it has none (then the frame path serves it)."""
     from sklearn.compose import ColumnTransformer
@@ -118,10 +158,18 @@ def predictor_for(pipeline: Any, schema: RowSchema) -> tuple[Predictor, str]:
     fast = array_predictor(pipeline, schema)
     if isinstance(fast, str):
         return frame, f"pandas frame path: {fast}"
-    difference = first_difference(frame, fast, pipeline, probe_columns(schema))
+    probes = probe_columns(schema)
+    difference = first_difference(frame, fast, pipeline, probes)
     if difference:
         return frame, f"pandas frame path: the array path differs on probe rows ({difference})"
-    return fast, f"array path: {len(fast.parts)} ColumnTransformer part(s) on numpy blocks"
+    how = f"array path: {len(fast.parts)} ColumnTransformer part(s) on numpy blocks"
+    kernels = kernel_predictor(fast)
+    if kernels is None:
+        return fast, how
+    difference = first_difference(frame, kernels, pipeline, probes)
+    if difference:
+        return fast, f"{how} (numpy kernels differ on probe rows: {difference})"
+    return kernels, f"{how}, numpy kernels for {', '.join(kernels.steps)}"
 
 
 def first_difference(frame: Predictor, fast: Predictor, pipeline: Any, columns: Columns) -> str | None:

@@ -57,6 +57,7 @@ from model.container import (
 )
 from model.feedback import PREDICTION_ID_HEADER, check_feedback, load_key
 from model.feedback import prediction_id as prediction_id_of
+from model.kernels import NON_FINITE_MESSAGE
 from model.monitoring import monitor_for
 from model.predictor import predictor_for
 from model.request_guard import RequestGuard, RequestTimeout
@@ -135,10 +136,6 @@ def contract_from_mlmodel(model_dir: str) -> ModelContract:
 def contract() -> ModelContract:
     """The served model's contract, read once per process."""
     return contract_from_mlmodel(SERVED_MODEL.resolve().path_of(MLFLOW_MODEL_FOLDER))
-
-
-# What scikit-learn's input check says of an inf or a value beyond its dtype (sklearn.utils.validation).
-NON_FINITE_MESSAGE = "infinity or a value too large"
 
 
 def _checked_rows(rows: Any) -> Batch:

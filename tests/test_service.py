@@ -26,7 +26,14 @@ import requests
 
 from model.bento import BuildContext, export_build_context
 from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG_ENV, READINESS_PATH
-from model.predictor import ArrayPredictor, FramePredictor, predictor_for, probe_columns
+from model.predictor import (
+    ArrayPredictor,
+    FramePredictor,
+    KernelPredictor,
+    array_predictor,
+    predictor_for,
+    probe_columns,
+)
 from model.request_guard import RequestGuard, RequestTimeout
 from model.train import TrainResult, load_heldout
 from model.validation import (
@@ -198,18 +205,36 @@ def _churn_like_pipeline() -> Any:
     ), frame
 
 
-def test_the_array_path_answers_exactly_as_the_pipeline_on_a_frame() -> None:
+def test_the_array_and_kernel_paths_answer_exactly_as_the_pipeline_on_a_frame() -> None:
     pipeline, frame = _churn_like_pipeline()
     predictor, how = predictor_for(pipeline, MIXED)
-    assert isinstance(predictor, ArrayPredictor), how
+    assert isinstance(predictor, KernelPredictor), how
+    assert predictor.steps == ("StandardScaler", "LogisticRegression")  # the one-hot part stays sklearn's
+    assert "numpy kernels for StandardScaler, LogisticRegression" in how
+    array = array_predictor(pipeline, MIXED)
+    assert isinstance(array, ArrayPredictor)
     rows = [
         {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame.to_dict("records")
     ]
     columns = validate_batch(rows[:100], MIXED).columns
-    np.testing.assert_array_equal(predictor.predict(columns), pipeline.predict(frame.head(100)))
-    np.testing.assert_allclose(
-        predictor.predict_proba(columns), pipeline.predict_proba(frame.head(100)), rtol=0, atol=1e-12
-    )
+    for served in (predictor, array):
+        np.testing.assert_array_equal(served.predict(columns), pipeline.predict(frame.head(100)))
+        np.testing.assert_allclose(
+            served.predict_proba(columns), pipeline.predict_proba(frame.head(100)), rtol=0, atol=1e-12
+        )
+
+
+def test_kernels_that_answer_otherwise_on_the_probes_leave_the_array_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from model import kernels
+
+    pipeline, _ = _churn_like_pipeline()
+    real = kernels.LinearKernel.predict_proba
+    monkeypatch.setattr(kernels.LinearKernel, "predict_proba", lambda self, x: real(self, x) + 1e-9)
+    predictor, how = predictor_for(pipeline, MIXED)
+    assert isinstance(predictor, ArrayPredictor), how
+    assert "numpy kernels differ on probe rows: predict_proba gave other values" in how
 
 
 def test_a_pipeline_the_array_path_cannot_take_keeps_the_frame_path() -> None:

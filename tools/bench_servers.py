@@ -103,14 +103,23 @@ def mlserver_model(
     transformer over all of them in signature order, else the pipeline on one V2 input per feature."""
     from sklearn.pipeline import Pipeline
 
-    from model.predictor import ArrayPredictor, predictor_for
+    from model.predictor import (
+        ArrayPredictor,
+        FramePredictor,
+        array_predictor,
+        first_difference,
+        probe_columns,
+    )
     from model.validation import RowSchema
 
     names = tuple(name for name, _ in columns)
-    # predictor_for keeps the array form only when it answers exactly as the pipeline on a frame.
-    fast, _ = predictor_for(pipeline, RowSchema(columns=tuple(columns)))
+    schema = RowSchema(columns=tuple(columns))
+    # The fitted steps themselves (not this project's kernels), when they answer exactly as the
+    # pipeline on a frame (model.predictor's own check).
+    fast = array_predictor(pipeline, schema)
     if (
         not isinstance(fast, ArrayPredictor)
+        or first_difference(FramePredictor(pipeline, names), fast, pipeline, probe_columns(schema))
         or any(kind != "double" for _, kind in columns)
         or len(fast.parts) != 1
         or fast.parts[0][1] != names
