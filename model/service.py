@@ -44,6 +44,7 @@ from bentoml._internal.server.http import traffic as _bentoml_traffic
 from bentoml.exceptions import BadInput
 from pydantic import AfterValidator
 
+from model.accept_balance import accept_one_per_wakeup
 from model.container import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_MAX_BODY_BYTES,
@@ -301,3 +302,7 @@ for _service in (Classifier, Regressor):
         max_bytes=positive_int_from_env(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES),
         json_paths=API_PATHS,
     )
+
+# Each worker accepts one connection per wake-up of the shared socket, so that a burst of keep-alive
+# connections spreads over the workers (model.accept_balance).
+accept_one_per_wakeup()

@@ -1,0 +1,81 @@
+"""model.accept_balance: one accepted connection per readiness event of the shared listening socket,
+so that the next pending one is left to whichever worker runs next."""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.selector_events
+import inspect
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from model import accept_balance
+
+
+@pytest.fixture
+def unpatched() -> Iterator[None]:
+    """asyncio's own accept handler for the test (model.service applies the patch at import)."""
+    loop_class = asyncio.selector_events.BaseSelectorEventLoop
+    current = loop_class._accept_connection  # type: ignore[attr-defined]
+    loop_class._accept_connection = getattr(current, "__wrapped__", current)  # type: ignore[attr-defined]
+    yield
+    loop_class._accept_connection = current  # type: ignore[attr-defined]
+
+
+def _accepted_of_pending(pending: int) -> int:
+    """How many of ``pending`` connections one call of the loop's accept handler takes (called with
+    the arguments asyncio's own server passes: positional, backlog 100)."""
+    loop = asyncio.SelectorEventLoop()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    listener.setblocking(False)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(pending)]
+    try:
+        loop._accept_connection(asyncio.Protocol, listener, None, None, 100, 60.0, 30.0)  # type: ignore[attr-defined]
+        left = 0
+        while True:
+            try:
+                listener.accept()[0].close()
+                left += 1
+            except BlockingIOError:
+                break
+        return pending - left
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        for client in clients:
+            client.close()
+        listener.close()
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_one_connection_per_wakeup_instead_of_the_whole_burst() -> None:
+    assert _accepted_of_pending(3) == 3  # asyncio as it is: the first worker awake takes them all
+    assert accept_balance.accept_one_per_wakeup()
+    assert accept_balance.accept_one_per_wakeup()  # once only: not wrapped twice
+    assert _accepted_of_pending(3) == 1
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_the_patched_signature_is_this_pythons() -> None:
+    """The contract the patch relies on, for the Python the image runs (model.pins' base)."""
+    handler = asyncio.selector_events.BaseSelectorEventLoop._accept_connection  # type: ignore[attr-defined]
+    assert tuple(inspect.signature(handler).parameters) == accept_balance.EXPECTED_PARAMETERS
+    source = inspect.getsource(asyncio.selector_events.BaseSelectorEventLoop._start_serving)
+    assert "self._accept_connection" in source and "backlog" in source  # looked up on the loop, per call
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_an_unknown_signature_leaves_asyncio_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def other(self: object, protocol_factory: object, sock: object, backlog: int = 100) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio.selector_events.BaseSelectorEventLoop, "_accept_connection", other)
+    assert not accept_balance.accept_one_per_wakeup()
+    assert asyncio.selector_events.BaseSelectorEventLoop._accept_connection is other  # type: ignore[attr-defined]
+    assert "unknown signature" in caplog.text
