@@ -37,8 +37,10 @@ FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 # identity covers them, the training fingerprint does not.
 SERVING_SOURCES: tuple[str, ...] = (
     "model/__init__.py",
+    "model/accept_balance.py",
     "model/container.py",
     "model/feedback.py",
+    "model/kernels.py",
     "model/monitoring.py",
     "model/predictor.py",
     "model/profile.py",

@@ -26,6 +26,7 @@ import requests
 
 from model.bento import BuildContext, export_build_context
 from model.container import LIVENESS_PATH, MAX_ROWS_ENV, METRICS_PATH, MODEL_TAG_ENV, READINESS_PATH
+from model.fingerprint import SERVING_SOURCES
 from model.predictor import (
     ArrayPredictor,
     FramePredictor,
@@ -691,7 +692,9 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
         " 'apis': [sorted(s.Classifier.apis), sorted(s.Regressor.apis)],"
         " 'timeout_middleware': [m.cls.__qualname__ for m in __import__('bentoml._internal.server.base_app',"
         " fromlist=['x']).BaseAppFactory.middlewares.fget(__import__('types').SimpleNamespace("
-        "timeout=60, max_concurrency=None))]}))"
+        "timeout=60, max_concurrency=None))],"
+        " 'model_files': sorted(m.__file__ for n, m in __import__('sys').modules.items()"
+        " if n == 'model' or n.startswith('model.'))}))"
     )
     tag = "env_chosen_model:0123abcd"
     env = {**os.environ, MODEL_TAG_ENV: tag, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
@@ -709,3 +712,5 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     assert seen["apis"] == [["feedback", "predict", "predict_proba"], ["feedback", "predict"]]
     # BentoML makes its traffic.timeout middleware from the class model.service put in its place.
     assert seen["timeout_middleware"] == ["RequestTimeout"]
+    # Every module of ours the service imports is one the bento carries (and the build identity covers).
+    assert [Path(f).relative_to(REPO_ROOT).as_posix() for f in seen["model_files"]] == sorted(SERVING_SOURCES)
