@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio.selector_events
 import functools
+import importlib.util
 import inspect
 import logging
 from typing import Any
@@ -40,6 +41,11 @@ _LOOP = asyncio.selector_events.BaseSelectorEventLoop
 def accept_one_per_wakeup() -> bool:
     """Patch the selector event loop to accept one connection per readiness event; True if applied
     (or already), False if this Python's accept handler is not the one it knows."""
+    if importlib.util.find_spec("uvloop") is not None:
+        logger.warning(
+            "uvloop is installed: uvicorn serves on it, which this patch of asyncio does not reach "
+            "(a burst of connections may land on one worker)"
+        )
     accept = _LOOP._accept_connection  # type: ignore[attr-defined]
     if getattr(accept, "one_per_wakeup", False):
         return True

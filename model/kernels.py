@@ -10,9 +10,10 @@ and ``None`` for anything else, which then runs as scikit-learn runs it.
 
 What a kernel still checks is what the served arrays can get wrong: a non-float64 input goes to the
 scikit-learn object (whose dtype rules a kernel does not copy), and a non-finite input (a value the
-previous step's arithmetic overflowed) raises the ValueError scikit-learn's input check raises, with
-the same words (``NON_FINITE_MESSAGE``). ``model.predictor`` uses kernels only after the whole
-pipeline made of them answered as the pipeline itself on probe rows.
+previous step's arithmetic overflowed) raises the ValueError scikit-learn's input check raises, for
+an infinity with the same words (``NON_FINITE_MESSAGE``; for NaN the first line of its message).
+``model.predictor`` uses kernels only after the whole pipeline made of them answered as the pipeline
+itself on probe rows.
 """
 
 from __future__ import annotations

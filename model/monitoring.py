@@ -31,12 +31,13 @@ first served value already counts in Prometheus' ``increase``.
 
 Counting is vectorised: every counter a request can move has a position in one vector, a request's
 values become positions (numeric bins by one comparison against all features' edges, categories by
-lookup) and one ``np.bincount`` adds them to the pending counts. The pending counts are written to the
-counters (one ``inc(amount)`` per non-empty one) at most FLUSH_SECONDS after the first request since
-the last write, by a timer on the serving event loop, and at exit; without a running event loop (a
-script, a test) at once. So ``/metrics`` shows a request within FLUSH_SECONDS, and a worker does a
-few hundred counter writes per second whatever its traffic, instead of ~35 per request (~60% of the
-counting's cost in a multiprocess registry). A failure is logged and never fails the request.
+lookup) and one ``np.bincount`` adds them to the pending counts. The pending counts are written to
+the counters (one ``inc(amount)`` per non-empty one) at most FLUSH_SECONDS after the first request
+since the last write, by a timer on the serving event loop, and at a graceful stop
+(``model.service``'s shutdown hook; atexit for scripts); without a running event loop (a script, a
+test) at once. So ``/metrics`` shows a request within FLUSH_SECONDS, and a worker does a few hundred
+counter writes per second whatever its traffic, instead of ~35 per request (~60% of the counting's
+cost in a multiprocess registry). A failure is logged and never fails the request.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import asyncio
 import atexit
 import logging
 import math
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -160,6 +162,7 @@ class Monitor:
         self._children = children
         self._pending = np.zeros(len(children), dtype="float64")
         self._flush_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        self._lock = threading.Lock()
         self.flush_seconds = FLUSH_SECONDS
         atexit.register(self.flush)
         for binning in profile.features:
@@ -200,7 +203,9 @@ class Monitor:
         (class names, or predicted numbers); written to the counters within ``flush_seconds``.
         Never raises: a failure is logged."""
         try:
-            self._pending += np.bincount(self._positions(columns, predictions), minlength=len(self._children))
+            counts = np.bincount(self._positions(columns, predictions), minlength=len(self._children))
+            with self._lock:  # the APIs run on the event loop; a flush from another thread is safe too
+                self._pending += counts
             self._schedule_flush()
         except Exception:
             logger.exception("monitoring: counting a request failed (the request itself was answered)")
@@ -232,12 +237,16 @@ class Monitor:
         if self._flush_timer is not None:
             self._flush_timer[1].cancel()  # when called before its time (no loop, exit)
             self._flush_timer = None
-        pending, self._pending = self._pending, np.zeros_like(self._pending)
-        try:
-            for i in np.flatnonzero(pending).tolist():
+        with self._lock:
+            pending, self._pending = self._pending, np.zeros_like(self._pending)
+        failed = 0
+        for i in np.flatnonzero(pending).tolist():
+            try:
                 self._children[i].inc(float(pending[i]))
-        except Exception:
-            logger.exception("monitoring: writing the counters failed")
+            except Exception:
+                failed += 1
+                if failed == 1:
+                    logger.exception("monitoring: writing a counter failed (the others are written)")
 
     def _admit(self, version: str) -> None:
         """Create a version's feedback series at 0 before its first rows: ``increase()`` misses the

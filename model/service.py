@@ -204,6 +204,12 @@ class _Served:
         # collections stay short (they scanned every imported module's objects: a periodic stall).
         gc.freeze()
 
+    @bentoml.on_shutdown
+    def write_pending_counts(self) -> None:
+        """At a graceful stop (BentoML's lifespan shutdown, before the worker re-raises SIGTERM and
+        exits without atexit): the counts still waiting for the monitoring timer."""
+        self.monitor.flush()
+
     def _scored(self, batch: Batch, method: str) -> np.ndarray:
         """The model's answer (``method``: predict or predict_proba) for a validated request: the
         Batch ``Rows`` made of it (typed column arrays). The APIs count the columns and the answers

@@ -95,6 +95,9 @@ class ColumnTable(dict[str, np.ndarray]):
     """Feature arrays that are the columns of one (rows, features) float64 ``matrix``, in ``names`` order."""
 
     def __init__(self, names: tuple[str, ...], matrix: np.ndarray) -> None:
+        # Read-only: the model's steps get this matrix itself, and a step that works in place (a
+        # scaler with copy=False) must not change what monitoring then counts.
+        matrix.flags.writeable = False
         super().__init__((name, matrix[:, j]) for j, name in enumerate(names))
         self.names = names
         self.matrix = matrix

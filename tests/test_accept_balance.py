@@ -31,19 +31,20 @@ def _accepted_of_pending(pending: int) -> int:
     listener = socket.create_server(("127.0.0.1", 0), backlog=16)
     listener.setblocking(False)
     clients = [socket.create_connection(listener.getsockname()) for _ in range(pending)]
+    transports: list[asyncio.BaseTransport] = []
+
+    class Kept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transports.append(transport)
+
     try:
-        loop._accept_connection(asyncio.Protocol, listener, None, None, 100, 60.0, 30.0)  # type: ignore[attr-defined]
-        left = 0
-        while True:
-            try:
-                listener.accept()[0].close()
-                left += 1
-            except BlockingIOError:
-                break
-        return pending - left
+        loop._accept_connection(Kept, listener, None, None, 100, 60.0, 30.0)  # type: ignore[attr-defined]
+        accepted = len(asyncio.all_tasks(loop))  # one task per accepted connection
+        loop.run_until_complete(asyncio.sleep(0.05))  # they make their transports
+        return accepted
     finally:
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
+        for transport in transports:
+            transport.close()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
         for client in clients:

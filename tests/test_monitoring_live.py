@@ -36,6 +36,7 @@ from infra.alert_rules import (
 from model import monitoring
 from model.feedback import PREDICTION_ID_HEADER, prediction_id
 from tests.conftest import ServedExample, free_port
+from tools.demo import settled_metrics
 from tools.processes import bentoml_serve_command, running
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def test_both_workers_count_into_one_metrics_page(
 ) -> None:
     service = context.image_name
     rows = rows_of(heldout_rows.head(10))
-    before = requests.get(f"{server}/metrics", timeout=30).text
+    before = settled_metrics(server, service)
     sent = 0
 
     def served_by_both() -> set[str] | None:
@@ -325,7 +326,7 @@ def test_every_task_and_feature_type_is_counted_by_a_real_server(
     heldout = load_heldout(example.result.run_id, tracking_uri=mlflow_server)
     features = load_dataset(example.spec).features
     service = example.spec.bento_name
-    before = requests.get(f"{example.url}/metrics", timeout=30).text
+    before = settled_metrics(example.url, service)  # other tests' requests on this server counted
     post(example.url, request_rows(heldout, features))
     after = counting(example.url, service, monitoring.served_rows(before, service) + len(heldout))
     old, new = (

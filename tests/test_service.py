@@ -225,6 +225,30 @@ def test_the_array_and_kernel_paths_answer_exactly_as_the_pipeline_on_a_frame() 
         )
 
 
+def test_a_step_that_works_in_place_leaves_the_request_columns_as_they_were() -> None:
+    """The all-double matrix goes to the model's steps as is: read-only, so that a scaler with
+    copy=False (run by scikit-learn: its kernel never writes in place) copies it instead of
+    changing what monitoring then counts."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame = pd.DataFrame(probe_columns(DOUBLES)) * 10 + 5
+    pipeline = Pipeline(
+        [("preprocess", ColumnTransformer([("n", StandardScaler(copy=False), ["a", "b"])])),
+         ("estimator", LogisticRegression())]
+    ).fit(frame, (frame["a"] > frame["a"].median()).astype(int))  # fmt: skip
+    rows = frame.to_dict("records")
+    schema = RowSchema(columns=DOUBLES.columns)
+    columns = validate_batch(rows, schema).columns
+    assert isinstance(columns, ColumnTable) and not columns.matrix.flags.writeable
+    array = array_predictor(pipeline, schema)
+    assert isinstance(array, ArrayPredictor)
+    np.testing.assert_array_equal(array.predict(columns), pipeline.predict(frame.copy()))
+    assert columns.matrix.tolist() == frame.to_numpy().tolist()  # unscaled still
+
+
 def test_kernels_that_answer_otherwise_on_the_probes_leave_the_array_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -262,8 +262,11 @@ def floors(model_dir: Path, rows: Sequence[dict[str, object]], schema: Any) -> l
     from model.predictor import predictor_for
 
     pipeline = mlflow.pyfunc.load_model(str(model_dir)).get_raw_model()
-    predictor, how = predictor_for(pipeline, schema)
-    served = f"validate + predict as served ({how.split(':')[0]})"
+    predictor, _ = predictor_for(pipeline, schema)
+    path = {"KernelPredictor": "numpy kernels", "ArrayPredictor": "array path"}.get(
+        type(predictor).__name__, "pandas frame path"
+    )
+    served = f"validate + predict as served ({path})"
     out = []
     for n in (1, 100):
         chunk = list(rows[:n])

@@ -291,7 +291,7 @@ def measure_drift(spec: ModelSpec, endpoint: str) -> Drift:
         scaled = shifted[feature.name] * SHIFT_FACTOR
         shifted[feature.name] = scaled.round().astype("int64") if feature.type == "long" else scaled
     service = bento_name_for(spec.name)
-    scrapes = [_metrics(endpoint)]
+    scrapes = [settled_metrics(endpoint, service)]  # the held-out rows of step 5 counted
     for frame in (rows, shifted):
         payload = request_rows(frame, features)
         for start in range(0, len(payload), REQUEST_ROWS):
@@ -311,6 +311,21 @@ def _metrics(endpoint: str) -> str:
     response = requests.get(f"{endpoint}{METRICS_PATH}", timeout=60)
     response.raise_for_status()
     return response.text
+
+
+def settled_metrics(endpoint: str, service: str) -> str:
+    """A ``/metrics`` text with nothing of the requests before it still pending: the served rows it
+    counts are the same after another FLUSH_SECONDS and more (model.monitoring)."""
+    from model.monitoring import FLUSH_SECONDS, served_rows
+
+    text = _metrics(endpoint)
+    for _ in range(20):
+        time.sleep(FLUSH_SECONDS * 1.25)
+        again = _metrics(endpoint)
+        if served_rows(again, service) == served_rows(text, service):
+            return again
+        text = again
+    raise RuntimeError(f"{endpoint}/metrics kept changing without requests: is something else sending?")
 
 
 def _metrics_counting(endpoint: str, service: str, rows: float) -> str:
