@@ -717,6 +717,8 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
         " 'timeout_middleware': [m.cls.__qualname__ for m in __import__('bentoml._internal.server.base_app',"
         " fromlist=['x']).BaseAppFactory.middlewares.fget(__import__('types').SimpleNamespace("
         "timeout=60, max_concurrency=None))],"
+        " 'shutdown_hooks': [n for n in dir(s.Classifier.inner)"
+        " if getattr(getattr(s.Classifier.inner, n), '__bentoml_shutdown_hook__', False)],"
         " 'model_files': sorted(m.__file__ for n, m in __import__('sys').modules.items()"
         " if n == 'model' or n.startswith('model.'))}))"
     )
@@ -736,5 +738,6 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     assert seen["apis"] == [["feedback", "predict", "predict_proba"], ["feedback", "predict"]]
     # BentoML makes its traffic.timeout middleware from the class model.service put in its place.
     assert seen["timeout_middleware"] == ["RequestTimeout"]
+    assert seen["shutdown_hooks"] == ["write_pending_counts"]  # BentoML's lifespan shutdown runs it
     # Every module of ours the service imports is one the bento carries (and the build identity covers).
     assert [Path(f).relative_to(REPO_ROOT).as_posix() for f in seen["model_files"]] == sorted(SERVING_SOURCES)
