@@ -185,9 +185,34 @@ def project_container(
             pid = int(
                 docker(engine, ["inspect", "--format", "{{.State.Pid}}", container.container_id]).stdout
             )
-            yield pid, container.url
+            yield pid, bridge_url(engine, container.container_id, progress) or container.url
         finally:
             remove_container(engine, container.container_id)
+
+
+def bridge_url(engine: Any, container_id: str, progress: Callable[[str], None]) -> str | None:
+    """The container's own address on the engine's bridge, as a pod's address is reached (veth and
+    bridge, no proxy), when it answers; the published loopback port goes through docker-proxy, a
+    userland copy of every byte that a pod network does not have."""
+    import requests
+
+    from model.container import READINESS_PATH, SERVICE_PORT
+    from tools.docker_env import docker
+
+    inspected = docker(
+        engine, ["inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                 container_id],
+    ).stdout.split()  # fmt: skip
+    for address in inspected:
+        url = f"http://{address}:{SERVICE_PORT}"
+        try:
+            if requests.get(url + READINESS_PATH, timeout=5).status_code == 200:
+                progress(f"loading the container at its bridge address {url}")
+                return url
+        except requests.RequestException:
+            continue
+    progress("the container's bridge address does not answer: loading it through the published port")
+    return None
 
 
 @contextmanager
