@@ -288,6 +288,15 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(aside.parent, ignore_errors=True)
 
 
+def half_copied_models(bento_dir: Path) -> list[Path]:
+    """The model folders (``models/<name>/<version>``) of a stored bento that have no model.yaml."""
+    return sorted(
+        version
+        for version in bento_dir.glob("models/*/*")
+        if version.is_dir() and not (version / "model.yaml").is_file()
+    )
+
+
 def normalize_tree(root: Path, timestamp: datetime) -> None:
     """Pin every ``creation_time`` in bento.yaml / model.yaml files and every mtime to ``timestamp``."""
     stamp = timestamp.isoformat()
@@ -427,6 +436,13 @@ def _build_in_this_process(
     bento = _stored_or_none(bentoml.bentos.get, bento_tag, NotFound)
     if bento is not None and dict(bento.info.labels) != bento_labels:
         progress(f"bento {bento_tag} was built from another run or base image: rebuilding it")
+        bentoml.bentos.delete(bento_tag)
+        bento = None
+    if bento is not None and half_copied_models(Path(bento.path)):
+        # BentoML's export copies the models into the stored bento's own folder first; an export
+        # killed during that copy leaves a model folder without its model.yaml, which every later
+        # export of the bento fails to load.
+        progress(f"bento {bento_tag} holds a model an interrupted export left half-copied: rebuilding it")
         bentoml.bentos.delete(bento_tag)
         bento = None
     reused = bento is not None

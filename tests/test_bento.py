@@ -445,3 +445,18 @@ def test_parity_is_checked_inside_the_export_of_a_reused_bento(
     assert "1 difference(s)" in str(info.value)
     assert list(tree_digest(out)) == before, "a failed export must leave the previous one untouched"
     assert sorted(p.name for p in work.iterdir() if p.name.startswith(".tamper-out")) == []
+
+
+def test_half_copied_models_are_the_model_folders_without_their_model_yaml(tmp_path: Path) -> None:
+    """What an export killed while BentoML copied the models into the stored bento leaves: the next
+    export rebuilds such a bento instead of failing to load it."""
+    from model.bento import half_copied_models
+
+    whole, half = tmp_path / "models" / "m" / "v1", tmp_path / "models" / "m" / "v2"
+    whole.mkdir(parents=True)
+    half.mkdir()
+    (whole / "model.yaml").write_text("name: m\n")
+    (half / "saved_model.pkl").write_text("partial")
+    (tmp_path / "models" / "m" / "latest").write_text("v1")  # BentoML's pointer file, not a model
+    assert half_copied_models(tmp_path) == [half]
+    assert half_copied_models(tmp_path / "elsewhere") == []
