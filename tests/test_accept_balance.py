@@ -65,7 +65,8 @@ def test_the_patched_signature_is_this_pythons() -> None:
     """The contract the patch relies on, for the Python the image runs (model.pins' base)."""
     handler = asyncio.selector_events.BaseSelectorEventLoop._accept_connection  # type: ignore[attr-defined]
     assert tuple(inspect.signature(handler).parameters) == accept_balance.EXPECTED_PARAMETERS
-    source = inspect.getsource(asyncio.selector_events.BaseSelectorEventLoop._start_serving)
+    loop_class = asyncio.selector_events.BaseSelectorEventLoop
+    source = inspect.getsource(loop_class._start_serving)  # type: ignore[attr-defined]
     assert "self._accept_connection" in source and "backlog" in source  # looked up on the loop, per call
 
 
