@@ -31,13 +31,13 @@ first served value already counts in Prometheus' ``increase``.
 
 Counting is vectorised: every counter a request can move has a position in one vector, a request's
 values become positions (numeric bins by one comparison against all features' edges, categories by
-lookup) and one ``np.bincount`` adds them to the pending counts. The pending counts are written to
-the counters (one ``inc(amount)`` per non-empty one) at most FLUSH_SECONDS after the first request
-since the last write, by a timer on the serving event loop, and at a graceful stop
-(``model.service``'s shutdown hook; atexit for scripts); without a running event loop (a script, a
-test) at once. So ``/metrics`` shows a request within FLUSH_SECONDS, and a worker does a few hundred
-counter writes per second whatever its traffic, instead of ~35 per request (~60% of the counting's
-cost in a multiprocess registry). A failure is logged and never fails the request.
+lookup, added per feature) and the request's counts are added to the pending counts. The pending
+counts are written to the counters (one ``inc(amount)`` per non-empty one) at most FLUSH_SECONDS
+after the first request since the last write, by a timer on the serving event loop, and at a
+graceful stop (``model.service``'s shutdown hook; atexit for scripts); without a running event loop
+(a script, a test) at once. So ``/metrics`` shows a request within FLUSH_SECONDS, and a worker does
+a few hundred counter writes per second whatever its traffic, instead of ~35 per request (~60% of
+the counting's cost in a multiprocess registry). A failure is logged and never fails the request.
 """
 
 from __future__ import annotations
@@ -203,25 +203,25 @@ class Monitor:
         (class names, or predicted numbers); written to the counters within ``flush_seconds``.
         Never raises: a failure is logged."""
         try:
-            counts = np.bincount(self._positions(columns, predictions), minlength=len(self._children))
+            counts = self._counts(columns, predictions)
             with self._lock:  # the APIs run on the event loop; a flush from another thread is safe too
                 self._pending += counts
             self._schedule_flush()
         except Exception:
             logger.exception("monitoring: counting a request failed (the request itself was answered)")
 
-    def _positions(self, columns: Columns, predictions: Sequence[Any] | np.ndarray) -> np.ndarray:
-        """One position per counted event (a value in a bin, out of range, missing; an answer's bin)."""
-        parts = []
+    def _counts(self, columns: Columns, predictions: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """One request's count per counter (the positions of ``self._children``)."""
+        counts = np.zeros(len(self._children), dtype="float64")
         if self._numeric is not None:
-            parts.append(self._numeric.positions(_matrix(columns, self._numeric_names)))
+            positions = self._numeric.positions(_matrix(columns, self._numeric_names))
+            counts[: self._numeric.size] += np.bincount(positions, minlength=self._numeric.size)
         for binning, base in self._categorical:
-            counts, _, absent = count_column(binning, columns[binning.name])
-            parts.append(np.repeat(np.arange(base, base + binning.size), counts))
-            parts.append(np.full(absent, base + binning.size))
-        counts = count_column(self.profile.prediction, predictions)[0]
-        parts.append(np.repeat(np.arange(counts.size) + self._prediction_base, counts))
-        return np.concatenate(parts)
+            binned, _, absent = count_column(binning, columns[binning.name])
+            counts[base : base + binning.size] += binned
+            counts[base + binning.size] += absent
+        counts[self._prediction_base :] += count_column(self.profile.prediction, predictions)[0]
+        return counts
 
     def _schedule_flush(self) -> None:
         try:
@@ -307,6 +307,7 @@ class _NumericBins:
         self._offsets = np.cumsum([0, *sizes[:-1]])
         self._out_of_range_base = int(sizes.sum())
         self._missing_base = self._out_of_range_base + len(numeric)
+        self.size = self._missing_base + len(numeric)  # the counters these positions index
         self._lows = np.array([b.low for b in numeric], dtype="float64")
         self._highs = np.array([b.high for b in numeric], dtype="float64")
 
