@@ -81,22 +81,10 @@ class ArrayPredictor:
 
 
 @dataclass(frozen=True)
-class KernelPredictor:
-    """An ArrayPredictor with each fitted step that has one replaced by its numpy kernel."""
+class KernelPredictor(ArrayPredictor):
+    """An ArrayPredictor whose fitted steps that have one run as their numpy kernel."""
 
-    array: ArrayPredictor
-    steps: tuple[str, ...]  # the classes now run as kernels
-    parts: tuple[tuple[Any, tuple[str, ...]], ...]
-    rest: Any
-
-    def transform(self, columns: Columns) -> np.ndarray:
-        return ArrayPredictor(self.parts, self.rest).transform(columns)
-
-    def predict(self, columns: Columns) -> np.ndarray:
-        return np.asarray(self.rest.predict(self.transform(columns)))
-
-    def predict_proba(self, columns: Columns) -> np.ndarray:
-        return np.asarray(self.rest.predict_proba(self.transform(columns)))
+    steps: tuple[str, ...] = ()  # the classes that run as kernels
 
 
 def kernel_predictor(array: ArrayPredictor) -> KernelPredictor | None:
@@ -114,7 +102,7 @@ def kernel_predictor(array: ArrayPredictor) -> KernelPredictor | None:
 
     parts = tuple((swapped(transformer), names) for transformer, names in array.parts)
     rest = swapped(array.rest)
-    return KernelPredictor(array, tuple(steps), parts, rest) if steps else None
+    return KernelPredictor(parts, rest, tuple(steps)) if steps else None
 
 
 def array_predictor(pipeline: Any, schema: RowSchema) -> ArrayPredictor | str:
