@@ -36,7 +36,7 @@ from infra.alert_rules import (
 from model import monitoring
 from model.feedback import PREDICTION_ID_HEADER, prediction_id
 from tests.conftest import ServedExample, free_port
-from tools.demo import settled_metrics
+from tools.demo import metrics_counting, settled_metrics
 from tools.processes import bentoml_serve_command, running
 
 if TYPE_CHECKING:
@@ -139,14 +139,9 @@ def poll(check: Callable[[], Any], what: str, timeout: float = TIMEOUT_S, every:
 
 
 def counting(server: str, service: str, rows: float) -> str:
-    """The first /metrics text that counts ``rows`` served rows (each worker writes its counts on a
-    timer: monitoring.FLUSH_SECONDS); fails if it counts more."""
-
-    def scraped() -> str | None:
-        text = requests.get(f"{server}/metrics", timeout=30).text
-        return text if monitoring.served_rows(text, service) >= rows else None
-
-    text: str = poll(scraped, f"{rows:.0f} served rows on /metrics", every=monitoring.FLUSH_SECONDS / 4)
+    """The first /metrics text that counts ``rows`` served rows (tools.demo.metrics_counting: each
+    worker writes its counts on a timer); fails if it counts more."""
+    text = metrics_counting(server, service, rows, timeout=TIMEOUT_S)
     assert monitoring.served_rows(text, service) == rows
     return text
 

@@ -296,7 +296,7 @@ def measure_drift(spec: ModelSpec, endpoint: str) -> Drift:
         payload = request_rows(frame, features)
         for start in range(0, len(payload), REQUEST_ROWS):
             _post(f"{endpoint}/predict", payload[start : start + REQUEST_ROWS])
-        scrapes.append(_metrics_counting(endpoint, service, served_rows(scrapes[-1], service) + len(payload)))
+        scrapes.append(metrics_counting(endpoint, service, served_rows(scrapes[-1], service) + len(payload)))
     return Drift(
         tuple(f.name for f in numeric),
         drift_between(scrapes[0], scrapes[1], service),
@@ -328,12 +328,14 @@ def settled_metrics(endpoint: str, service: str) -> str:
     raise RuntimeError(f"{endpoint}/metrics kept changing without requests: is something else sending?")
 
 
-def _metrics_counting(endpoint: str, service: str, rows: float) -> str:
+def metrics_counting(endpoint: str, service: str, rows: float, timeout: float | None = None) -> str:
     """The first ``/metrics`` text that counts ``rows`` served rows: a worker writes its counts on a
-    timer (model.monitoring.FLUSH_SECONDS)."""
+    timer (model.monitoring.FLUSH_SECONDS); a RuntimeError after ``timeout`` seconds (default 20
+    flush periods)."""
     from model.monitoring import FLUSH_SECONDS, served_rows
 
-    deadline = time.monotonic() + 20 * FLUSH_SECONDS
+    wait = 20 * FLUSH_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + wait
     while True:
         text = _metrics(endpoint)
         counted = served_rows(text, service)
@@ -342,7 +344,7 @@ def _metrics_counting(endpoint: str, service: str, rows: float) -> str:
         if time.monotonic() > deadline:
             raise RuntimeError(
                 f"{endpoint}/metrics counts {counted:.0f} served rows, not the {rows:.0f} sent, "
-                f"{20 * FLUSH_SECONDS:.0f} s after the last: see the server's log"
+                f"{wait:.0f} s after the last: see the server's log"
             )
         time.sleep(FLUSH_SECONDS / 4)
 
