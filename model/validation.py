@@ -14,6 +14,13 @@ extra feature, a wrong type, a non-finite number, an integer out of range, a flo
 column...) goes through ``validate_rows``, the per-value check that names every problem, so the
 answer to a bad request does not depend on the path.
 
+A request's rows come in one of two forms: ``rows``, one object of feature: value per row
+(``validate_batch``), or the column form of pandas' "split" orient, ``columns`` (the feature names,
+once, in any order) and ``data`` (one array of values per row, in that order; ``validate_columns``),
+which spells each name once instead of once per row and so parses in about a third of the time.
+Both give the same Batch and name a bad value by row and feature (``rows[i].name``,
+``data[i].name``); ``request_batch`` says which form a request used, or why it used neither.
+
 Per signature type: ``double``/``float`` take JSON numbers (integers are converted: MLflow's schema
 enforcement would reject int64 for a double column), ``long``/``integer`` whole numbers in range,
 ``boolean`` JSON true/false, ``string`` JSON strings (and, when the model lists the feature's
@@ -117,6 +124,7 @@ class Batch:
 
     columns: dict[str, np.ndarray]
     size: int
+    field: str = "rows"  # the body's field the rows came in: "rows", or "data" (the column form)
 
 
 def validate_batch(rows: object, schema: RowSchema) -> Batch:
@@ -125,12 +133,113 @@ def validate_batch(rows: object, schema: RowSchema) -> Batch:
     assert isinstance(rows, list)
     columns = _fast_columns(rows, schema)
     if columns is None:
-        clean = validate_rows(rows, schema)  # raises, naming every problem, unless the rows are fine
-        columns = {
-            name: np.array([row[name] for row in clean], dtype=COLUMN_DTYPES[kind])
-            for name, kind in schema.columns
-        }
+        columns = _checked_columns(rows, schema, "rows")
     return Batch(columns, len(rows))
+
+
+ROWS_OR_COLUMNS = (
+    "send the rows either as 'rows' (an array of objects, feature: value) or as 'columns' (the "
+    "feature names) with 'data' (an array of rows, each an array of values in the order of 'columns')"
+)
+
+
+def request_batch(rows: Batch | None, columns: object, data: object, schema: RowSchema) -> Batch:
+    """The validated batch of a request in either form: ``rows`` as ``validate_batch`` gave it
+    while the body was parsed, or ``columns`` and ``data`` checked here; RequestValidationError for
+    a body with both forms, or neither."""
+    if rows is not None:
+        if columns is not None or data is not None:
+            raise RequestValidationError(
+                [f"the body has both 'rows' and 'columns'/'data': {ROWS_OR_COLUMNS}"]
+            )
+        return rows
+    if columns is None or data is None:
+        given = (
+            "'columns' without 'data'"
+            if data is None and columns is not None
+            else ("'data' without 'columns'" if columns is None and data is not None else "no rows")
+        )
+        raise RequestValidationError([f"the body has {given}: {ROWS_OR_COLUMNS}"])
+    return validate_columns(columns, data, schema)
+
+
+def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
+    """The column form of a request (``columns``: the feature names; ``data``: per row, the values
+    in that order) checked against ``schema`` and converted like ``validate_batch``."""
+    order = _checked_names(columns, schema)
+    _check_count(data, schema, "data")
+    assert isinstance(data, list)
+    width = len(order)
+    shape_problems = [
+        f"data[{index}] must be an array of {width} values in the order of 'columns', got "
+        + (f"an array of {len(values)}" if isinstance(values, list) else _json_type(values))
+        for index, values in enumerate(data)
+        if type(values) is not list or len(values) != width
+    ]
+    if shape_problems:
+        raise RequestValidationError(shape_problems)
+    typed = _fast_split(data, order, schema)
+    if typed is None:
+        typed = _checked_columns([dict(zip(order, values, strict=True)) for values in data], schema, "data")
+    return Batch(typed, len(data), "data")
+
+
+def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
+    if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
+        raise RequestValidationError(
+            [f"'columns' must be an array of feature names (strings), got {_json_type(columns)}"]
+        )
+    problems = []
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        problems.append(f"'columns' names feature(s) {_quoted(repeated)} more than once: name each once")
+    missing = [name for name in schema.names if name not in columns]
+    if missing:
+        problems.append(f"'columns' is missing feature(s) {_quoted(missing)}: send all {len(schema.names)}")
+    known = set(schema.names)
+    extra = [name for name in columns if name not in known]
+    if extra:
+        problems.append(
+            f"'columns' has unknown feature(s) {_quoted(extra)}: the model takes only its "
+            f"{len(schema.names)} signature features (e.g. {_quoted(schema.names[:3])})"
+        )
+    if problems:
+        raise RequestValidationError(problems)
+    return tuple(columns)
+
+
+def _checked_columns(rows: list[Any], schema: RowSchema, field: str) -> dict[str, np.ndarray]:
+    """The typed columns of ``rows`` after the per-value check, which raises, naming every problem
+    (as ``field[i].feature``), unless the rows are fine."""
+    clean = validate_rows(rows, schema, field)
+    return {
+        name: np.array([row[name] for row in clean], dtype=COLUMN_DTYPES[kind])
+        for name, kind in schema.columns
+    }
+
+
+def _fast_split(
+    data: list[list[Any]], order: tuple[str, ...], schema: RowSchema
+) -> dict[str, np.ndarray] | None:
+    """The typed columns of a plainly valid column-form request (as ``_fast_columns``), else None."""
+    names = schema.names
+    if all(kind == "double" for _, kind in schema.columns):
+        matrix = _double_matrix(data)
+        if matrix is None:
+            return None
+        if order != names:
+            position = {name: j for j, name in enumerate(order)}
+            # C order as the row form's matrix: the model's arithmetic then sums in the same order.
+            matrix = np.ascontiguousarray(matrix[:, [position[name] for name in names]])
+        return ColumnTable(names, matrix)
+    values = dict(zip(order, zip(*data, strict=True), strict=True))
+    columns: dict[str, np.ndarray] = {}
+    for name, kind in schema.columns:
+        column = _fast_column(values[name], kind, schema.categories.get(name))
+        if column is None:
+            return None
+        columns[name] = column
+    return columns
 
 
 def _fast_columns(rows: list[Any], schema: RowSchema) -> dict[str, np.ndarray] | None:
@@ -157,13 +266,19 @@ def _fast_columns(rows: list[Any], schema: RowSchema) -> dict[str, np.ndarray] |
 
 def _double_table(table: list[tuple[object, ...]], names: tuple[str, ...]) -> ColumnTable | None:
     """Every value of an all-double request, checked and converted at once (as ``_fast_column``)."""
+    matrix = _double_matrix(table)
+    return None if matrix is None else ColumnTable(names, matrix)
+
+
+def _double_matrix(table: Sequence[Sequence[object]]) -> np.ndarray | None:
+    """The rows of ``table`` as one float64 matrix when every value is a finite JSON number, else None."""
     if not set(map(type, itertools.chain.from_iterable(table))) <= _NUMBER_TYPES:
         return None
     try:
         matrix = np.array(table, dtype=np.float64)  # OverflowError for an int beyond a double
     except OverflowError:
         return None
-    return ColumnTable(names, matrix) if np.isfinite(matrix).all() else None
+    return matrix if np.isfinite(matrix).all() else None
 
 
 def _fast_column(
@@ -195,14 +310,15 @@ def _fast_column(
     return np.array(values, dtype=np.object_)
 
 
-def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Value]]:
-    """Return ``rows`` with every value checked and typed for the model, or raise RequestValidationError."""
-    _check_count(rows, schema)
+def validate_rows(rows: object, schema: RowSchema, field: str = "rows") -> list[dict[str, Value]]:
+    """Return ``rows`` with every value checked and typed for the model, or raise RequestValidationError
+    naming each problem as ``field[index].feature``."""
+    _check_count(rows, schema, field)
     assert isinstance(rows, list)
     problems: list[str] = []
     clean: list[dict[str, Value]] = []
     for index, row in enumerate(rows):
-        typed, row_problems = _validate_row(index, row, schema)
+        typed, row_problems = _validate_row(f"{field}[{index}]", row, schema)
         problems.extend(row_problems)
         clean.append(typed)
     if problems:
@@ -210,36 +326,40 @@ def validate_rows(rows: object, schema: RowSchema) -> list[dict[str, Value]]:
     return clean
 
 
-def _check_count(rows: object, schema: RowSchema) -> None:
+_ROW_FORMS = {
+    "rows": "objects (feature: value)",
+    "data": "rows, each an array of values in the order of 'columns'",
+}
+
+
+def _check_count(rows: object, schema: RowSchema, field: str = "rows") -> None:
     if not isinstance(rows, list):
         raise RequestValidationError(
-            [f"'rows' must be a JSON array of objects (feature: value), got {_json_type(rows)}"]
+            [f"'{field}' must be a JSON array of {_ROW_FORMS[field]}, got {_json_type(rows)}"]
         )
     if not rows:
-        raise RequestValidationError(["'rows' is empty: send at least one row"])
+        raise RequestValidationError([f"'{field}' is empty: send at least one row"])
     if len(rows) > schema.max_rows:
         raise RequestValidationError(
             [
-                f"'rows' has {len(rows)} rows, more than the limit of {schema.max_rows} per request: "
+                f"'{field}' has {len(rows)} rows, more than the limit of {schema.max_rows} per request: "
                 f"split the batch into requests of at most {schema.max_rows} rows"
             ]
         )
 
 
-def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str, Value], list[str]]:
+def _validate_row(where: str, row: object, schema: RowSchema) -> tuple[dict[str, Value], list[str]]:
     if not isinstance(row, Mapping):
-        return {}, [f"rows[{index}] must be an object of feature: value, got {_json_type(row)}"]
+        return {}, [f"{where} must be an object of feature: value, got {_json_type(row)}"]
     problems: list[str] = []
     missing = [name for name in schema.names if name not in row]
     if missing:
-        problems.append(
-            f"rows[{index}] is missing feature(s) {_quoted(missing)}: send all {len(schema.names)}"
-        )
+        problems.append(f"{where} is missing feature(s) {_quoted(missing)}: send all {len(schema.names)}")
     known = set(schema.names)
     extra = [str(name) for name in row if name not in known]
     if extra:
         problems.append(
-            f"rows[{index}] has unknown feature(s) {_quoted(extra)}: the model takes only its "
+            f"{where} has unknown feature(s) {_quoted(extra)}: the model takes only its "
             f"{len(schema.names)} signature features (e.g. {_quoted(schema.names[:3])})"
         )
     typed: dict[str, Value] = {}
@@ -248,7 +368,7 @@ def _validate_row(index: int, row: object, schema: RowSchema) -> tuple[dict[str,
             continue
         value, problem = _typed_value(row[name], kind, schema.categories.get(name))
         if problem:
-            problems.append(f"rows[{index}].{name} {problem}")
+            problems.append(f"{where}.{name} {problem}")
         else:
             typed[name] = value
     return typed, problems
@@ -329,7 +449,7 @@ def overflow_problem(batch: Batch) -> RequestValidationError:
     value = batch.columns[name][index].item()
     return RequestValidationError(
         [
-            f"rows[{index}].{name} = {value!r} is too large for the model to compute with (its "
+            f"{batch.field}[{index}].{name} = {value!r} is too large for the model to compute with (its "
             "arithmetic overflows to infinity): send values in the range the feature is measured in"
         ]
     )

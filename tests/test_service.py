@@ -39,11 +39,15 @@ from model.request_guard import RequestGuard, RequestTimeout
 from model.train import TrainResult, load_heldout
 from model.validation import (
     COLUMN_DTYPES,
+    Batch,
     ColumnTable,
     RequestValidationError,
     RowSchema,
     block,
+    overflow_problem,
+    request_batch,
     validate_batch,
+    validate_columns,
     validate_rows,
 )
 from tests.conftest import REPO_ROOT, SERVING_MODEL_NAME
@@ -105,15 +109,15 @@ MIXED = RowSchema(
 )
 
 
-@pytest.mark.parametrize(
-    "rows",
-    [
-        [{"x": 1.5, "n": 3, "i": -2, "f": 0.25, "ok": True, "plan": "basic"}],
-        # ints in a float column, a whole float in an integer column: the per-value path types them
-        [{"x": 2, "n": 4.0, "i": 7, "f": 1, "ok": False, "plan": "premium"}] * 3,
-        [{"x": 1e300, "n": 2**62, "i": 2**31 - 1, "f": -1.0, "ok": True, "plan": "basic"}],
-    ],
-)
+MIXED_ROWS = [
+    [{"x": 1.5, "n": 3, "i": -2, "f": 0.25, "ok": True, "plan": "basic"}],
+    # ints in a float column, a whole float in an integer column: the per-value path types them
+    [{"x": 2, "n": 4.0, "i": 7, "f": 1, "ok": False, "plan": "premium"}] * 3,
+    [{"x": 1e300, "n": 2**62, "i": 2**31 - 1, "f": -1.0, "ok": True, "plan": "basic"}],
+]
+
+
+@pytest.mark.parametrize("rows", MIXED_ROWS)
 def test_validate_batch_gives_the_typed_columns_of_validate_rows(rows: list[dict[str, Any]]) -> None:
     batch = validate_batch(rows, MIXED)
     clean = validate_rows(rows, MIXED)
@@ -173,6 +177,101 @@ def test_an_all_double_request_takes_the_one_matrix_path_or_the_per_value_check(
     per_column = validate_batch(good, RowSchema(columns=(("a", "double"), ("b", "float")))).columns
     assert not isinstance(per_column, ColumnTable)  # not all doubles: one array per column
     assert block(per_column, ("a", "b")).tolist() == columns.matrix.tolist()
+
+
+# ---- the column form: {"columns": [...], "data": [[...], ...]} --------------------------------------
+
+
+def as_columns(rows: list[dict[str, Any]], order: tuple[str, ...]) -> tuple[list[str], list[list[Any]]]:
+    """``rows`` in the column form, features in ``order``."""
+    return list(order), [[row[name] for name in order] for row in rows]
+
+
+@pytest.mark.parametrize("rows", MIXED_ROWS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_column_form_gives_the_batch_of_the_row_form(rows: list[dict[str, Any]], reverse: bool) -> None:
+    order = tuple(reversed(MIXED.names)) if reverse else MIXED.names
+    batch = validate_columns(*as_columns(rows, order), MIXED)
+    expected = validate_batch(rows, MIXED)
+    assert batch.size == expected.size and batch.field == "data"
+    assert list(batch.columns) == list(MIXED.names)  # signature order, whatever order was sent
+    for name in MIXED.names:
+        assert batch.columns[name].dtype == expected.columns[name].dtype, name
+        assert batch.columns[name].tolist() == expected.columns[name].tolist(), name
+
+
+def test_an_all_double_column_request_is_one_matrix_in_signature_order() -> None:
+    columns = validate_columns(["b", "a"], [[2.5, 1], [-0.0, 1e300]], DOUBLES).columns
+    assert isinstance(columns, ColumnTable) and not columns.matrix.flags.writeable
+    assert columns.matrix.flags.c_contiguous  # as the row form's: the same summation order
+    assert columns.matrix.tolist() == [[1.0, 2.5], [1e300, -0.0]]
+    assert block(columns, ("a", "b")) is columns.matrix
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"a": "1.5"}, "data[1].a must be a number, got the string '1.5'"),
+        ({"a": True}, "data[1].a must be a number, got the boolean true"),
+        ({"a": None}, "data[1].a must be a number, got null"),
+        ({"a": math.nan}, "data[1].a must be a finite number, got nan"),
+        ({"b": -math.inf}, "data[1].b must be a finite number, got -inf"),
+        ({"b": 10**400}, "data[1].b is out of range"),
+        ({"n": 3.5}, "data[1].n must be a whole number"),
+        ({"n": 2**63}, "data[1].n is out of range for a long"),
+    ],
+)
+def test_the_column_form_names_a_bad_value_by_row_and_feature(change: dict[str, Any], fragment: str) -> None:
+    good = {"a": 1, "b": 2, "n": 3}
+    with pytest.raises(RequestValidationError, match=re.escape(fragment)):
+        validate_columns(*as_columns([good, {**good, **change}], ("n", "b", "a")), SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("columns", "data", "fragments"),
+    [
+        ("a,b,n", [[1, 2, 3]], ["'columns' must be an array of feature names", "the string"]),
+        (["a", "b", 3], [[1, 2, 3]], ["'columns' must be an array of feature names"]),
+        (["a", "b", "n", "a"], [[1, 2, 3, 1]], ["'columns' names feature(s) 'a' more than once"]),
+        (["a", "n"], [[1, 3]], ["'columns' is missing feature(s) 'b': send all 3"]),
+        (["a", "b", "n", "zz"], [[1, 2, 3, 4]], ["'columns' has unknown feature(s) 'zz'"]),
+        (["a", "b", "n"], {"a": 1}, ["'data' must be a JSON array of rows", "an object"]),
+        (["a", "b", "n"], [], ["'data' is empty"]),
+        (["a", "b", "n"], [[1, 2, 3]] * 4, ["'data' has 4 rows", "limit of 3"]),
+        (["a", "b", "n"], [[1, 2, 3], [1, 2]], ["data[1] must be an array of 3 values", "an array of 2"]),
+        (["a", "b", "n"], [{"a": 1, "b": 2, "n": 3}], ["data[0] must be an array of 3 values", "an object"]),
+    ],
+)
+def test_the_column_form_names_a_bad_shape(columns: Any, data: Any, fragments: list[str]) -> None:
+    with pytest.raises(RequestValidationError) as info:
+        validate_columns(columns, data, SCHEMA)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_a_request_sends_its_rows_in_one_form() -> None:
+    rows = validate_batch([{"a": 1, "b": 2, "n": 3}], SCHEMA)
+    assert request_batch(rows, None, None, SCHEMA) is rows
+    split = request_batch(None, ["a", "b", "n"], [[1, 2, 3]], SCHEMA)
+    assert split.field == "data" and split.columns["n"].tolist() == [3]
+    for columns, data, given in [
+        (["a"], [[1]], "both 'rows' and 'columns'/'data'"),
+        (None, None, "no rows"),
+        (["a", "b", "n"], None, "'columns' without 'data'"),
+        (None, [[1, 2, 3]], "'data' without 'columns'"),
+    ]:
+        with pytest.raises(RequestValidationError) as info:
+            request_batch(rows if given.startswith("both") else None, columns, data, SCHEMA)
+        assert given in str(info.value) and "'columns' (the feature names) with 'data'" in str(info.value)
+
+
+def test_an_overflow_is_named_in_the_form_the_rows_came_in() -> None:
+    for batch, where in [
+        (validate_batch([{"a": 1, "b": 1e308, "n": 3}], SCHEMA), "rows[0].b"),
+        (validate_columns(["n", "b", "a"], [[3, 1, 1], [3, 1e308, 1]], SCHEMA), "data[1].b"),
+    ]:
+        assert isinstance(batch, Batch)
+        assert str(overflow_problem(batch)).startswith(f"{where} = 1e+308 is too large")
 
 
 def _churn_like_pipeline() -> Any:
@@ -508,6 +607,21 @@ def test_predictions_over_http_equal_mlflow_pyfunc(
 
 
 @pytest.mark.servers
+@pytest.mark.parametrize("path", ["/predict", "/predict_proba"])
+def test_the_column_form_answers_as_the_row_form(server: str, heldout: pd.DataFrame, path: str) -> None:
+    rows = as_rows(heldout)[:MAX_ROWS]
+    order = tuple(reversed(FEATURES))  # any column order
+    by_rows = post(server, path, {"rows": rows})
+    by_columns = post(server, path, {"columns": list(order), "data": [[r[n] for n in order] for r in rows]})
+    assert by_columns.status_code == 200, by_columns.text
+    assert by_columns.json() == by_rows.json()
+    bad = [[r[n] for n in order] for r in rows[:2]]
+    bad[1][order.index("mean_radius")] = "x"
+    response = post(server, path, {"columns": list(order), "data": bad})
+    assert response.status_code == 400 and "data[1].mean_radius must be a number" in response.text
+
+
+@pytest.mark.servers
 def test_concurrent_single_rows_are_answered_in_order(
     server: str, heldout: pd.DataFrame, pyfunc_predictions: list[str]
 ) -> None:
@@ -583,7 +697,9 @@ BAD_REQUESTS: dict[str, tuple[Any, list[str]]] = {
     "row not an object": ({"rows": [[1.0, 2.0]]}, ["rows[0] must be an object"]),
     # BentoML's pydantic model (rows: list) answers before model.validation sees the value.
     "rows not an array": ({"rows": {"mean_radius": 1}}, ['"loc":["rows"]', "Input should be a valid array"]),
-    "no rows field": ({"features": []}, ["rows", "Field required"]),
+    "no rows field": ({"features": []}, ["body has no rows", "'columns' (the feature names) with 'data'"]),
+    "both forms": ({"rows": ["GOOD"], "columns": ["mean_radius"]}, ["both 'rows' and 'columns'/'data'"]),
+    "columns without data": ({"columns": ["mean_radius"]}, ["'columns' without 'data'"]),
 }
 
 
@@ -601,7 +717,7 @@ def _materialize(body: Any, heldout: pd.DataFrame) -> Any:
             rows.append(_row(heldout, **{name: value}))
         else:
             rows.append(spec)
-    return {"rows": rows}
+    return {**body, "rows": rows}
 
 
 @pytest.mark.servers
