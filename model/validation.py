@@ -32,7 +32,8 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,12 +155,9 @@ def request_batch(rows: Batch | None, columns: object, data: object, schema: Row
             )
         return rows
     if columns is None or data is None:
-        given = (
-            "'columns' without 'data'"
-            if data is None and columns is not None
-            else ("'data' without 'columns'" if columns is None and data is not None else "no rows")
-        )
-        raise RequestValidationError([f"the body has {given}: {ROWS_OR_COLUMNS}"])
+        given = {(False, True): "'columns' without 'data'", (True, False): "'data' without 'columns'"}
+        what = given.get((columns is None, data is None), "no rows")
+        raise RequestValidationError([f"the body has {what}: {ROWS_OR_COLUMNS}"])
     return validate_columns(columns, data, schema)
 
 
@@ -178,7 +176,7 @@ def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
     ]
     if shape_problems:
         raise RequestValidationError(shape_problems)
-    typed = _fast_split(data, order, schema)
+    typed = _fast_table(data, order, schema)
     if typed is None:
         typed = _checked_columns([dict(zip(order, values, strict=True)) for values in data], schema, "data")
     return Batch(typed, len(data), "data")
@@ -189,20 +187,11 @@ def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
         raise RequestValidationError(
             [f"'columns' must be an array of feature names (strings), got {_json_type(columns)}"]
         )
-    problems = []
-    repeated = sorted({name for name in columns if columns.count(name) > 1})
-    if repeated:
-        problems.append(f"'columns' names feature(s) {_quoted(repeated)} more than once: name each once")
-    missing = [name for name in schema.names if name not in columns]
-    if missing:
-        problems.append(f"'columns' is missing feature(s) {_quoted(missing)}: send all {len(schema.names)}")
-    known = set(schema.names)
-    extra = [name for name in columns if name not in known]
-    if extra:
-        problems.append(
-            f"'columns' has unknown feature(s) {_quoted(extra)}: the model takes only its "
-            f"{len(schema.names)} signature features (e.g. {_quoted(schema.names[:3])})"
-        )
+    repeated = sorted(name for name, count in Counter(columns).items() if count > 1)
+    problems = (
+        [f"'columns' names feature(s) {_quoted(repeated)} more than once: name each once"] if repeated else []
+    )
+    problems += _name_problems("'columns'", columns, schema)
     if problems:
         raise RequestValidationError(problems)
     return tuple(columns)
@@ -218,30 +207,6 @@ def _checked_columns(rows: list[Any], schema: RowSchema, field: str) -> dict[str
     }
 
 
-def _fast_split(
-    data: list[list[Any]], order: tuple[str, ...], schema: RowSchema
-) -> dict[str, np.ndarray] | None:
-    """The typed columns of a plainly valid column-form request (as ``_fast_columns``), else None."""
-    names = schema.names
-    if all(kind == "double" for _, kind in schema.columns):
-        matrix = _double_matrix(data)
-        if matrix is None:
-            return None
-        if order != names:
-            position = {name: j for j, name in enumerate(order)}
-            # C order as the row form's matrix: the model's arithmetic then sums in the same order.
-            matrix = np.ascontiguousarray(matrix[:, [position[name] for name in names]])
-        return ColumnTable(names, matrix)
-    values = dict(zip(order, zip(*data, strict=True), strict=True))
-    columns: dict[str, np.ndarray] = {}
-    for name, kind in schema.columns:
-        column = _fast_column(values[name], kind, schema.categories.get(name))
-        if column is None:
-            return None
-        columns[name] = column
-    return columns
-
-
 def _fast_columns(rows: list[Any], schema: RowSchema) -> dict[str, np.ndarray] | None:
     """The typed columns when every row is plainly valid; None sends the request to validate_rows."""
     names = schema.names
@@ -253,21 +218,32 @@ def _fast_columns(rows: list[Any], schema: RowSchema) -> dict[str, np.ndarray] |
         table = [pick(row) for row in rows] if width > 1 else [(pick(row),) for row in rows]
     except KeyError:
         return None
+    return _fast_table(table, names, schema)
+
+
+def _fast_table(
+    table: Sequence[Sequence[object]], order: tuple[str, ...], schema: RowSchema
+) -> dict[str, np.ndarray] | None:
+    """The typed columns (signature order) of ``table``, rows of values in ``order``, when every
+    value is plainly valid; None sends the request to the per-value check."""
+    names = schema.names
     if all(kind == "double" for _, kind in schema.columns):
-        return _double_table(table, names)
+        matrix = _double_matrix(table)
+        if matrix is None:
+            return None
+        if order != names:
+            position = {name: j for j, name in enumerate(order)}
+            # C order as the row form's matrix: the model's arithmetic then sums in the same order.
+            matrix = np.ascontiguousarray(matrix[:, [position[name] for name in names]])
+        return ColumnTable(names, matrix)
+    values = dict(zip(order, zip(*table, strict=True), strict=True))
     columns: dict[str, np.ndarray] = {}
-    for (name, kind), values in zip(schema.columns, zip(*table, strict=True), strict=True):
-        column = _fast_column(values, kind, schema.categories.get(name))
+    for name, kind in schema.columns:
+        column = _fast_column(values[name], kind, schema.categories.get(name))
         if column is None:
             return None
         columns[name] = column
     return columns
-
-
-def _double_table(table: list[tuple[object, ...]], names: tuple[str, ...]) -> ColumnTable | None:
-    """Every value of an all-double request, checked and converted at once (as ``_fast_column``)."""
-    matrix = _double_matrix(table)
-    return None if matrix is None else ColumnTable(names, matrix)
 
 
 def _double_matrix(table: Sequence[Sequence[object]]) -> np.ndarray | None:
@@ -351,17 +327,7 @@ def _check_count(rows: object, schema: RowSchema, field: str = "rows") -> None:
 def _validate_row(where: str, row: object, schema: RowSchema) -> tuple[dict[str, Value], list[str]]:
     if not isinstance(row, Mapping):
         return {}, [f"{where} must be an object of feature: value, got {_json_type(row)}"]
-    problems: list[str] = []
-    missing = [name for name in schema.names if name not in row]
-    if missing:
-        problems.append(f"{where} is missing feature(s) {_quoted(missing)}: send all {len(schema.names)}")
-    known = set(schema.names)
-    extra = [str(name) for name in row if name not in known]
-    if extra:
-        problems.append(
-            f"{where} has unknown feature(s) {_quoted(extra)}: the model takes only its "
-            f"{len(schema.names)} signature features (e.g. {_quoted(schema.names[:3])})"
-        )
+    problems = _name_problems(where, row, schema)
     typed: dict[str, Value] = {}
     for name, kind in schema.columns:
         if name not in row:
@@ -372,6 +338,24 @@ def _validate_row(where: str, row: object, schema: RowSchema) -> tuple[dict[str,
         else:
             typed[name] = value
     return typed, problems
+
+
+def _name_problems(where: str, names: Iterable[Any], schema: RowSchema) -> list[str]:
+    """The signature features missing from ``names`` (a row's keys, or 'columns') and those it
+    has beyond them."""
+    given = set(names)
+    missing = [name for name in schema.names if name not in given]
+    known = set(schema.names)
+    extra = [str(name) for name in dict.fromkeys(names) if name not in known]
+    problems = []
+    if missing:
+        problems.append(f"{where} is missing feature(s) {_quoted(missing)}: send all {len(schema.names)}")
+    if extra:
+        problems.append(
+            f"{where} has unknown feature(s) {_quoted(extra)}: the model takes only its "
+            f"{len(schema.names)} signature features (e.g. {_quoted(schema.names[:3])})"
+        )
+    return problems
 
 
 def _typed_value(
