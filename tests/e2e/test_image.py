@@ -158,7 +158,7 @@ def test_image_holds_the_training_versions_of_every_model_package(
         (b"{not json", "malformed JSON", ["json_invalid", "Invalid JSON"]),
         (b'{"rows": "x"}', "rows is not a list", ['"loc":["rows"]', "Input should be a valid array"]),
         (b'{"rows": []}', "no rows", ["'rows' is empty: send at least one row"]),
-        (b"{}", "no rows field", ['"loc":["rows"]', "Field required"]),
+        (b"{}", "no rows field", ["the body has no rows", "'rows'", "'columns'", "'data'"]),
         (None, "a row missing a feature", [f"rows[0] is missing feature(s) '{FEATURES[3]}'"]),
         ("text", "a string for a number", [f"rows[0].{FEATURES[0]} must be a number, got the string"]),
         ("unknown", "an unknown feature", ["rows[0] has unknown feature(s) 'not_a_feature'"]),

@@ -254,7 +254,7 @@ HAND_MADE: list[tuple[str, Any, str | None, list[str]]] = [
         ["Content-Type", "application/json"],
     ),
     ("no-content-type", lambda row: b"rows", None, ["JSON"]),
-    ("empty-body", lambda row: b"", "application/json", ["rows", "required"]),
+    ("empty-body", lambda row: b"", "application/json", ["no rows", "'columns'"]),
     (
         "too-many-rows",
         lambda row: json.dumps({"rows": [row] * 1001}).encode(),
