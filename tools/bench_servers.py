@@ -1,8 +1,9 @@
 """The servers the serving benchmark compares, each serving the same registered model on loopback:
 this project's bento (``bentoml serve`` of the exported build context, or the serving image run as
 the pod runs it), ``mlflow models serve`` (--env-manager local) and MLServer with its scikit-learn
-runtime (in its own venv under .cache/, beside the model's scikit-learn). Each yields a ``Server``:
-where to POST, how to shape a body of rows, how to check an answer, and the pid its processes hang from.
+runtime (in its own venv under .cache/, beside the model's scikit-learn). For each: how it starts
+(a context yielding the pid its processes hang from and its URL), how to shape a body of rows in each
+form (``*_BODIES``) and how many answers its reply holds (``*_answers``).
 
 MLServer is set up as a user after its speed would: ``debug: false`` (its default, true, writes an
 access-log line per request), one process (``parallel_workers: 0``: measured faster here than 1 or 2
@@ -21,12 +22,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from tools.bench_report import COLUMNS, ROWS
 from tools.processes import LOOPBACK, bentoml_serve_command, free_port, running
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,19 +39,24 @@ MLSERVER_VENV = REPO_ROOT / ".cache" / "bench-mlserver"
 MLSERVER_BESIDE = ("scikit-learn", "numpy", "pandas", "scipy")
 
 Rows = Sequence[dict[str, object]]
+Body = Callable[[Rows], bytes]
 
 
-@dataclass(frozen=True)
-class Server:
-    name: str
-    url: str  # the POST endpoint
-    pid: int  # root of the server's process tree (CPU and memory are summed over it)
-    body: Callable[[Rows], bytes]
-    answers: Callable[[Any], int]  # how many answers a 200's JSON holds
+def _split(rows: Rows) -> dict[str, list[Any]]:
+    """pandas' split orient: the names of the first row once, then each row's values in that order."""
+    names = list(rows[0]) if rows else []
+    return {"columns": names, "data": [[row[name] for name in names] for row in rows]}
 
 
 def project_body(rows: Rows) -> bytes:
     return json.dumps({"rows": list(rows)}).encode()
+
+
+def project_columns_body(rows: Rows) -> bytes:
+    return json.dumps(_split(rows)).encode()
+
+
+PROJECT_BODIES: Mapping[str, Body] = {ROWS: project_body, COLUMNS: project_columns_body}
 
 
 def project_answers(answer: Any) -> int:
@@ -61,6 +67,13 @@ def mlflow_body(rows: Rows) -> bytes:
     return json.dumps({"dataframe_records": list(rows)}).encode()
 
 
+def mlflow_split_body(rows: Rows) -> bytes:
+    return json.dumps({"dataframe_split": _split(rows)}).encode()
+
+
+MLFLOW_BODIES: Mapping[str, Body] = {ROWS: mlflow_body, COLUMNS: mlflow_split_body}
+
+
 def mlflow_answers(answer: Any) -> int:
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     return len(predictions) if isinstance(predictions, list) else -1
@@ -69,7 +82,7 @@ def mlflow_answers(answer: Any) -> int:
 _V2_TYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL"}
 
 
-def mlserver_body_for(columns: Sequence[tuple[str, str]]) -> Callable[[Rows], bytes]:
+def mlserver_body_for(columns: Sequence[tuple[str, str]]) -> Body:
     """Open Inference Protocol (V2) bodies: one input per feature, decoded to a pandas frame."""
 
     def body(rows: Rows) -> bytes:
@@ -95,9 +108,7 @@ def mlserver_tensor_body(rows: Rows, names: Sequence[str]) -> bytes:
     return json.dumps({"inputs": inputs}).encode()
 
 
-def mlserver_model(
-    pipeline: Any, columns: Sequence[tuple[str, str]]
-) -> tuple[Any, Callable[[Rows], bytes], str]:
+def mlserver_model(pipeline: Any, columns: Sequence[tuple[str, str]]) -> tuple[Any, Body, str]:
     """What MLServer serves, how its bodies look and a phrase saying so: the pipeline's fitted steps
     on an FP64 tensor when every feature is a double and its ColumnTransformer is one fitted
     transformer over all of them in signature order, else the pipeline on one V2 input per feature."""
