@@ -44,8 +44,7 @@ import bentoml
 import numpy as np
 import pydantic_core
 from bentoml._internal.server.http import traffic as _bentoml_traffic
-from bentoml.exceptions import BadInput
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from model.accept_balance import accept_one_per_wakeup
 from model.container import (
@@ -68,6 +67,8 @@ from model.request_guard import RequestGuard, RequestTimeout
 from model.validation import (
     DEFAULT_MAX_ROWS,
     Batch,
+    BodyField,
+    RequestValidationError,
     RowSchema,
     overflow_problem,
     request_batch,
@@ -153,14 +154,45 @@ def _checked_rows(rows: Any) -> Batch | None:
     return None if rows is None else validate_batch(rows, contract().schema)
 
 
+# BentoML 1.4's OpenAPI document drops the null branch of an optional field; "nullable" says it.
+_EITHER_FORM = "Send either 'rows', or 'columns' with 'data'; not both."
+_OPTIONAL = {"nullable": True}
+
 # Validation of ``rows`` runs while BentoML parses the request; a ValueError becomes a 400 naming
 # the problem. The API methods receive the Batch it returns (typed column arrays), or None when the
 # request sent the column form. (The validator wraps the optional type: BentoML 1.4 re-applies a
 # validator inside an Optional to what it returned.)
-Rows = Annotated[list[Any] | None, AfterValidator(_checked_rows)]
-# The column form: the feature names, and per row the values in their order.
-Columns = list[str]
-Data = list[Any]  # each row's shape is checked by model.validation, which names the row
+Rows = Annotated[
+    list[Any] | None,
+    AfterValidator(_checked_rows),
+    Field(description=f"One object per row, feature: value. {_EITHER_FORM}", json_schema_extra=_OPTIONAL),
+]
+# The column form. Its rows' shapes are checked in model.validation, which names the row; a
+# 'columns' or 'data' that is not an array is refused by these types while the body is parsed.
+Columns = Annotated[
+    list[str] | None,
+    Field(description=f"The column form: the feature names, once, in any order. {_EITHER_FORM}",
+          json_schema_extra=_OPTIONAL),
+]  # fmt: skip
+Data = Annotated[
+    list[Any] | None,
+    Field(description="The column form: one array of values per row, in the order of 'columns'.",
+          json_schema_extra=_OPTIONAL),
+]  # fmt: skip
+
+
+def bad_request(exc: ValueError, field: BodyField | None = None) -> pydantic_core.ValidationError:
+    """``exc`` as the 400 BentoML gives a field that fails validation while the body is parsed
+    (``{"error": "1 validation error for Input", "detail": [{"type": "value_error", "loc": [field],
+    "msg": "Value error, ..."}]}``), so that every refused request has one shape: ``field`` is the
+    body field at fault (by default the RequestValidationError's; none for a ValueError that names
+    its fields in its message)."""
+    where = field or (exc.field if isinstance(exc, RequestValidationError) else None)
+    return pydantic_core.ValidationError.from_exception_data(
+        "Input",
+        [{"type": "value_error", "loc": (where,) if where else (), "input": None, "ctx": {"error": exc}}],
+    )
+
 
 _SERVICE_CONFIG: dict[str, Any] = {
     "name": SERVICE_NAME,
@@ -225,12 +257,12 @@ class _Served:
         exits without atexit): the counts still waiting for the monitoring timer."""
         self.monitor.flush()
 
-    def _batch(self, rows: Rows, columns: Columns | None, data: Data | None) -> Batch:
+    def _batch(self, rows: Rows, columns: Columns, data: Data) -> Batch:
         """The request's validated rows, in whichever of the two forms it sent them."""
         try:
             return request_batch(cast(Batch | None, rows), columns, data, self.contract.schema)
         except ValueError as exc:
-            raise BadInput(str(exc)) from exc
+            raise bad_request(exc) from exc
 
     def _scored(self, batch: Batch, method: str) -> np.ndarray:
         """The model's answer (``method``: predict or predict_proba) for a validated request: the
@@ -243,7 +275,7 @@ class _Served:
             # anything else is the server's fault and stays a 500.
             if NON_FINITE_MESSAGE not in str(exc):
                 raise
-            raise BadInput(str(overflow_problem(batch))) from exc
+            raise bad_request(overflow_problem(batch)) from exc
         return scores
 
     def _answered(self, answer: list[Any], batch: Batch, labels: list[Any]) -> Any:
@@ -271,7 +303,7 @@ class _Served:
             )
             self.monitor.observe_feedback(checked)
         except ValueError as exc:
-            raise BadInput(str(exc)) from exc
+            raise bad_request(exc) from exc
         return {"rows": len(checked.actuals), "version": checked.version}
 
 
@@ -291,9 +323,7 @@ class Classifier(_Served):
         }
 
     @bentoml.api
-    async def predict(
-        self, rows: Rows = None, columns: Columns | None = None, data: Data | None = None
-    ) -> list[str]:
+    async def predict(self, rows: Rows = None, columns: Columns = None, data: Data = None) -> list[str]:
         """The predicted class name per row (``rows``, or ``columns`` with ``data``)."""
         batch = self._batch(rows, columns, data)
         answers = [self.names[str(label)] for label in self._scored(batch, "predict").tolist()]
@@ -301,7 +331,7 @@ class Classifier(_Served):
 
     @bentoml.api
     async def predict_proba(
-        self, rows: Rows = None, columns: Columns | None = None, data: Data | None = None
+        self, rows: Rows = None, columns: Columns = None, data: Data = None
     ) -> list[dict[str, float]]:
         """Per row (``rows``, or ``columns`` with ``data``), each class name with its probability, in
         the model's class order."""
@@ -317,9 +347,7 @@ class Regressor(_Served):
     """A regression model: one number per row."""
 
     @bentoml.api
-    async def predict(
-        self, rows: Rows = None, columns: Columns | None = None, data: Data | None = None
-    ) -> list[float]:
+    async def predict(self, rows: Rows = None, columns: Columns = None, data: Data = None) -> list[float]:
         """The predicted value per row (``rows``, or ``columns`` with ``data``)."""
         batch = self._batch(rows, columns, data)
         answers = [float(value) for value in self._scored(batch, "predict").tolist()]

@@ -35,7 +35,7 @@ import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -59,11 +59,19 @@ COLUMN_DTYPES: dict[str, type] = {
 _NUMBER_TYPES = frozenset({int, float})  # exact types: bool (an int subclass) is not a number here
 
 
-class RequestValidationError(ValueError):
-    """A request the model cannot score; the message names every problem found (row, feature, fix)."""
+# The request body's fields: where a batch's rows come in ("rows", or "data" in the column form),
+# and the column form's feature names.
+RowsField = Literal["rows", "data"]
+BodyField = Literal["rows", "columns", "data"]
 
-    def __init__(self, problems: Sequence[str]) -> None:
+
+class RequestValidationError(ValueError):
+    """A request the model cannot score; the message names every problem found (row, feature, fix),
+    ``field`` the body's field they are in."""
+
+    def __init__(self, problems: Sequence[str], field: BodyField = "rows") -> None:
         self.problems = tuple(problems)
+        self.field = field
         shown = list(self.problems[:MAX_REPORTED_PROBLEMS])
         if len(self.problems) > MAX_REPORTED_PROBLEMS:
             shown.append(f"... and {len(self.problems) - MAX_REPORTED_PROBLEMS} more problems")
@@ -125,7 +133,7 @@ class Batch:
 
     columns: dict[str, np.ndarray]
     size: int
-    field: str = "rows"  # the body's field the rows came in: "rows", or "data" (the column form)
+    field: RowsField = "rows"  # the body's field the rows came in
 
 
 def validate_batch(rows: object, schema: RowSchema) -> Batch:
@@ -138,26 +146,31 @@ def validate_batch(rows: object, schema: RowSchema) -> Batch:
     return Batch(columns, len(rows))
 
 
-ROWS_OR_COLUMNS = (
+_DATA_ROW = "an array of values in the order of 'columns'"  # one row of the column form
+_ROWS_OR_COLUMNS = (
     "send the rows either as 'rows' (an array of objects, feature: value) or as 'columns' (the "
-    "feature names) with 'data' (an array of rows, each an array of values in the order of 'columns')"
+    f"feature names) with 'data' (an array of rows, each {_DATA_ROW})"
 )
 
 
 def request_batch(rows: Batch | None, columns: object, data: object, schema: RowSchema) -> Batch:
     """The validated batch of a request in either form: ``rows`` as ``validate_batch`` gave it
     while the body was parsed, or ``columns`` and ``data`` checked here; RequestValidationError for
-    a body with both forms, or neither."""
+    a body with both forms, or neither (a valid ``rows`` was checked before the body's other fields
+    were looked at: a body with both forms and bad rows is told about its rows first)."""
     if rows is not None:
         if columns is not None or data is not None:
             raise RequestValidationError(
-                [f"the body has both 'rows' and 'columns'/'data': {ROWS_OR_COLUMNS}"]
+                [f"the body has both 'rows' and 'columns'/'data': {_ROWS_OR_COLUMNS}"]
             )
         return rows
     if columns is None or data is None:
-        given = {(False, True): "'columns' without 'data'", (True, False): "'data' without 'columns'"}
-        what = given.get((columns is None, data is None), "no rows")
-        raise RequestValidationError([f"the body has {what}: {ROWS_OR_COLUMNS}"])
+        given: dict[tuple[bool, bool], tuple[str, BodyField]] = {
+            (False, True): ("'columns' without 'data'", "data"),
+            (True, False): ("'data' without 'columns'", "columns"),
+        }
+        what, where = given.get((columns is None, data is None), ("no rows", "rows"))
+        raise RequestValidationError([f"the body has {what}: {_ROWS_OR_COLUMNS}"], where)
     return validate_columns(columns, data, schema)
 
 
@@ -175,7 +188,7 @@ def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
         if type(values) is not list or len(values) != width
     ]
     if shape_problems:
-        raise RequestValidationError(shape_problems)
+        raise RequestValidationError(shape_problems, "data")
     typed = _fast_table(data, order, schema)
     if typed is None:
         typed = _checked_columns([dict(zip(order, values, strict=True)) for values in data], schema, "data")
@@ -185,7 +198,8 @@ def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
 def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
     if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
         raise RequestValidationError(
-            [f"'columns' must be an array of feature names (strings), got {_json_type(columns)}"]
+            [f"'columns' must be an array of feature names (strings), got {_json_type(columns)}"],
+            "columns",
         )
     repeated = sorted(name for name, count in Counter(columns).items() if count > 1)
     problems = (
@@ -193,11 +207,11 @@ def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
     )
     problems += _name_problems("'columns'", columns, schema)
     if problems:
-        raise RequestValidationError(problems)
+        raise RequestValidationError(problems, "columns")
     return tuple(columns)
 
 
-def _checked_columns(rows: list[Any], schema: RowSchema, field: str) -> dict[str, np.ndarray]:
+def _checked_columns(rows: list[Any], schema: RowSchema, field: RowsField) -> dict[str, np.ndarray]:
     """The typed columns of ``rows`` after the per-value check, which raises, naming every problem
     (as ``field[i].feature``), unless the rows are fine."""
     clean = validate_rows(rows, schema, field)
@@ -286,9 +300,10 @@ def _fast_column(
     return np.array(values, dtype=np.object_)
 
 
-def validate_rows(rows: object, schema: RowSchema, field: str = "rows") -> list[dict[str, Value]]:
+def validate_rows(rows: object, schema: RowSchema, field: RowsField = "rows") -> list[dict[str, Value]]:
     """Return ``rows`` with every value checked and typed for the model, or raise RequestValidationError
-    naming each problem as ``field[index].feature``."""
+    naming each problem as ``field[index].feature``: ``field`` is the body field the rows came in
+    (``Batch.field``; for the column form, the rows are its ``data`` zipped with ``columns``)."""
     _check_count(rows, schema, field)
     assert isinstance(rows, list)
     problems: list[str] = []
@@ -298,29 +313,30 @@ def validate_rows(rows: object, schema: RowSchema, field: str = "rows") -> list[
         problems.extend(row_problems)
         clean.append(typed)
     if problems:
-        raise RequestValidationError(problems)
+        raise RequestValidationError(problems, field)
     return clean
 
 
-_ROW_FORMS = {
+_ROW_FORMS: dict[RowsField, str] = {
     "rows": "objects (feature: value)",
-    "data": "rows, each an array of values in the order of 'columns'",
+    "data": f"rows, each {_DATA_ROW}",
 }
 
 
-def _check_count(rows: object, schema: RowSchema, field: str = "rows") -> None:
+def _check_count(rows: object, schema: RowSchema, field: RowsField = "rows") -> None:
     if not isinstance(rows, list):
         raise RequestValidationError(
-            [f"'{field}' must be a JSON array of {_ROW_FORMS[field]}, got {_json_type(rows)}"]
+            [f"'{field}' must be a JSON array of {_ROW_FORMS[field]}, got {_json_type(rows)}"], field
         )
     if not rows:
-        raise RequestValidationError([f"'{field}' is empty: send at least one row"])
+        raise RequestValidationError([f"'{field}' is empty: send at least one row"], field)
     if len(rows) > schema.max_rows:
         raise RequestValidationError(
             [
                 f"'{field}' has {len(rows)} rows, more than the limit of {schema.max_rows} per request: "
                 f"split the batch into requests of at most {schema.max_rows} rows"
-            ]
+            ],
+            field,
         )
 
 
@@ -428,12 +444,13 @@ def overflow_problem(batch: Batch) -> RequestValidationError:
         if best is None or magnitudes[index] > best[0]:
             best = (float(magnitudes[index]), index, name)
     if best is None:
-        return RequestValidationError(["the model could not compute with these values"])
+        return RequestValidationError(["the model could not compute with these values"], batch.field)
     _, index, name = best
     value = batch.columns[name][index].item()
     return RequestValidationError(
         [
             f"{batch.field}[{index}].{name} = {value!r} is too large for the model to compute with (its "
             "arithmetic overflows to infinity): send values in the range the feature is measured in"
-        ]
+        ],
+        batch.field,
     )

@@ -621,6 +621,57 @@ def test_the_column_form_answers_as_the_row_form(server: str, heldout: pd.DataFr
     assert response.status_code == 400 and "data[1].mean_radius must be a number" in response.text
 
 
+def _problems(response: requests.Response) -> list[tuple[list[Any], str]]:
+    """A 400's (loc, msg) pairs; asserts the one shape every refused prediction request has."""
+    assert response.status_code == 400, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error", "detail"} and body["error"].endswith("validation error for Input"), body
+    assert all(d["type"] in ("value_error", "list_type", "string_type") for d in body["detail"]), body
+    return [(d["loc"], d["msg"]) for d in body["detail"]]
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize(
+    ("body", "loc", "fragment"),
+    [
+        ({"rows": [{"mean_radius": 1}]}, ["rows"], "rows[0] is missing feature(s)"),
+        ({"rows": []}, ["rows"], "'rows' is empty"),
+        ({"rows": [{n: 1e308 for n in FEATURES}]}, ["rows"], "is too large for the model"),
+        ({"columns": list(FEATURES), "data": [[1.0]]}, ["data"], "data[0] must be an array of 30 values"),
+        ({"columns": list(FEATURES), "data": []}, ["data"], "'data' is empty"),
+        ({"columns": [*FEATURES, "x"], "data": [[1.0]]}, ["columns"], "'columns'"),
+        ({"columns": list(FEATURES), "data": [[1e308] * len(FEATURES)]}, ["data"], "is too large"),
+        ({"columns": list(FEATURES)}, ["data"], "the body has 'columns' without 'data'"),
+        ({"data": [[1.0]]}, ["columns"], "the body has 'data' without 'columns'"),
+        ({}, ["rows"], "the body has no rows"),
+        ({"rows": [{n: 1.0 for n in FEATURES}], "data": [[1.0]]}, ["rows"], "the body has both"),
+        ({"columns": "mean_radius", "data": [[1.0]]}, ["columns"], "Input should be a valid array"),
+    ],
+)
+def test_every_refused_request_has_one_shape_naming_its_field(
+    server: str, body: dict[str, Any], loc: list[Any], fragment: str
+) -> None:
+    """Both body forms, whether refused while BentoML parses the body or by the API method: one
+    pydantic-style detail per problem, located at the body's field."""
+    [(where, message)] = _problems(post(server, "/predict", body))
+    assert where == loc and fragment in message, (where, message)
+
+
+@pytest.mark.servers
+def test_the_served_document_describes_both_forms_and_their_optional_fields(server: str) -> None:
+    document = requests.get(f"{server}/docs.json", timeout=30).json()
+    schema = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    fields = schema["properties"]
+    assert set(fields) == {"rows", "columns", "data"} and not schema.get("required")
+    for name in fields:
+        assert fields[name]["nullable"] is True and fields[name]["type"] == "array", fields[name]
+        assert fields[name]["description"], name
+    assert fields["columns"]["items"] == {"type": "string"}
+    assert "either 'rows', or 'columns' with 'data'" in fields["rows"]["description"]
+
+
 @pytest.mark.servers
 def test_concurrent_single_rows_are_answered_in_order(
     server: str, heldout: pd.DataFrame, pyfunc_predictions: list[str]
