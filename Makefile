@@ -87,8 +87,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+## make typecheck: mypy over all of the project's Python (the Pulumi program, its packages, the policy
+## pack, the tools, the tests and the dataset scripts)
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy infra model
+	$(VENV)/bin/mypy __main__.py infra model tools tests policy data examples
 
 ## make lock: recompile the pinned locks from the .in files
 lock: | $(UV)

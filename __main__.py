@@ -54,7 +54,7 @@ def own_registry_ref(settings: Settings, ref: str, login_server: pulumi.Input[st
 
 def push_repositories(settings: Settings, plan: ReleasePlan) -> tuple[str, ...]:
     """The repositories this run pushes to: the serving image when it builds, MLflow when it runs one."""
-    repos = (settings.training.spec.image_repository,) if plan.trains else ()
+    repos: tuple[str, ...] = (settings.training.spec.image_repository,) if plan.trains else ()
     if plan.runs_mlflow and settings.tracking.image is None:
         repos += (MLFLOW_REPOSITORY,)
     return repos

@@ -105,6 +105,11 @@ def _collect(sink: list[str], message: str, _urn: str | None = None) -> None:
     sink.append(message)
 
 
+def _collect_at(sink: list[tuple[str, str | None]], message: str, urn: str | None = None) -> None:
+    """A report_violation that keeps the messages and the URNs they name."""
+    sink.append((message, urn))
+
+
 @contextmanager
 def _stack_env(stack: str) -> Iterator[None]:
     """As the analyzer runs: PULUMI_STACK set and Pulumi's runtime configured for ``stack``."""
@@ -196,18 +201,15 @@ def _evaluate_stack(
         if level == EnforcementLevel.DISABLED.value:
             continue
         found: list[tuple[str, str | None]] = []
-        policy.validate(
-            StackValidationArgs(list(by_urn.values()), entry),
-            lambda message, urn=None, sink=found: sink.append((message, urn)),
-        )
-        for message, urn in found:
-            subject = names.get(urn or "")
+        policy.validate(StackValidationArgs(list(by_urn.values()), entry), partial(_collect_at, found))
+        for message, at in found:
+            named = names.get(at or "")
             violations.append(
                 Violation(
                     policy.name,
                     level,
-                    subject.type if subject else "stack",
-                    subject.name if subject else stack,
+                    named.type if named else "stack",
+                    named.name if named else stack,
                     message,
                 )
             )

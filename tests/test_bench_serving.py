@@ -12,7 +12,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
@@ -49,6 +49,9 @@ from tools.bench_servers import (
     project_columns_body,
 )
 from tools.bench_serving import Sampler, measure_server, process_tree
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 WRK_OUTPUT = f"""Running 10s test @ http://127.0.0.1:3000/predict
   2 threads and 8 connections
@@ -237,7 +240,7 @@ def test_every_peer_gets_the_same_rows_in_its_own_protocol() -> None:
     assert mlserver_answers({"error": "x"}) == -1
 
 
-def _fitted_on_a_frame(columns: list[str]) -> object:
+def _fitted_on_a_frame(columns: list[str]) -> Pipeline:
     import numpy as np
     import pandas as pd
     from sklearn.compose import ColumnTransformer
@@ -264,7 +267,7 @@ def test_mlserver_gets_the_same_fitted_steps_on_one_fp64_tensor() -> None:
     pipeline = _fitted_on_a_frame(names)
     served, body, how = mlserver_model(pipeline, [(n, "double") for n in names])
     assert "FP64 tensor [rows, 3]" in how
-    rows = [{"a": 0.5, "b": -1.0, "c": 2}, {"a": -0.25, "b": 1.5, "c": 0.0}]
+    rows: list[dict[str, object]] = [{"a": 0.5, "b": -1.0, "c": 2}, {"a": -0.25, "b": 1.5, "c": 0.0}]
     (tensor,) = json.loads(body(rows))["inputs"]
     assert (tensor["datatype"], tensor["shape"]) == ("FP64", [2, 3])
     assert tensor["data"] == [-1.0, 0.5, 2.0, 1.5, -0.25, 0.0]  # row by row, signature order

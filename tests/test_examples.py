@@ -42,7 +42,7 @@ def post(example: ServedExample, path: str, rows: list[dict[str, Any]]) -> reque
 
 @pytest.fixture(scope="module", params=EXAMPLES)
 def example(request: pytest.FixtureRequest, served_example: Any) -> ServedExample:
-    return served_example(request.param)  # type: ignore[no-any-return]
+    return served_example(request.param)
 
 
 def test_trains_passes_its_gate_and_logs_the_tasks_metrics_and_plots(

@@ -97,14 +97,14 @@ def given_groups(asked: list[tuple[str, AlertThresholds]]) -> Iterator[None]:
         asked.append((service, thresholds))
         return sample_groups(service, thresholds)
 
-    alert_rules.rule_groups = given  # type: ignore[attr-defined]
+    alert_rules.rule_groups = given
     try:
         yield
     finally:
         if saved is None:
-            del alert_rules.rule_groups  # type: ignore[attr-defined]
+            del alert_rules.rule_groups
         else:
-            alert_rules.rule_groups = saved  # type: ignore[attr-defined]
+            alert_rules.rule_groups = saved
 
 
 _RUNS: dict[tuple[str, str], tuple[StackRun, list[tuple[str, AlertThresholds]]]] = {}

@@ -18,6 +18,7 @@ from model.profile import (
     CATEGORICAL,
     NUMERIC,
     PROFILE_PATH_IN_MODEL,
+    Profile,
     ProfileError,
     build_profile,
     categorical_binning,
@@ -115,9 +116,9 @@ def test_profile_of_every_example(key: str) -> None:
     }
     # The served rows of the training data count back to the training proportions: PSI 0.
     for binning in profile.features:
-        counts, outside, _ = count_column(binning, fitted.train[binning.name].to_numpy())
+        column_counts, outside, _ = count_column(binning, fitted.train[binning.name].to_numpy())
         assert outside == 0
-        assert psi(counts, binning.proportions) < 1e-9
+        assert psi(column_counts.tolist(), binning.proportions) < 1e-9
 
 
 def test_profile_file_round_trips_and_bad_files_name_the_problem(tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_profile_file_round_trips_and_bad_files_name_the_problem(tmp_path: Path)
         load_profile(path)
 
 
-def build_profile_for_frame() -> object:
+def build_profile_for_frame() -> Profile:
     import pandas as pd
 
     from model.spec import Feature
@@ -360,7 +361,7 @@ def test_monitor_for_reads_the_model_folder_once_per_process(tmp_path: Path) -> 
     import prometheus_client
 
     (tmp_path / "extra_files").mkdir()
-    (tmp_path / PROFILE_PATH_IN_MODEL).write_text(build_profile_for_frame().to_json())  # type: ignore[attr-defined]
+    (tmp_path / PROFILE_PATH_IN_MODEL).write_text(build_profile_for_frame().to_json())
     labels = {"mlflow_model_uri": "models:/my-model/7", "fingerprint": "ab" * 32}
     first = monitoring.monitor_for(tmp_path, labels, "monitor_for_test")
     assert monitoring.monitor_for(tmp_path, labels, "monitor_for_test") is first

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import pytest
@@ -32,6 +33,16 @@ IMAGE = f"mlacr.azurecr.io/cancer-classifier@{DIGEST}"
 BY_NAME = {policy.name: policy for policy in POLICIES}
 
 
+def collect(sink: list[str], message: str, _urn: str | None = None) -> None:
+    """A report_violation, as the analyzer's, that keeps the messages."""
+    sink.append(message)
+
+
+def collect_at(sink: list[tuple[str, str | None]], message: str, urn: str | None = None) -> None:
+    """A report_violation, as the analyzer's, that keeps the messages and the URNs they name."""
+    sink.append((message, urn))
+
+
 def run_policy(
     name: str,
     resource_type: str,
@@ -49,7 +60,7 @@ def run_policy(
         None,
         dict(config) if config is not None else None,
     )
-    BY_NAME[name].validate(args, lambda message, _urn=None: found.append(message))
+    BY_NAME[name].validate(args, partial(collect, found))
     return found
 
 
@@ -565,7 +576,7 @@ def run_with_protect(resource_type: str, protect: bool) -> list[str]:
         None,
         None,
     )
-    BY_NAME["stateful-resources-protected"].validate(args, lambda message, _urn=None: found.append(message))
+    BY_NAME["stateful-resources-protected"].validate(args, partial(collect, found))
     return found
 
 
@@ -679,9 +690,7 @@ def stack_resources(provider_depends_on: list[str], grants: dict[str, str]) -> l
 def run_stack_policy(resources: list[PolicyResource]) -> list[tuple[str, str | None]]:
     [policy] = [p for p in policies.STACK_POLICIES if p.name == "k8s-provider-after-cluster-grant"]
     found: list[tuple[str, str | None]] = []
-    policy.validate(
-        StackValidationArgs(resources, {}), lambda message, urn=None: found.append((message, urn))
-    )
+    policy.validate(StackValidationArgs(resources, {}), partial(collect_at, found))
     return found
 
 
@@ -742,9 +751,7 @@ def policy_resource(
 def run_named_stack_policy(name: str, resources: list[PolicyResource]) -> list[tuple[str, str | None]]:
     [policy] = [p for p in policies.STACK_POLICIES if p.name == name]
     found: list[tuple[str, str | None]] = []
-    policy.validate(
-        StackValidationArgs(resources, {}), lambda message, urn=None: found.append((message, urn))
-    )
+    policy.validate(StackValidationArgs(resources, {}), partial(collect_at, found))
     return found
 
 

@@ -52,7 +52,7 @@ def running_pack(stack: str = "dev") -> Iterator[analyzer_pb2_grpc.AnalyzerStub]
         env={**os.environ, "PULUMI_STACK": stack},
     )
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         port = proc.stdout.readline().decode().strip()
         if not port.isdigit():
             stop_process(proc)

@@ -106,6 +106,7 @@ def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
                     return
                 source = body["source"]["sourceImage"]
                 azure.manifests[source] = source.split("@", 1)[1]
+                assert isinstance(self.server, ThreadingHTTPServer)  # the fake serves TCP on loopback
                 port = self.server.server_address[1]
                 self._json(202, {}, {"Location": f"http://127.0.0.1:{port}/operations/1", "Retry-After": "0"})
             else:
@@ -120,6 +121,7 @@ def handler_for(azure: FakeAzure) -> type[BaseHTTPRequestHandler]:
                     self._json(status, {"error": {"code": f"E{status}"}}, headers)
                 elif azure.pending_polls:
                     azure.pending_polls -= 1
+                    assert isinstance(self.server, ThreadingHTTPServer)  # the fake serves TCP on loopback
                     port = self.server.server_address[1]
                     self._json(
                         202, {}, {"Location": f"http://127.0.0.1:{port}/operations/1", "Retry-After": "0"}
@@ -435,12 +437,12 @@ def test_an_import_that_serves_another_digest_fails(azure: tuple[FakeAzure, str]
         found = original(*args, **kwargs)
         return OTHER_DIGEST if found else None
 
-    image_import.served_digest = served  # type: ignore[assignment]
+    image_import.served_digest = served
     try:
         with pytest.raises(ImageImportError) as info:
             run_import(import_props(server, f"registrydev.azurecr.io/cancer-classifier@{DIGEST}"))
     finally:
-        image_import.served_digest = original  # type: ignore[assignment]
+        image_import.served_digest = original
     assert OTHER_DIGEST in str(info.value) and calls == ["head", "head"]
 
 

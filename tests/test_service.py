@@ -35,7 +35,7 @@ from model.predictor import (
     predictor_for,
     probe_columns,
 )
-from model.request_guard import RequestGuard, RequestTimeout
+from model.request_guard import Message, RequestGuard, RequestTimeout
 from model.train import TrainResult, load_heldout
 from model.validation import (
     COLUMN_DTYPES,
@@ -392,12 +392,12 @@ def _through_guard(
     messages = [
         {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
     ]
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
@@ -408,14 +408,14 @@ def _through_guard(
 JSON = (b"content-type", b"application/json")
 
 
-def _through_timeout(app: Any, timeout: float) -> tuple[list[dict[str, Any]], int]:
+def _through_timeout(app: Any, timeout: float) -> tuple[list[Message], int]:
     """The messages ``RequestTimeout(app)`` sends, and the timers left in the loop afterwards."""
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     async def run() -> int:
@@ -615,7 +615,7 @@ def test_the_column_form_answers_as_the_row_form(server: str, heldout: pd.DataFr
     by_columns = post(server, path, {"columns": list(order), "data": [[r[n] for n in order] for r in rows]})
     assert by_columns.status_code == 200, by_columns.text
     assert by_columns.json() == by_rows.json()
-    bad = [[r[n] for n in order] for r in rows[:2]]
+    bad: list[list[object]] = [[r[n] for n in order] for r in rows[:2]]
     bad[1][order.index("mean_radius")] = "x"
     response = post(server, path, {"columns": list(order), "data": bad})
     assert response.status_code == 400 and "data[1].mean_radius must be a number" in response.text

@@ -99,6 +99,7 @@ def test_training_logs_params_metrics_plots_heldout_and_registers(
     mlflow_server: str, trained: Trained
 ) -> None:
     config, result = trained
+    assert config.model_name is not None  # fresh_config names the model
     client = client_for(mlflow_server)
     assert (result.gate_passed, result.reused, result.version) == (True, False, "1")
     assert result.model_uri == f"models:/{config.model_name}/1"
@@ -205,6 +206,7 @@ def test_threshold_failure_tags_the_version_and_sets_no_alias(
     mlflow_server: str, make_config: Callable[..., TrainConfig]
 ) -> None:
     config = make_config(spec=gated(GOOD, accuracy={"min": 0.999}))
+    assert config.model_name is not None  # fresh_config names the model
     with pytest.raises(GateFailedError) as caught:
         train_and_register(config)
     failure = caught.value.failures[0]

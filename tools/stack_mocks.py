@@ -420,9 +420,9 @@ class _Mocks(pulumi.runtime.Mocks):
         if typ == DYNAMIC_TYPE and "source_ref" in inputs:  # infra.image_import.ImportedImage
             ref = str(inputs["source_ref"])
             repository, _, digest = ref.split("/", 1)[1].partition("@")
-            server = inputs.get("target_login_server")
+            target = inputs.get("target_login_server")
             return {
-                "image_ref": f"{server}/{repository}@{digest}",
+                "image_ref": f"{target}/{repository}@{digest}",
                 "digest": digest,
                 "repository": repository,
             }
@@ -555,11 +555,11 @@ def _program_environment(
     saved_env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PULUMI_CONFIG")}
     os.chdir(root)
     infra.image.export_context = _stand_in_export(exports)
-    infra.acr_token.wait_for_push_token = _stand_in_push_token(exchanges)  # type: ignore[assignment]
+    infra.acr_token.wait_for_push_token = _stand_in_push_token(exchanges)
     try:
         yield
     finally:
-        infra.acr_token.wait_for_push_token = saved_wait  # type: ignore[assignment]
+        infra.acr_token.wait_for_push_token = saved_wait
         infra.image.export_context = saved_export
         infra.image.tracking_endpoint = saved_tunnel
         os.chdir(cwd)

@@ -168,7 +168,7 @@ def test_bad_requests_get_4xx_naming_the_problem(
     serving: RunningContainer,
     trained: TrainResult,
     mlflow_server: str,
-    body: object,
+    body: bytes | str | None,
     problem: str,
     fragments: list[str],
 ) -> None:

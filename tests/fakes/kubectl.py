@@ -24,11 +24,12 @@ import socket
 import stat
 import sys
 import threading
+from typing import NoReturn
 
 DURATION_RE = re.compile(r"^\d+(ms|s|m|h)$")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(message, file=sys.stderr, flush=True)
     sys.exit(1)
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import psutil
 import pytest
@@ -45,6 +45,10 @@ from tools.processes import (
     wait_for_http,
 )
 from tools.smoke import sample_rows
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.servers
 
@@ -79,13 +83,13 @@ def _train_cli(url: str, name: str, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _client(url: str):  # type: ignore[no-untyped-def]
+def _client(url: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(url)
 
 
-def _versions(url: str, name: str) -> list:  # type: ignore[type-arg]
+def _versions(url: str, name: str) -> list[ModelVersion]:
     return list(_client(url).search_model_versions(f"name = '{name}'"))
 
 
@@ -169,7 +173,21 @@ def test_the_mlflow_backend_store_survives_a_restart(tmp_path: Path) -> None:
     record("fault-mlflow-restart", {"compared": sorted(before), "artifacts": len(after["artifacts"])})
 
 
-def _store_snapshot(url: str, name: str, run_id: str) -> dict[str, object]:
+class StoreSnapshot(TypedDict):
+    """What ``_store_snapshot`` reads back from the tracking server."""
+
+    run_status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    run_tags: dict[str, str]
+    version: str
+    version_tags: dict[str, str]
+    aliases: dict[str, str]
+    artifacts: list[str]
+    model_files: list[str]
+
+
+def _store_snapshot(url: str, name: str, run_id: str) -> StoreSnapshot:
     """Everything the training step wrote, as plain values to compare across a restart."""
     import mlflow
 
@@ -199,7 +217,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
-def _walk(client, run_id: str, path: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def _walk(client: MlflowClient, run_id: str, path: str) -> Iterator[str]:
     for item in client.list_artifacts(run_id, path or None):
         if item.is_dir:
             yield from _walk(client, run_id, item.path)
