@@ -27,9 +27,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic_core
+
+FeedbackField = Literal["prediction_id", "predictions", "actuals"]
+
+
+class FeedbackError(ValueError):
+    """Feedback the service refuses; ``field`` is the body field at fault."""
+
+    def __init__(self, message: str, *, field: FeedbackField) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 PREDICTION_ID_HEADER = "X-Prediction-Id"
 DIGEST_LENGTH = 24
@@ -87,22 +98,29 @@ def check_feedback(
     max_rows: int,
     key: bytes = b"",
 ) -> Feedback:
-    """The feedback body as ``Feedback``; a ValueError naming the field (and row) that is wrong.
+    """The feedback body as ``Feedback``; a FeedbackError naming the field (and row) that is wrong.
 
     ``class_names``: the classifier's classes (answers and truths must be among them); None for a
     regressor (finite numbers). ``max_rows``: the service's row limit per request; ``key``: the
     service's id key (``load_key``)."""
     match = _PREDICTION_ID.match(prediction_id_) if isinstance(prediction_id_, str) else None
     if match is None:
-        raise ValueError(f"prediction_id {repr(prediction_id_)[:80]} is not a prediction id: {_ASK}")
+        raise FeedbackError(
+            f"prediction_id {repr(prediction_id_)[:80]} is not a prediction id: {_ASK}", field="prediction_id"
+        )
     if not predictions:
-        raise ValueError("predictions is empty: send the answers of the prediction, one per row")
+        raise FeedbackError(
+            "predictions is empty: send the answers of the prediction, one per row", field="predictions"
+        )
     if len(predictions) > max_rows:
-        raise ValueError(f"predictions has {len(predictions)} rows, over the limit of {max_rows}")
+        raise FeedbackError(
+            f"predictions has {len(predictions)} rows, over the limit of {max_rows}", field="predictions"
+        )
     if len(actuals) != len(predictions):
-        raise ValueError(
+        raise FeedbackError(
             f"actuals has {len(actuals)} values for {len(predictions)} predictions: "
-            "send one true value per row"
+            "send one true value per row",
+            field="actuals",
         )
     answers: tuple[Answer, ...]
     truths: tuple[Answer, ...]
@@ -115,15 +133,16 @@ def check_feedback(
         truths = tuple(_class(v, "actuals", i, known, class_names) for i, v in enumerate(actuals))
     version = match["version"]
     if not hmac.compare_digest(_digest(version, answers, key), match["digest"]):
-        raise ValueError(
+        raise FeedbackError(
             f"predictions are not the answers of prediction_id {prediction_id_!r}: send that answer's "
-            f"rows unchanged, in order, with the {PREDICTION_ID_HEADER} it came with"
+            f"rows unchanged, in order, with the {PREDICTION_ID_HEADER} it came with",
+            field="predictions",
         )
     return Feedback(version, answers, truths)
 
 
-def _number(value: Any, field: str, row: int) -> float:
-    problem = ValueError(f"{field}[{row}] is {repr(value)[:40]}: expected a finite number")
+def _number(value: Any, field: FeedbackField, row: int) -> float:
+    problem = FeedbackError(f"{field}[{row}] is {repr(value)[:40]}: expected a finite number", field=field)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise problem
     try:
@@ -135,8 +154,10 @@ def _number(value: Any, field: str, row: int) -> float:
     return number
 
 
-def _class(value: Any, field: str, row: int, known: frozenset[str], names: Sequence[str]) -> str:
+def _class(value: Any, field: FeedbackField, row: int, known: frozenset[str], names: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in known:
         listed = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
-        raise ValueError(f"{field}[{row}] is {repr(value)[:40]}: expected a class name ({listed})")
+        raise FeedbackError(
+            f"{field}[{row}] is {repr(value)[:40]}: expected a class name ({listed})", field=field
+        )
     return value

@@ -44,6 +44,7 @@ SERVING_SOURCES: tuple[str, ...] = (
     "model/monitoring.py",
     "model/predictor.py",
     "model/profile.py",
+    "model/refusals.py",
     "model/request_guard.py",
     "model/service.py",
     "model/validation.py",

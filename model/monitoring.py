@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.feedback import Feedback
+from model.feedback import Feedback, FeedbackError
 from model.profile import NUMERIC, Binning, Profile, bin_categorical, bin_numeric, psi
 from model.validation import ColumnTable, block
 
@@ -266,14 +266,15 @@ class Monitor:
 
         The version is a label value a client chooses, so one process counts at most
         MAX_FEEDBACK_VERSIONS of them (the served one among them); feedback for another is a
-        ValueError, counted nowhere."""
+        FeedbackError, counted nowhere."""
         version, service = feedback.version, self.service
         if version not in self._feedback_versions:
             if len(self._feedback_versions) >= MAX_FEEDBACK_VERSIONS:
-                raise ValueError(
+                raise FeedbackError(
                     f"feedback for model version {version!r} refused: this service already counts feedback "
                     f"for {MAX_FEEDBACK_VERSIONS} versions ({', '.join(sorted(self._feedback_versions))}); "
-                    "send the feedback of recent versions"
+                    "send the feedback of recent versions",
+                    field="prediction_id",
                 )
             self._admit(version)
         if self.classifier:

@@ -58,16 +58,16 @@ from model.container import (
     SERVICE_PORT,
     WORKERS_ENV,
 )
-from model.feedback import PREDICTION_ID_HEADER, check_feedback, load_key
+from model.feedback import PREDICTION_ID_HEADER, FeedbackError, check_feedback, load_key
 from model.feedback import prediction_id as prediction_id_of
 from model.kernels import NON_FINITE_MESSAGE
 from model.monitoring import monitor_for
 from model.predictor import predictor_for
+from model.refusals import bad_request, quiet_refusals
 from model.request_guard import RequestGuard, RequestTimeout
 from model.validation import (
     DEFAULT_MAX_ROWS,
     Batch,
-    BodyField,
     RequestValidationError,
     RowSchema,
     overflow_problem,
@@ -181,19 +181,6 @@ Data = Annotated[
 ]  # fmt: skip
 
 
-def bad_request(exc: ValueError, field: BodyField | None = None) -> pydantic_core.ValidationError:
-    """``exc`` as the 400 BentoML gives a field that fails validation while the body is parsed
-    (``{"error": "1 validation error for Input", "detail": [{"type": "value_error", "loc": [field],
-    "msg": "Value error, ..."}]}``), so that every refused request has one shape: ``field`` is the
-    body field at fault (by default the RequestValidationError's; none for a ValueError that names
-    its fields in its message)."""
-    where = field or (exc.field if isinstance(exc, RequestValidationError) else None)
-    return pydantic_core.ValidationError.from_exception_data(
-        "Input",
-        [{"type": "value_error", "loc": (where,) if where else (), "input": None, "ctx": {"error": exc}}],
-    )
-
-
 _SERVICE_CONFIG: dict[str, Any] = {
     "name": SERVICE_NAME,
     # model.bento sets the base image and the Python packages (the model's pinned requirements).
@@ -261,8 +248,8 @@ class _Served:
         """The request's validated rows, in whichever of the two forms it sent them."""
         try:
             return request_batch(cast(Batch | None, rows), columns, data, self.contract.schema)
-        except ValueError as exc:
-            raise bad_request(exc) from exc
+        except RequestValidationError as exc:
+            raise bad_request(exc) from None
 
     def _scored(self, batch: Batch, method: str) -> np.ndarray:
         """The model's answer (``method``: predict or predict_proba) for a validated request: the
@@ -302,8 +289,8 @@ class _Served:
                 key=self.feedback_key,
             )
             self.monitor.observe_feedback(checked)
-        except ValueError as exc:
-            raise bad_request(exc) from exc
+        except FeedbackError as exc:
+            raise bad_request(exc) from None
         return {"rows": len(checked.actuals), "version": checked.version}
 
 
@@ -365,6 +352,8 @@ for _service in (Classifier, Regressor):
         max_bytes=positive_int_from_env(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES),
         json_paths=API_PATHS,
     )
+
+quiet_refusals()
 
 # Each worker accepts one connection per wake-up of the shared socket, so that a burst of keep-alive
 # connections spreads over the workers (model.accept_balance).

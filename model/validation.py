@@ -69,7 +69,7 @@ class RequestValidationError(ValueError):
     """A request the model cannot score; the message names every problem found (row, feature, fix),
     ``field`` the body's field they are in."""
 
-    def __init__(self, problems: Sequence[str], field: BodyField = "rows") -> None:
+    def __init__(self, problems: Sequence[str], *, field: BodyField) -> None:
         self.problems = tuple(problems)
         self.field = field
         shown = list(self.problems[:MAX_REPORTED_PROBLEMS])
@@ -161,7 +161,7 @@ def request_batch(rows: Batch | None, columns: object, data: object, schema: Row
     if rows is not None:
         if columns is not None or data is not None:
             raise RequestValidationError(
-                [f"the body has both 'rows' and 'columns'/'data': {_ROWS_OR_COLUMNS}"]
+                [f"the body has both 'rows' and 'columns'/'data': {_ROWS_OR_COLUMNS}"], field="rows"
             )
         return rows
     if columns is None or data is None:
@@ -170,7 +170,7 @@ def request_batch(rows: Batch | None, columns: object, data: object, schema: Row
             (True, False): ("'data' without 'columns'", "columns"),
         }
         what, where = given.get((columns is None, data is None), ("no rows", "rows"))
-        raise RequestValidationError([f"the body has {what}: {_ROWS_OR_COLUMNS}"], where)
+        raise RequestValidationError([f"the body has {what}: {_ROWS_OR_COLUMNS}"], field=where)
     return validate_columns(columns, data, schema)
 
 
@@ -188,7 +188,7 @@ def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
         if type(values) is not list or len(values) != width
     ]
     if shape_problems:
-        raise RequestValidationError(shape_problems, "data")
+        raise RequestValidationError(shape_problems, field="data")
     typed = _fast_table(data, order, schema)
     if typed is None:
         typed = _checked_columns([dict(zip(order, values, strict=True)) for values in data], schema, "data")
@@ -199,7 +199,7 @@ def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
     if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
         raise RequestValidationError(
             [f"'columns' must be an array of feature names (strings), got {_json_type(columns)}"],
-            "columns",
+            field="columns",
         )
     repeated = sorted(name for name, count in Counter(columns).items() if count > 1)
     problems = (
@@ -207,7 +207,7 @@ def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
     )
     problems += _name_problems("'columns'", columns, schema)
     if problems:
-        raise RequestValidationError(problems, "columns")
+        raise RequestValidationError(problems, field="columns")
     return tuple(columns)
 
 
@@ -313,7 +313,7 @@ def validate_rows(rows: object, schema: RowSchema, field: RowsField = "rows") ->
         problems.extend(row_problems)
         clean.append(typed)
     if problems:
-        raise RequestValidationError(problems, field)
+        raise RequestValidationError(problems, field=field)
     return clean
 
 
@@ -326,17 +326,17 @@ _ROW_FORMS: dict[RowsField, str] = {
 def _check_count(rows: object, schema: RowSchema, field: RowsField = "rows") -> None:
     if not isinstance(rows, list):
         raise RequestValidationError(
-            [f"'{field}' must be a JSON array of {_ROW_FORMS[field]}, got {_json_type(rows)}"], field
+            [f"'{field}' must be a JSON array of {_ROW_FORMS[field]}, got {_json_type(rows)}"], field=field
         )
     if not rows:
-        raise RequestValidationError([f"'{field}' is empty: send at least one row"], field)
+        raise RequestValidationError([f"'{field}' is empty: send at least one row"], field=field)
     if len(rows) > schema.max_rows:
         raise RequestValidationError(
             [
                 f"'{field}' has {len(rows)} rows, more than the limit of {schema.max_rows} per request: "
                 f"split the batch into requests of at most {schema.max_rows} rows"
             ],
-            field,
+            field=field,
         )
 
 
@@ -444,7 +444,7 @@ def overflow_problem(batch: Batch) -> RequestValidationError:
         if best is None or magnitudes[index] > best[0]:
             best = (float(magnitudes[index]), index, name)
     if best is None:
-        return RequestValidationError(["the model could not compute with these values"], batch.field)
+        return RequestValidationError(["the model could not compute with these values"], field=batch.field)
     _, index, name = best
     value = batch.columns[name][index].item()
     return RequestValidationError(
@@ -452,5 +452,5 @@ def overflow_problem(batch: Batch) -> RequestValidationError:
             f"{batch.field}[{index}].{name} = {value!r} is too large for the model to compute with (its "
             "arithmetic overflows to infinity): send values in the range the feature is measured in"
         ],
-        batch.field,
+        field=batch.field,
     )

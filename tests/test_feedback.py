@@ -16,6 +16,7 @@ from model.feedback import (
     MIN_KEY_BYTES,
     PREDICTION_ID_HEADER,
     Feedback,
+    FeedbackError,
     check_feedback,
     load_key,
     prediction_id,
@@ -119,9 +120,10 @@ def test_a_bad_feedback_body_names_the_field_and_row(
 ) -> None:
     if pid == "ID":
         pid = prediction_id("3", ["benign"])
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(FeedbackError) as info:
         check(pid, predictions, actuals, classes)
     assert fragment in str(info.value)
+    assert str(info.value).startswith(info.value.field)  # the body field the 400 is located at
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -535,6 +536,24 @@ def test_max_rows_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
             max_rows_from_env()
 
 
+def test_quiet_refusals_makes_a_refusal_one_warning_line_and_leaves_other_records() -> None:
+    import logging
+
+    from model.refusals import QuietRefusals, bad_request
+    from model.validation import RequestValidationError
+
+    refusal = bad_request(RequestValidationError(["data[0].b must be a number"], field="data"))
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Exception on %s [%s]", ("/predict", "POST"),
+                               (type(refusal), refusal, None))  # fmt: skip
+    assert QuietRefusals().filter(record)
+    assert (record.levelno, record.exc_info) == (logging.WARNING, None)
+    assert record.getMessage() == "Refused POST /predict (400): data: Value error, data[0].b must be a number"
+    fault = RuntimeError("a bug")
+    other = logging.LogRecord("x", logging.ERROR, __file__, 1, "Exception on %s [%s]", ("/predict", "POST"),
+                              (RuntimeError, fault, None))  # fmt: skip
+    assert QuietRefusals().filter(other) and other.levelno == logging.ERROR and other.exc_info
+
+
 # ---- a real server ---------------------------------------------------------------------------------
 
 
@@ -550,9 +569,15 @@ def context(
 
 
 @pytest.fixture(scope="module")
-def server(context: BuildContext, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def serve_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served bento's BENTOML_HOME and working folder; its log is ``serve.log`` there."""
+    return tmp_path_factory.mktemp("serve-home")
+
+
+@pytest.fixture(scope="module")
+def server(context: BuildContext, serve_home: Path) -> Iterator[str]:
     """Base URL of ``bentoml serve <exported context>`` on a free loopback port."""
-    home = tmp_path_factory.mktemp("serve-home")
+    home = serve_home
     url = f"http://127.0.0.1:{(port := free_port())}"
     env = {
         MODEL_TAG_ENV: context.model_tag,  # what the image's Dockerfile sets
@@ -621,6 +646,9 @@ def test_the_column_form_answers_as_the_row_form(server: str, heldout: pd.DataFr
     assert response.status_code == 400 and "data[1].mean_radius must be a number" in response.text
 
 
+ANY_ID = "1." + "0" * 24  # a well-formed prediction id that no answer has
+
+
 def _problems(response: requests.Response) -> list[tuple[list[Any], str]]:
     """A 400's (loc, msg) pairs; asserts the one shape every refused prediction request has."""
     assert response.status_code == 400, (response.status_code, response.text)
@@ -646,6 +674,8 @@ def _problems(response: requests.Response) -> list[tuple[list[Any], str]]:
         ({}, ["rows"], "the body has no rows"),
         ({"rows": [{n: 1.0 for n in FEATURES}], "data": [[1.0]]}, ["rows"], "the body has both"),
         ({"columns": "mean_radius", "data": [[1.0]]}, ["columns"], "Input should be a valid array"),
+        ({"columns": list(FEATURES), "data": [[1.0] * len(FEATURES)] * (MAX_ROWS + 1)}, ["data"], "has"),
+        ({"columns": list(FEATURES), "data": [["x"] * len(FEATURES)]}, ["data"], "data[0].mean_radius"),
     ],
 )
 def test_every_refused_request_has_one_shape_naming_its_field(
@@ -655,6 +685,44 @@ def test_every_refused_request_has_one_shape_naming_its_field(
     pydantic-style detail per problem, located at the body's field."""
     [(where, message)] = _problems(post(server, "/predict", body))
     assert where == loc and fragment in message, (where, message)
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize(
+    ("body", "loc", "fragment"),
+    [
+        (("x", ["benign"], ["benign"]), "prediction_id", "is not a prediction id"),
+        ((ANY_ID, [], []), "predictions", "predictions is empty"),
+        ((ANY_ID, ["benign"], []), "actuals", "actuals has 0 values"),
+        ((ANY_ID, ["x"], ["x"]), "predictions", "expected a class name"),
+        ((ANY_ID, ["benign"], ["benign"]), "predictions", "are not the answers of prediction_id"),
+    ],
+)  # fmt: skip
+def test_refused_feedback_has_the_same_shape(
+    server: str, body: tuple[str, list[str], list[str]], loc: str, fragment: str
+) -> None:
+    prediction_id, predictions, actuals = body
+    sent = {"prediction_id": prediction_id, "predictions": predictions, "actuals": actuals}
+    [(where, message)] = _problems(post(server, "/feedback", sent))
+    assert where == [loc] and fragment in message, (where, message)
+
+
+@pytest.mark.servers
+def test_a_refused_request_is_one_warning_line_in_the_log_not_an_error_with_a_traceback(
+    server: str, serve_home: Path
+) -> None:
+    log = serve_home / "serve.log"
+    before = log.read_text()
+    marker = "marker_feature_" + str(os.getpid())
+    _problems(post(server, "/predict", {"rows": [{marker: 1.0}]}))  # refused while parsed
+    _problems(post(server, "/predict", {"columns": [marker], "data": [[1.0]]}))  # refused by the method
+    deadline = time.monotonic() + 30
+    while (added := log.read_text()[len(before) :]).count("Refused POST /predict (400)") < 2:
+        assert time.monotonic() < deadline, added
+        time.sleep(0.2)
+    assert "Traceback" not in added and "ERROR" not in added and "Exception on" not in added, added
+    assert "rows: Value error, rows[0] is missing feature(s)" in added
+    assert "columns: Value error, 'columns' is missing feature(s)" in added
 
 
 @pytest.mark.servers
