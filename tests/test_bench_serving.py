@@ -35,9 +35,11 @@ from tools.bench_report import (
     replace_section,
     results_table,
     targets,
+    total_errors,
     wrk_command,
 )
 from tools.bench_servers import (
+    PROJECT_BODIES,
     mlflow_answers,
     mlflow_body,
     mlflow_split_body,
@@ -330,24 +332,35 @@ class _Answerer(BaseHTTPRequestHandler):
 
 
 @pytest.mark.skipif(not Path(WRK).is_file(), reason="Debian's wrk is not installed (make system-deps)")
-def test_a_server_with_one_body_form_is_measured_once_per_scenario_not_per_form(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("one_form", [True, False], ids=["one form", "two forms"])
+def test_a_server_with_one_body_form_is_measured_once_per_scenario_two_forms_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_form: bool
 ) -> None:
     import tools.bench_serving
 
     monkeypatch.setattr(tools.bench_serving, "WARMUP_SECONDS", 1)
+    _Answerer.posts = {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Answerer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     rows: list[dict[str, object]] = [{"x": float(i), "n": i} for i in range(7)]
     url = f"http://127.0.0.1:{server.server_address[1]}/predict"
+    bodies = dict.fromkeys(FORMS, project_body) if one_form else PROJECT_BODIES
     try:
-        one_form = dict.fromkeys(FORMS, project_body)
-        results = measure_server("one form", url, os.getpid(), one_form, project_answers, rows, 1, tmp_path)
+        results = measure_server("s", url, os.getpid(), bodies, project_answers, rows, 1, tmp_path)
     finally:
         server.shutdown()
         server.server_close()
     assert [m.scenario for m in results] == list(SCENARIOS)
-    by_form = {m.scenario.form: m for m in results if m.scenario.rows == 100}
-    assert by_form[COLUMNS].load is by_form[ROWS].load  # one wrk run, reported under both forms
     assert all(m.load.requests > 0 and m.load.errors == 0 for m in results)
-    assert not any(b'"columns"' in body for body in _Answerer.posts)
+    by_form = {m.scenario.form: m for m in results if m.scenario.rows == 100}
+    columns_posted = any(b'"columns"' in body for body in _Answerer.posts)
+    if one_form:  # one wrk run, reported under both forms and marked so
+        assert by_form[COLUMNS].load is by_form[ROWS].load and by_form[COLUMNS].same_as == ROWS
+        assert not columns_posted
+        assert total_errors(results) == 0 and "columns (= rows: one form)" in "".join(
+            results_table(Report(("s",), tuple(results)))
+        )
+    else:
+        assert by_form[COLUMNS].load is not by_form[ROWS].load and by_form[COLUMNS].same_as is None
+        assert columns_posted
+    assert all(m.same_as is None for m in results if m.scenario.form == ROWS)

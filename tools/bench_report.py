@@ -101,10 +101,17 @@ class Measured:
     load: Load
     cpu_percent: float  # the server's processes, all cores (100 = one core busy)
     rss_mb: float  # the server's processes, peak during the scenario
+    # The form whose run these numbers are (the same bodies: a server with one form), or None.
+    same_as: str | None = None
 
     @property
     def rows_per_s(self) -> float:
         return self.load.requests_per_s * self.scenario.rows
+
+
+def total_errors(results: Sequence[Measured]) -> int:
+    """The errors of the runs made: a result reported under a second form is not counted twice."""
+    return sum(m.load.errors for m in results if m.same_as is None)
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,10 @@ def _num(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _body(m: Measured) -> str:
+    return f"{m.scenario.form} (= {m.same_as}: one form)" if m.same_as else m.scenario.form
+
+
 def results_table(report: Report) -> list[str]:
     lines = [
         "| server | conns | rows/req | body | req/s | rows/s | p50 ms | p95 ms | p99 ms | errors "
@@ -184,7 +195,7 @@ def results_table(report: Report) -> list[str]:
     for m in report.results:
         load = m.load
         lines.append(
-            f"| {m.server} | {m.scenario.connections} | {m.scenario.rows} | {m.scenario.form} "
+            f"| {m.server} | {m.scenario.connections} | {m.scenario.rows} | {_body(m)} "
             f"| {_num(load.requests_per_s)} "
             f"| {_num(m.rows_per_s)} | {_num(load.p50_ms, 1)} | {_num(load.p95_ms, 1)} "
             f"| {_num(load.p99_ms, 1)} | {load.errors} | {_num(m.cpu_percent)} | {_num(m.rss_mb)} |"

@@ -3,7 +3,8 @@ this project's bento (``bentoml serve`` of the exported build context, or the se
 the pod runs it), ``mlflow models serve`` (--env-manager local) and MLServer with its scikit-learn
 runtime (in its own venv under .cache/, beside the model's scikit-learn). For each: how it starts
 (a context yielding the pid its processes hang from and its URL), how to shape a body of rows in each
-form (``*_BODIES``) and how many answers its reply holds (``*_answers``).
+form (``*_BODIES``; MLServer has one form, its V2 tensor) and how many answers its reply holds
+(``*_answers``).
 
 MLServer is set up as a user after its speed would: ``debug: false`` (its default, true, writes an
 access-log line per request), one process (``parallel_workers: 0``: measured faster here than 1 or 2

@@ -51,6 +51,7 @@ from tools.bench_report import (
     parse_wrk,
     render_markdown,
     replace_section,
+    total_errors,
     wrk_command,
 )
 
@@ -200,7 +201,14 @@ def measure_server(
         scenarios = [s for s in SCENARIOS if (s.rows, s.form) == (rows_per_request, form)]
         if all((content, s.connections) in measured for s in scenarios):
             say(f"{name}: {rows_per_request} row(s), {form}: the same bodies as measured, not run again")
-            results += [replace(measured[content, s.connections], scenario=s) for s in scenarios]
+            results += [
+                replace(
+                    measured[content, s.connections],
+                    scenario=s,
+                    same_as=measured[content, s.connections].scenario.form,
+                )
+                for s in scenarios
+            ]
             continue
         check_answer(url, group[0], rows_per_request, answers)
         path = work / f"bodies-{rows_per_request}-{form}.txt"
@@ -394,7 +402,7 @@ def write_png(report: Report, path: Path) -> None:
     ax_p99.set_yscale("log")
     ax_rows.set_yscale("log")
     ax_rows.legend(fontsize=7, loc="upper left")
-    errors = sum(m.load.errors for m in report.results)
+    errors = total_errors(report.results)
     fig.suptitle(f"POST predict, wrk on loopback — errors: {errors}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -489,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = text.split("\n", 2)[2] + f"\n![serving benchmark]({args.png.relative_to(REPO_ROOT)})\n"
         README.write_text(replace_section(readme, README_BEGIN, README_END, section))
     print(text)
-    errors = sum(m.load.errors for m in results)
+    errors = total_errors(results)
     if errors:
         say(
             f"!!! {errors} error(s) (non-2xx, timeouts, socket errors): "
