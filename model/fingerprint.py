@@ -38,6 +38,7 @@ FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 SERVING_SOURCES: tuple[str, ...] = (
     "model/__init__.py",
     "model/accept_balance.py",
+    "model/api_callers.py",
     "model/container.py",
     "model/feedback.py",
     "model/kernels.py",

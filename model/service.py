@@ -47,6 +47,7 @@ from bentoml._internal.server.http import traffic as _bentoml_traffic
 from pydantic import AfterValidator, Field
 
 from model.accept_balance import accept_one_per_wakeup
+from model.api_callers import bind_api_callers
 from model.container import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_MAX_BODY_BYTES,
@@ -234,6 +235,7 @@ class _Served:
             len(self.contract.schema.columns),
             path,
         )
+        bind_api_callers(self)  # each API's caller built once, not per request (model.api_callers)
         # What is loaded now lives as long as the worker: out of the collector's sight, full
         # collections stay short (they scanned every imported module's objects: a periodic stall).
         gc.freeze()

@@ -196,6 +196,8 @@ def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
 
 
 def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
+    if isinstance(columns, list) and tuple(columns) == schema.names:  # the signature's order, as sent most
+        return schema.names
     if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
         raise RequestValidationError(
             [f"'columns' must be an array of feature names (strings), got {_json_type(columns)}"],

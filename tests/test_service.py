@@ -949,6 +949,8 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
         " 'models': [str(m.tag) for m in s.Classifier.models],"
         " 'names': [s.Classifier.name, s.Regressor.name],"
         " 'apis': [sorted(s.Classifier.apis), sorted(s.Regressor.apis)],"
+        " 'bound': [sorted(__import__('model.api_callers', fromlist=['x']).api_methods(c.inner))"
+        " for c in (s.Classifier, s.Regressor)],"
         " 'timeout_middleware': [m.cls.__qualname__ for m in __import__('bentoml._internal.server.base_app',"
         " fromlist=['x']).BaseAppFactory.middlewares.fget(__import__('types').SimpleNamespace("
         "timeout=60, max_concurrency=None))],"
@@ -971,6 +973,7 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     assert seen["models"] == [tag]
     assert seen["names"] == ["env_chosen_model", "env_chosen_model"]  # the service is named after the model
     assert seen["apis"] == [["feedback", "predict", "predict_proba"], ["feedback", "predict"]]
+    assert seen["bound"] == seen["apis"]  # model.api_callers binds exactly BentoML's APIs
     # BentoML makes its traffic.timeout middleware from the class model.service put in its place.
     assert seen["timeout_middleware"] == ["RequestTimeout"]
     assert seen["shutdown_hooks"] == ["write_pending_counts"]  # BentoML's lifespan shutdown runs it
