@@ -29,6 +29,7 @@ categories, one of them). Null, NaN and infinities are refused everywhere.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -101,8 +102,14 @@ class RowSchema:
             )
         if self.max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
+        repeated = sorted(name for name, count in Counter(self.names).items() if count > 1)
+        if repeated:
+            raise ValueError(
+                f"the model signature names input column(s) {_quoted(repeated)} more than once: "
+                "give each feature one name in the model spec and retrain"
+            )
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.columns)
 

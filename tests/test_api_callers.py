@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from types import SimpleNamespace
 from typing import Any, cast
 
 import bentoml
@@ -69,3 +70,24 @@ def test_bentomls_request_handler_looks_the_caller_up_on_the_instance() -> None:
     """The contract the binding relies on (BentoML 1.4.x): ``getattr(instance, name).local``."""
     source = inspect.getsource(ServiceAppFactory.api_endpoint)
     assert "getattr(self._service_instance, name).local" in source
+
+
+def test_once_bentoml_has_a_self_proxy_calls_and_other_attributes_reach_it() -> None:
+    """BentoML sets ``__self_proxy__`` after the instance is made; a call then goes to the proxy's
+    method (a task API's ``submit`` too), while the request path keeps the bound local caller."""
+    probe = _instance()
+    bind_api_callers(probe)
+    local = probe.echo.local
+    probe.__self_proxy__ = SimpleNamespace(echo=_ProxyMethod())
+    assert probe.echo("x", times=1) == ("proxy", ("x",), {"times": 1})
+    assert probe.echo.submit("y") == ("submitted", ("y",))
+    assert probe.echo.local is local
+    assert probe.calls == []
+
+
+class _ProxyMethod:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return ("proxy", args, kwargs)
+
+    def submit(self, *args: Any) -> Any:
+        return ("submitted", args)

@@ -250,6 +250,13 @@ def test_the_column_form_names_a_bad_shape(columns: Any, data: Any, fragments: l
         assert fragment in str(info.value)
 
 
+def test_a_signature_that_names_a_feature_twice_is_refused_at_start() -> None:
+    """Column names are matched to features by name: a repeated one would be ambiguous (and the
+    column form's signature-order shortcut would accept what the name check refuses)."""
+    with pytest.raises(ValueError, match=r"names input column\(s\) 'a' more than once"):
+        RowSchema(columns=(("a", "double"), ("b", "double"), ("a", "double")))
+
+
 def test_a_request_sends_its_rows_in_one_form() -> None:
     rows = validate_batch([{"a": 1, "b": 2, "n": 3}], SCHEMA)
     assert request_batch(rows, None, None, SCHEMA) is rows
@@ -951,6 +958,7 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
         " 'apis': [sorted(s.Classifier.apis), sorted(s.Regressor.apis)],"
         " 'bound': [sorted(__import__('model.api_callers', fromlist=['x']).api_methods(c.inner))"
         " for c in (s.Classifier, s.Regressor)],"
+        " 'binds': 'bind_api_callers(self)' in __import__('inspect').getsource(s._Served.__init__),"
         " 'timeout_middleware': [m.cls.__qualname__ for m in __import__('bentoml._internal.server.base_app',"
         " fromlist=['x']).BaseAppFactory.middlewares.fget(__import__('types').SimpleNamespace("
         "timeout=60, max_concurrency=None))],"
@@ -974,6 +982,7 @@ def test_service_module_points_at_the_model_tag_from_the_environment(tmp_path: P
     assert seen["names"] == ["env_chosen_model", "env_chosen_model"]  # the service is named after the model
     assert seen["apis"] == [["feedback", "predict", "predict_proba"], ["feedback", "predict"]]
     assert seen["bound"] == seen["apis"]  # model.api_callers binds exactly BentoML's APIs
+    assert seen["binds"] is True  # ... in each worker's instance
     # BentoML makes its traffic.timeout middleware from the class model.service put in its place.
     assert seen["timeout_middleware"] == ["RequestTimeout"]
     assert seen["shutdown_hooks"] == ["write_pending_counts"]  # BentoML's lifespan shutdown runs it
