@@ -39,6 +39,7 @@ SERVING_SOURCES: tuple[str, ...] = (
     "model/__init__.py",
     "model/accept_balance.py",
     "model/api_callers.py",
+    "model/column_path.py",
     "model/container.py",
     "model/feedback.py",
     "model/kernels.py",

@@ -25,7 +25,9 @@ batching, whose dispatcher made single rows wait (benchmarks/results/latest.md h
 effect of each choice).
 
 ``model.request_guard`` answers 413 to a body over ``SERVING_MAX_BODY_BYTES`` before it is read and
-415 to an API call that is not JSON. Which model: the BentoML model tag comes from
+415 to an API call that is not JSON. ``model.column_path`` answers a valid column form of numbers for
+an all-double model before BentoML's request handling, through the same answer code
+(``_Served.column_answer``); every other body takes BentoML's path. Which model: the BentoML model tag comes from
 ``SERVING_MODEL_TAG`` (``model.bento`` sets it when it builds the bento and bakes it into the image's
 environment); ``SERVING_MAX_ROWS`` caps rows per request; ``SERVING_WORKERS`` is the number of
 worker processes (one per CPU of the pod's limit: infra/serving.py sets it).
@@ -48,6 +50,7 @@ from pydantic import AfterValidator, Field
 
 from model.accept_balance import accept_one_per_wakeup
 from model.api_callers import bind_api_callers
+from model.column_path import ColumnPath, column_batch
 from model.container import (
     DEFAULT_BASE_IMAGE,
     DEFAULT_MAX_BODY_BYTES,
@@ -92,6 +95,8 @@ SERVED_MODEL = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV, DEFAULT_M
 # model.bento names the BentoML model, the bento and the service alike after the spec
 # (model.spec.bento_name_for), so the service name is the model tag's name.
 SERVICE_NAME = SERVED_MODEL.tag.name
+# What BentoML 1.4 sets on every API answer (ServiceAppFactory._add_response_headers).
+SERVER_HEADER = f"BentoML Service/{SERVICE_NAME}"
 
 
 def positive_int_from_env(name: str, default: int) -> int:
@@ -267,6 +272,17 @@ class _Served:
             raise bad_request(overflow_problem(batch)) from exc
         return scores
 
+    def column_answer(self, method: str, body: bytes) -> Any:
+        """The answer of API ``method`` to a column-form ``body`` of numbers (``model.column_path``),
+        as the API gives it, with the header BentoML adds to every API answer; None when the body is
+        anything else."""
+        batch = column_batch(body, self.contract.schema)
+        if batch is None:
+            return None
+        response = getattr(self, f"_answer_{method}")(batch)
+        response.headers["server"] = SERVER_HEADER
+        return response
+
     def _answered(self, answer: list[Any], batch: Batch, labels: list[Any]) -> Any:
         """The response for ``answer``; ``labels``: the class names or numbers it stands for (counted
         for monitoring, and what the prediction id covers)."""
@@ -314,7 +330,9 @@ class Classifier(_Served):
     @bentoml.api
     async def predict(self, rows: Rows = None, columns: Columns = None, data: Data = None) -> list[str]:
         """The predicted class name per row (``rows``, or ``columns`` with ``data``)."""
-        batch = self._batch(rows, columns, data)
+        return self._answer_predict(self._batch(rows, columns, data))
+
+    def _answer_predict(self, batch: Batch) -> Any:
         answers = [self.names[str(label)] for label in self._scored(batch, "predict").tolist()]
         return self._answered(answers, batch, answers)
 
@@ -324,8 +342,10 @@ class Classifier(_Served):
     ) -> list[dict[str, float]]:
         """Per row (``rows``, or ``columns`` with ``data``), each class name with its probability, in
         the model's class order."""
+        return self._answer_predict_proba(self._batch(rows, columns, data))
+
+    def _answer_predict_proba(self, batch: Batch) -> Any:
         names = self.contract.class_names
-        batch = self._batch(rows, columns, data)
         scores = self._scored(batch, "predict_proba")
         answers = [dict(zip(names, probs, strict=True)) for probs in scores.tolist()]
         return self._answered(answers, batch, [names[i] for i in scores.argmax(axis=1)])
@@ -338,7 +358,9 @@ class Regressor(_Served):
     @bentoml.api
     async def predict(self, rows: Rows = None, columns: Columns = None, data: Data = None) -> list[float]:
         """The predicted value per row (``rows``, or ``columns`` with ``data``)."""
-        batch = self._batch(rows, columns, data)
+        return self._answer_predict(self._batch(rows, columns, data))
+
+    def _answer_predict(self, batch: Batch) -> Any:
         answers = [float(value) for value in self._scored(batch, "predict").tolist()]
         return self._answered(answers, batch, answers)
 
@@ -348,12 +370,14 @@ class Regressor(_Served):
 # timeout, without the uncancelled per-request timer (model.request_guard.RequestTimeout).
 _bentoml_traffic.TimeoutMiddleware = RequestTimeout  # type: ignore[misc,assignment]
 
-for _service in (Classifier, Regressor):
+for _service, _answered_here in ((Classifier, ("predict", "predict_proba")), (Regressor, ("predict",))):
     cast(Any, _service).add_asgi_middleware(
         RequestGuard,
         max_bytes=positive_int_from_env(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES),
         json_paths=API_PATHS,
     )
+    # Inside RequestGuard (BentoML adds user middleware in order, each inside the one before).
+    cast(Any, _service).add_asgi_middleware(ColumnPath, methods={f"/{m}": m for m in _answered_here})
 
 quiet_refusals()
 

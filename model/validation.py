@@ -113,6 +113,11 @@ class RowSchema:
     def names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.columns)
 
+    @functools.cached_property
+    def all_double(self) -> bool:
+        """Every feature is a double: a request is one float64 matrix (``ColumnTable``)."""
+        return all(kind == "double" for _, kind in self.columns)
+
 
 class ColumnTable(dict[str, np.ndarray]):
     """Feature arrays that are the columns of one (rows, features) float64 ``matrix``, in ``names`` order."""
@@ -181,9 +186,10 @@ def request_batch(rows: Batch | None, columns: object, data: object, schema: Row
     return validate_columns(columns, data, schema)
 
 
-def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
+def validate_columns(columns: object, data: object, schema: RowSchema, *, numbers: bool = False) -> Batch:
     """The column form of a request (``columns``: the feature names; ``data``: per row, the values
-    in that order) checked against ``schema`` and converted like ``validate_batch``."""
+    in that order) checked against ``schema`` and converted like ``validate_batch``. ``numbers``:
+    the caller has already checked that every value is a float (``model.column_path``)."""
     order = _checked_names(columns, schema)
     _check_count(data, schema, "data")
     assert isinstance(data, list)
@@ -196,7 +202,7 @@ def validate_columns(columns: object, data: object, schema: RowSchema) -> Batch:
     ]
     if shape_problems:
         raise RequestValidationError(shape_problems, field="data")
-    typed = _fast_table(data, order, schema)
+    typed = _fast_table(data, order, schema, numbers=numbers)
     if typed is None:
         typed = _checked_columns([dict(zip(order, values, strict=True)) for values in data], schema, "data")
     return Batch(typed, len(data), "data")
@@ -245,13 +251,13 @@ def _fast_columns(rows: list[Any], schema: RowSchema) -> dict[str, np.ndarray] |
 
 
 def _fast_table(
-    table: Sequence[Sequence[object]], order: tuple[str, ...], schema: RowSchema
+    table: Sequence[Sequence[object]], order: tuple[str, ...], schema: RowSchema, *, numbers: bool = False
 ) -> dict[str, np.ndarray] | None:
     """The typed columns (signature order) of ``table``, rows of values in ``order``, when every
     value is plainly valid; None sends the request to the per-value check."""
     names = schema.names
-    if all(kind == "double" for _, kind in schema.columns):
-        matrix = _double_matrix(table)
+    if schema.all_double:
+        matrix = _double_matrix(table, numbers=numbers)
         if matrix is None:
             return None
         if order != names:
@@ -269,9 +275,10 @@ def _fast_table(
     return columns
 
 
-def _double_matrix(table: Sequence[Sequence[object]]) -> np.ndarray | None:
-    """The rows of ``table`` as one float64 matrix when every value is a finite JSON number, else None."""
-    if not set(map(type, itertools.chain.from_iterable(table))) <= _NUMBER_TYPES:
+def _double_matrix(table: Sequence[Sequence[object]], *, numbers: bool = False) -> np.ndarray | None:
+    """The rows of ``table`` as one float64 matrix when every value is a finite JSON number, else None
+    (``numbers``: the values are known to be floats)."""
+    if not numbers and not set(map(type, itertools.chain.from_iterable(table))) <= _NUMBER_TYPES:
         return None
     try:
         matrix = np.array(table, dtype=np.float64)  # OverflowError for an int beyond a double

@@ -643,14 +643,47 @@ def test_predictions_over_http_equal_mlflow_pyfunc(
 def test_the_column_form_answers_as_the_row_form(server: str, heldout: pd.DataFrame, path: str) -> None:
     rows = as_rows(heldout)[:MAX_ROWS]
     order = tuple(reversed(FEATURES))  # any column order
-    by_rows = post(server, path, {"rows": rows})
+    by_rows = post(server, path, {"rows": rows})  # BentoML's request path
     by_columns = post(server, path, {"columns": list(order), "data": [[r[n] for n in order] for r in rows]})
     assert by_columns.status_code == 200, by_columns.text
     assert by_columns.json() == by_rows.json()
+    # The column form of numbers is answered by model.column_path: the same answer, byte for byte,
+    # with the same headers (the prediction id, BentoML's server header) but the date.
+    assert by_columns.content == by_rows.content
+    undated = [
+        {k.lower(): v for k, v in r.headers.items() if k.lower() != "date"} for r in (by_rows, by_columns)
+    ]
+    assert undated[0] == undated[1] and undated[1]["server"].startswith("BentoML Service/"), undated
     bad: list[list[object]] = [[r[n] for n in order] for r in rows[:2]]
     bad[1][order.index("mean_radius")] = "x"
     response = post(server, path, {"columns": list(order), "data": bad})
     assert response.status_code == 400 and "data[1].mean_radius must be a number" in response.text
+
+
+@pytest.mark.servers
+def test_a_request_answered_by_the_column_path_is_counted_by_bentomls_metrics(
+    server: str, heldout: pd.DataFrame
+) -> None:
+    def answered() -> float:
+        text = requests.get(f"{server}{METRICS_PATH}", timeout=30).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("bentoml_service_request_total{")
+            and 'endpoint="/predict_proba"' in line
+            and 'http_response_code="200"' in line
+        )
+
+    rows = as_rows(heldout)[:5]
+    before = answered()
+    for _ in range(3):
+        response = post(
+            server,
+            "/predict_proba",
+            {"columns": list(FEATURES), "data": [[r[n] for n in FEATURES] for r in rows]},
+        )
+        assert response.status_code == 200, response.text
+    assert answered() == before + 3
 
 
 ANY_ID = "1." + "0" * 24  # a well-formed prediction id that no answer has
