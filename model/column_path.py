@@ -14,22 +14,27 @@ is counted and timed as any other), takes the bodies it can answer exactly as th
 - and the request valid: right names, widths and row count, every value finite.
 
 It answers through the API's own answer (``model.service._Served.column_answer``, the same code the
-BentoML method calls, monitoring and the prediction id included) with the same headers. Every
+BentoML method calls, monitoring and the prediction id included) with the same headers as long as
+BentoML adds none but ``server`` to an API answer: true with the API paths untraced
+(``model.service``'s ``tracing.excluded_urls``), no ``http.response.trace_id`` and no CORS (it sits
+outside BentoML's CORS, context and exception middleware). Every
 other body, and any request on which that answer raises, goes on to BentoML unchanged, the body
 replayed, so refusals, their 400s and their log lines come from the one path that makes them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, StrictFloat, ValidationError
 
-from model.request_guard import ASGIApp, Receive, Scope, Send, _replay
+from model.request_guard import ASGIApp, Message, Receive, Scope, Send, _replay
 from model.validation import Batch, RequestValidationError, RowSchema, validate_columns
 
+logger = logging.getLogger(__name__)
 COLUMNS_KEY = b'"columns"'  # a body without it cannot be the column form: not parsed here
 
 
@@ -68,6 +73,20 @@ def _current_service() -> Answering | None:
         return None
 
 
+def _replay_until(body: bytes, last: Message) -> Receive:
+    """A receive that gives the part of the body read, then ``last`` (the disconnect), then ``last``."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return last
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": True}
+
+    return replayed
+
+
 class ColumnPath:
     """Wraps ``app``: POSTs to ``methods``' paths (path -> API name) that the served instance answers
     in the column form are answered here; every other request goes on to ``app``."""
@@ -91,7 +110,8 @@ class ColumnPath:
         chunks: list[bytes] = []
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away
+            if message["type"] != "http.request":  # the client went away: BentoML's path sees it so
+                await self.app(scope, _replay_until(b"".join(chunks), message), send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -102,7 +122,10 @@ class ColumnPath:
         served = self._instance
         try:
             answer = served.column_answer(method, body) if served is not None else None
-        except Exception:  # BentoML's path answers it, and logs or refuses it as it does
+        except ValidationError:  # a refusal (model.refusals): BentoML's path makes its 400
+            answer = None
+        except Exception:  # a bug: BentoML's path answers it, and logs it as it does
+            logger.exception("column path: answering %s failed; BentoML's request path answers it", method)
             answer = None
         if answer is None:
             await self.app(scope, _replay(body, receive), send)

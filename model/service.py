@@ -27,10 +27,12 @@ effect of each choice).
 ``model.request_guard`` answers 413 to a body over ``SERVING_MAX_BODY_BYTES`` before it is read and
 415 to an API call that is not JSON. ``model.column_path`` answers a valid column form of numbers for
 an all-double model before BentoML's request handling, through the same answer code
-(``_Served.column_answer``); every other body takes BentoML's path. Which model: the BentoML model tag comes from
-``SERVING_MODEL_TAG`` (``model.bento`` sets it when it builds the bento and bakes it into the image's
-environment); ``SERVING_MAX_ROWS`` caps rows per request; ``SERVING_WORKERS`` is the number of
-worker processes (one per CPU of the pod's limit: infra/serving.py sets it).
+(``_Served.column_answer``); every other body takes BentoML's path.
+
+Which model: the BentoML model tag comes from ``SERVING_MODEL_TAG`` (``model.bento`` sets it when it
+builds the bento and bakes it into the image's environment); ``SERVING_MAX_ROWS`` caps rows per
+request; ``SERVING_WORKERS`` is the number of worker processes (one per CPU of the pod's limit:
+infra/serving.py sets it).
 """
 
 from __future__ import annotations
@@ -286,8 +288,9 @@ class _Served:
     def _answered(self, answer: list[Any], batch: Batch, labels: list[Any]) -> Any:
         """The response for ``answer``; ``labels``: the class names or numbers it stands for (counted
         for monitoring, and what the prediction id covers)."""
-        self.monitor.observe(batch.columns, labels)
-        return _json(answer, prediction_id_of(self.monitor.identity.version, labels, self.feedback_key))
+        response = _json(answer, prediction_id_of(self.monitor.identity.version, labels, self.feedback_key))
+        self.monitor.observe(batch.columns, labels)  # last: nothing after it raises (model.column_path)
+        return response
 
     @bentoml.api
     async def feedback(

@@ -145,3 +145,34 @@ def test_other_paths_methods_and_a_worker_without_its_instance_go_straight_on() 
     assert served.seen == []  # not even asked
     sent, inner = _through(None)
     assert inner == [b"{}"] and sent[0]["status"] == 201
+
+
+def test_a_client_gone_mid_body_is_handed_to_bentomls_path_with_what_came() -> None:
+    """BentoML's path counts and logs a request whose client went away; it must see the disconnect."""
+    seen: list[dict[str, Any]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"colu', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        raise AssertionError(f"nothing is sent here: {message}")
+
+    served = _Served(_answer_app)
+    middleware = ColumnPath(inner, {"/predict": "predict"}, lambda: served)
+    asyncio.run(
+        middleware({"type": "http", "method": "POST", "path": "/predict", "headers": []}, receive, send)
+    )
+    assert seen == [
+        {"type": "http.request", "body": b'{"colu', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert served.seen == []
