@@ -51,7 +51,7 @@ from bentoml._internal.server.http import traffic as _bentoml_traffic
 from pydantic import AfterValidator, Field
 
 from model.accept_balance import accept_one_per_wakeup
-from model.api_callers import bind_api_callers
+from model.api_callers import api_methods, bind_api_callers
 from model.column_path import ColumnPath, column_batch
 from model.container import (
     DEFAULT_BASE_IMAGE,
@@ -373,14 +373,18 @@ class Regressor(_Served):
 # timeout, without the uncancelled per-request timer (model.request_guard.RequestTimeout).
 _bentoml_traffic.TimeoutMiddleware = RequestTimeout  # type: ignore[misc,assignment]
 
-for _service, _answered_here in ((Classifier, ("predict", "predict_proba")), (Regressor, ("predict",))):
+for _service in (Classifier, Regressor):
     cast(Any, _service).add_asgi_middleware(
         RequestGuard,
         max_bytes=positive_int_from_env(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES),
         json_paths=API_PATHS,
     )
-    # Inside RequestGuard (BentoML adds user middleware in order, each inside the one before).
-    cast(Any, _service).add_asgi_middleware(ColumnPath, methods={f"/{m}": m for m in _answered_here})
+    # Inside RequestGuard (BentoML adds user middleware in order, each inside the one before); the
+    # APIs it answers are those with an answer of a validated batch (_Served.column_answer).
+    _inner = cast(Any, _service).inner
+    cast(Any, _service).add_asgi_middleware(
+        ColumnPath, methods={f"/{m}": m for m in api_methods(_inner) if hasattr(_inner, f"_answer_{m}")}
+    )
 
 quiet_refusals()
 

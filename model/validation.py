@@ -102,7 +102,7 @@ class RowSchema:
             )
         if self.max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
-        repeated = sorted(name for name, count in Counter(self.names).items() if count > 1)
+        repeated = _repeated(self.names)
         if repeated:
             raise ValueError(
                 f"the model signature names input column(s) {_quoted(repeated)} more than once: "
@@ -216,7 +216,7 @@ def _checked_names(columns: object, schema: RowSchema) -> tuple[str, ...]:
             [f"'columns' must be an array of feature names (strings), got {_json_type(columns)}"],
             field="columns",
         )
-    repeated = sorted(name for name, count in Counter(columns).items() if count > 1)
+    repeated = _repeated(columns)
     problems = (
         [f"'columns' names feature(s) {_quoted(repeated)} more than once: name each once"] if repeated else []
     )
@@ -440,6 +440,11 @@ def _json_type(value: object) -> str:
 def _short(value: object, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _repeated(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 def _quoted(names: Sequence[str], limit: int = 5) -> str:
